@@ -1,0 +1,186 @@
+//! The demo of `opentab dev`: a priced "AI" endpoint behind the 402 gateway, a registered
+//! demo session key, and `<data-dir>/demo.json` so scripts and `opentab pay` can pay at once.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Json;
+use axum::Router;
+use axum::routing::post;
+use opentab_chain::KeyTerms;
+use opentab_core::rules::RuleConfig;
+use opentab_core::{Address, SigningKey, Usdc};
+use opentab_gateway::pricing::Pricing;
+use opentab_gateway::{Gateway, GatewayConfig, InProcessCounters, PaymentLayer, charge_api};
+use opentab_service::{Mailer, Notifier, RuleEngine, RuledLedger, StoreDirectory, StoreLedger, restore_counters};
+use opentab_store::Store;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::chain::DevChain;
+
+/// The demo's one priced route.
+pub(crate) const DEMO_ROUTE: (&str, &str, &str) = ("POST", "/v1/chat/completions", "0.002");
+/// The demo key's limit and lifetime.
+const DEMO_LIMIT_USDC: &str = "50";
+const DEMO_KEY_DAYS: u64 = 30;
+
+/// `<data-dir>/demo.json`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DemoFile {
+    pub(crate) url: String,
+    pub(crate) routes: Vec<DemoRoute>,
+    pub(crate) session_key: DemoKey,
+    pub(crate) owner: Address,
+    pub(crate) payee: Address,
+    pub(crate) validator: Address,
+    pub(crate) usdc: Address,
+    pub(crate) chain_id: u64,
+    pub(crate) rpc_url: String,
+    /// The gateway's charge API, for middleware in other languages (packages/express).
+    #[serde(default)]
+    pub(crate) gateway: Option<DemoGateway>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DemoGateway {
+    /// Where `/gateway/v1/charge` and `/void` are.
+    pub(crate) url: String,
+    /// Their `Authorization: Bearer` secret.
+    pub(crate) secret: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DemoRoute {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    /// Base units.
+    pub(crate) price: Usdc,
+    pub(crate) example_body: Value,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DemoKey {
+    pub(crate) address: Address,
+    /// The demo session key's private key (dev only).
+    pub(crate) private_key: String,
+}
+
+/// Reuses the demo key of an earlier run if the chain still serves it, else registers a new
+/// one for the demo owner (who sends that transaction itself).
+pub(crate) async fn ensure_demo_key(data_dir: &Path, chain: &DevChain) -> anyhow::Result<SigningKey> {
+    let path = data_dir.join("demo.json");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(file) = serde_json::from_str::<DemoFile>(&text)
+        && let Ok(key) = file.session_key.private_key.parse::<SigningKey>()
+        && let Some(state) = chain.relayer.session_key(key.address()).await?
+        && state.status(now()) == opentab_core::KeyStatus::Active
+    {
+        return Ok(key);
+    }
+    let key = SigningKey::random();
+    let terms = KeyTerms {
+        session_key: key.address(),
+        payee: chain.payee,
+        limit: Usdc::parse_decimal(DEMO_LIMIT_USDC)?,
+        valid_after: now().saturating_sub(60),
+        valid_until: now() + DEMO_KEY_DAYS * 86_400,
+    };
+    let owner = chain.relayer.with_provider(opentab_chain::signing_provider(
+        &chain.anvil.endpoint(),
+        opentab_chain::tx_signer(&chain.owner)?,
+    )?);
+    owner.register_session_key(&terms).await.context("registering the demo session key")?;
+    tracing::info!(key = %key.address(), "registered a demo session key ({DEMO_LIMIT_USDC} USDC, {DEMO_KEY_DAYS} days)");
+    Ok(key)
+}
+
+/// Writes `<data-dir>/demo.json`.
+pub(crate) fn write_demo_file(
+    data_dir: &Path,
+    url: &str,
+    chain: &DevChain,
+    key: &SigningKey,
+    gateway_secret: &str,
+) -> anyhow::Result<DemoFile> {
+    let (method, path, price) = DEMO_ROUTE;
+    let file = DemoFile {
+        url: url.to_owned(),
+        routes: vec![DemoRoute {
+            method: method.into(),
+            path: path.into(),
+            price: Usdc::parse_decimal(price)?,
+            example_body: json!({ "model": "opentab-demo", "messages": [{ "role": "user", "content": "Hello!" }] }),
+        }],
+        session_key: DemoKey { address: key.address(), private_key: format!("{:#x}", key.to_bytes()) },
+        owner: chain.owner.address(),
+        payee: chain.payee,
+        validator: chain.deployment.validator,
+        usdc: chain.deployment.usdc,
+        chain_id: chain.deployment.chain_id,
+        rpc_url: chain.anvil.endpoint(),
+        gateway: Some(DemoGateway { url: url.to_owned(), secret: gateway_secret.to_owned() }),
+    };
+    let path = data_dir.join("demo.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&file)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(file)
+}
+
+/// The demo API behind the payment layer, and the charge API (`/gateway/v1/…`, behind
+/// `gateway_secret`) on the same gateway: one set of counters.
+pub(crate) async fn demo_api(
+    chain: &DevChain,
+    store: &Store,
+    notifier: Notifier,
+    gateway_secret: &str,
+    mailer: Option<Mailer>,
+) -> anyhow::Result<Router> {
+    let counters = InProcessCounters::default();
+    let restored =
+        restore_counters(store, &counters).await.context("rebuilding the gateway's counters from the ledger")?;
+    if restored > 0 {
+        tracing::info!(keys = restored, "gateway counters rebuilt from the usage ledger");
+    }
+    let (method, path, price) = DEMO_ROUTE;
+    let gateway = Gateway {
+        config: GatewayConfig {
+            domain: chain.relayer.domain().clone(),
+            asset: chain.deployment.usdc,
+            pay_to: chain.payee,
+            max_timeout_seconds: 60,
+        },
+        pricing: Pricing::new([(format!("{method} {path}").as_str(), price)])?,
+        directory: StoreDirectory::new(store.clone()),
+        counters,
+        ledger: RuledLedger::new(
+            StoreLedger::new(store.clone(), notifier.clone()),
+            Arc::new(RuleEngine::new(store.clone(), RuleConfig::default(), notifier, mailer)),
+        ),
+    };
+    let layer = PaymentLayer::new(gateway);
+    let api: Router = charge_api(layer.gateway().clone(), gateway_secret);
+    Ok(Router::new().route(path, post(chat)).layer(layer).merge(api))
+}
+
+/// A stand-in for a model: answers in the OpenAI chat-completions shape.
+async fn chat(body: Option<Json<Value>>) -> Json<Value> {
+    let prompt = body
+        .as_ref()
+        .and_then(|Json(b)| b["messages"].as_array()?.last()?["content"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Json(json!({
+        "object": "chat.completion",
+        "model": "opentab-demo",
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": format!("You said {} characters; this answer cost 0.002 USDC.", prompt.chars().count()) }, "finish_reason": "stop" }],
+    }))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}

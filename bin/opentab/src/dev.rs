@@ -1,0 +1,195 @@
+//! `opentab dev`: the embedded default in one process. anvil with the contracts and a funded
+//! demo owner, a SQLite database, the chain listener and the REST API with `/healthz`,
+//! `/readyz` and `/metrics`; a demo priced API behind the HTTP 402 gateway (with the rule
+//! engine and the charge API for `packages/express`) and a demo session key
+//! (`<data-dir>/demo.json`); the settlement worker (paid to and sent by the demo payee); with
+//! `--webhook-url`, webhook delivery; and the web UI at `/` with a dev wallet.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use opentab_accumulator::{SettlementConfig, SettlementWorker, WebhookConfig, WebhookSecret, WebhookSender};
+use opentab_service::api::{ApiConfig, AppState, ChainAccess, router};
+use opentab_service::{ChainListener, ListenerConfig, Metrics, Ops, with_ops};
+use opentab_store::Store;
+
+use crate::chain::{ChainArgs, DevChain};
+use crate::server::{serve, shutdown_signal};
+
+#[derive(Debug, Args)]
+pub(crate) struct DevArgs {
+    /// Port of the HTTP server (0 picks a free one).
+    #[arg(long, env = "OPENTAB_PORT", default_value_t = 8402)]
+    port: u16,
+    /// Deliver webhooks (settlement.*, key.*) to this URL.
+    #[arg(long, env = "OPENTAB_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Their `whsec_…` signing secret; one is generated and printed if not given.
+    #[arg(long, env = "OPENTAB_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// The secret of the gateway's charge API (`/gateway/v1/charge`, for the Express
+    /// middleware); one is generated if not given. Written to demo.json.
+    #[arg(long, env = "OPENTAB_GATEWAY_SECRET", hide_env_values = true)]
+    gateway_secret: Option<String>,
+    /// The built web UI (`npm --prefix web run build`), served at `/`.
+    #[arg(long, env = "OPENTAB_WEB_DIR", default_value = crate::web::DEFAULT_WEB_DIR)]
+    web_dir: std::path::PathBuf,
+    /// Email rule alerts through this SMTP relay (`smtp://host:port`).
+    #[arg(long, env = "OPENTAB_SMTP_URL", requires = "alert_email")]
+    smtp_url: Option<String>,
+    /// Who receives alert email.
+    #[arg(long, env = "OPENTAB_ALERT_EMAIL")]
+    alert_email: Option<String>,
+    /// Seconds between settlement rounds.
+    #[arg(long, default_value_t = 1)]
+    settle_every: u64,
+    #[command(flatten)]
+    chain: ChainArgs,
+}
+
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let chain = DevChain::start(&args.chain).await?;
+    let demo_key = crate::demo::ensure_demo_key(&args.chain.data_dir, &chain).await?;
+    let db = args.chain.data_dir.join("opentab.db");
+    let store = Store::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .with_context(|| format!("opening the database {}", db.display()))?;
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{} (is another opentab running? try --port)", args.port))?;
+    let addr = listener.local_addr()?;
+
+    let config = ApiConfig::new(addr.to_string(), chain.deployment.chain_id, chain.deployment.validator);
+    let state = AppState::new(store.clone(), config)
+        .with_chain(ChainAccess { relayer: chain.relayer.clone(), payee: chain.payee });
+    let metrics = Arc::new(Metrics::default());
+    let provider = chain.relayer.provider().clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The dev chain mines instantly and never reorganises: follow its tip closely.
+    let listener_config = ListenerConfig {
+        stream: opentab_chain::StreamConfig { confirmations: 0, max_range: 2_000 },
+        poll_interval: Duration::from_millis(250),
+        ..ListenerConfig::default()
+    };
+    let mut chain_listener = ChainListener::new(
+        store.clone(),
+        provider.clone(),
+        chain.deployment.validator,
+        chain.deployment.deployed_at_block,
+        listener_config,
+    )
+    .await?
+    .with_notifier(state.notifier().clone());
+    // Serve only once the database knows the chain (the demo key included).
+    chain_listener.catch_up().await.context("reading the chain into the database")?;
+    let mut stop_listener = stopped.clone();
+    let listener_task = tokio::spawn(chain_listener.run(metrics.clone(), async move {
+        let _ = stop_listener.wait_for(|stop| *stop).await;
+    }));
+
+    // The payee settles its own vouchers and pays the gas: anvil account #2 in dev.
+    let payee_signer = chain.anvil.signer(2)?;
+    let settler = chain.relayer.with_provider(opentab_chain::signing_provider(&chain.anvil.endpoint(), payee_signer)?);
+    let mut settlement = SettlementConfig::new(chain.payee);
+    settlement.poll_interval = Duration::from_secs(args.settle_every.max(1));
+    settlement.retry_base = Duration::from_secs(5);
+    let worker = SettlementWorker::new(store.clone(), settler, settlement);
+    let mut stop_worker = stopped.clone();
+    let worker_task = tokio::spawn(worker.run(async move {
+        let _ = stop_worker.wait_for(|stop| *stop).await;
+    }));
+    let webhooks = match &args.webhook_url {
+        Some(url) => {
+            let secret = match &args.webhook_secret {
+                Some(text) => text.parse().context("--webhook-secret")?,
+                None => WebhookSecret::generate(),
+            };
+            let sender = WebhookSender::new(store.clone(), WebhookConfig::new(url.clone(), secret.clone()))?;
+            let mut stop_sender = stopped.clone();
+            let task = tokio::spawn(sender.run(async move {
+                let _ = stop_sender.wait_for(|stop| *stop).await;
+            }));
+            Some((url.clone(), secret, task))
+        }
+        None => None,
+    };
+
+    let gateway_secret = args.gateway_secret.clone().unwrap_or_else(|| format!("gws_{:032x}", rand::random::<u128>()));
+    let mailer = match (&args.smtp_url, &args.alert_email) {
+        (Some(url), Some(to)) => Some(opentab_service::Mailer::new(url, "opentab <opentab@localhost>", to)?),
+        _ => None,
+    };
+    let demo_api = crate::demo::demo_api(&chain, &store, state.notifier().clone(), &gateway_secret, mailer).await?;
+    let dev_wallet = dev_wallet(&chain);
+    let app =
+        with_ops(router(state).merge(demo_api).merge(dev_wallet), Ops::new(store.clone(), Some(provider), metrics))
+            .fallback(crate::web::handler(args.web_dir.clone()));
+    let url = format!("http://{addr}");
+    crate::demo::write_demo_file(&args.chain.data_dir, &url, &chain, &demo_key, &gateway_secret)?;
+    let demo_json = args.chain.data_dir.join("demo.json");
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "opentab dev is running")?;
+    writeln!(out, "  url                 http://{addr}")?;
+    writeln!(out, "  web UI              http://{addr}/ (sign in with the dev wallet: the demo owner)")?;
+    writeln!(
+        out,
+        "  api                 http://{addr}/api/session-keys (sign in: GET /api/auth/nonce, POST /api/auth/login)"
+    )?;
+    writeln!(out, "  health              http://{addr}/healthz  http://{addr}/readyz  http://{addr}/metrics")?;
+    writeln!(
+        out,
+        "  demo API            POST http://{addr}/v1/chat/completions (0.002 USDC a call, HTTP 402 gateway)"
+    )?;
+    writeln!(out, "  demo session key    {} (50 USDC limit)", demo_key.address())?;
+    writeln!(out, "  demo.json           {}", demo_json.display())?;
+    writeln!(
+        out,
+        "  charge API          POST http://{addr}/gateway/v1/charge|void (secret in demo.json; packages/express)"
+    )?;
+    writeln!(out, "  database            {}", db.display())?;
+    writeln!(
+        out,
+        "  settlement          every {} USDC owed, or at once when a key stops; `opentab settlements list`",
+        opentab_core::SETTLEMENT_THRESHOLD.display()
+    )?;
+    match &webhooks {
+        Some((url, secret, _)) => writeln!(out, "  webhooks            {url} (secret {secret})")?,
+        None => writeln!(out, "  webhooks            off (--webhook-url URL to receive settlement.* and key.*)")?,
+    }
+    chain.print(&mut out, &args.chain.data_dir).await?;
+    writeln!(out, "pay for calls:       opentab pay --demo {} --count 5", demo_json.display())?;
+    writeln!(out, "ready; Ctrl-C stops")?;
+    out.flush()?;
+    drop(out);
+
+    serve(listener, app, shutdown_signal()).await?;
+    tracing::info!(
+        "shutting down: finishing the settlement round, stopping the chain listener, closing the database, stopping anvil"
+    );
+    let _ = stop.send(true);
+    let _ = listener_task.await;
+    let _ = worker_task.await;
+    if let Some((_, _, task)) = webhooks {
+        let _ = task.await;
+    }
+    store.close().await;
+    drop(chain);
+    Ok(())
+}
+
+/// `GET /api/dev/wallet`: the demo owner's key, so the web UI can sign in and sign actions in a
+/// plain browser with no wallet extension. Only `opentab dev` serves it (anvil's well-known
+/// development key, worthless anywhere else); with an injected wallet the UI never sees a key.
+fn dev_wallet(chain: &DevChain) -> axum::Router {
+    let body = serde_json::json!({
+        "address": chain.owner.address(),
+        "privateKey": format!("{:#x}", chain.owner.to_bytes()),
+        "note": "opentab dev's demo owner (anvil account #1): a development key, never use it elsewhere",
+    });
+    axum::Router::new().route("/api/dev/wallet", axum::routing::get(move || async move { axum::Json(body) }))
+}

@@ -1,0 +1,97 @@
+//! `opentab`: the one binary. Each subcommand lives in its own module.
+//!
+//! - `opentab dev`: the embedded default in one process: chain, SQLite, chain listener, REST API,
+//!   demo paid API, settlement, web UI.
+//! - `opentab serve`: production: PostgreSQL and an external RPC endpoint, from a config file
+//!   (REST API, chain listener, settlement worker, webhooks, web UI).
+//! - `opentab chain up`: a local anvil with the contracts deployed and a funded demo owner.
+//! - `opentab keys …`: an owner's session keys through the REST API (create, list, show,
+//!   freeze, unfreeze, delete).
+//! - `opentab pay`: pays for calls with a session key, as an agent would (demo of the 402 flow).
+//! - `opentab escrow …`: an owner's escrow (show through the API; deposit and withdraw on-chain).
+//! - `opentab proxy`: the 402 gateway as a reverse proxy in front of any HTTP API.
+//! - `opentab settlements …`: the operator's settlement queue (list, retry a dead letter).
+
+mod chain;
+mod client;
+mod demo;
+mod dev;
+mod escrow;
+mod keys;
+mod output;
+mod owner;
+mod pay;
+mod proxy;
+mod serve;
+mod server;
+mod settlements;
+mod web;
+
+use std::io::Write;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Pay-per-call USDC billing for AI APIs, with on-chain session keys.
+#[derive(Debug, Parser)]
+#[command(name = "opentab", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything on the embedded default: anvil, SQLite, chain listener, REST API, demo paid API, settlement, web UI.
+    Dev(dev::DevArgs),
+    /// Production: PostgreSQL, an external RPC endpoint, settings from a config file.
+    Serve(serve::ServeArgs),
+    /// Local development chain.
+    Chain {
+        #[command(subcommand)]
+        command: chain::ChainCommand,
+    },
+    /// Your session keys: create, list, show, freeze, unfreeze, delete (signs in as the owner).
+    Keys(keys::KeysArgs),
+    /// Your escrow: show, deposit, withdraw.
+    Escrow(escrow::EscrowArgs),
+    /// Pay for calls to a priced route with a session key (reads opentab dev's demo.json).
+    Pay(pay::PayArgs),
+    /// The HTTP 402 gateway as a reverse proxy in front of an API in any language.
+    Proxy(proxy::ProxyArgs),
+    /// The settlement queue: list settlements, retry a dead-lettered one (reads the database).
+    Settlements(settlements::SettlementsArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,opentab=info")))
+        .with_writer(std::io::stderr)
+        .init();
+    opentab_chain::install_tls_provider();
+    let cli = Cli::parse();
+    // Servers log their errors; the owner commands are a CLI and print theirs plainly.
+    let (outcome, logs) = match cli.command {
+        Command::Dev(args) => (dev::run(args).await, true),
+        Command::Serve(args) => (serve::run(args).await, true),
+        Command::Chain { command } => (chain::run(command).await, true),
+        Command::Keys(args) => (keys::run(args).await, false),
+        Command::Escrow(args) => (escrow::run(args).await, false),
+        Command::Pay(args) => (pay::run(args).await, false),
+        Command::Proxy(args) => (proxy::run(args).await, true),
+        Command::Settlements(args) => (settlements::run(args).await, false),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the whole chain of causes on one line.
+            if logs {
+                tracing::error!("{err:#}");
+            } else {
+                let _ = writeln!(std::io::stderr().lock(), "error: {err:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

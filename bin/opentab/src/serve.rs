@@ -1,0 +1,207 @@
+//! `opentab serve --config FILE`: production. PostgreSQL (or any sqlx URL the store takes), an
+//! external JSON-RPC endpoint, the chain listener, the REST API, the settlement worker and
+//! webhook delivery. Settings come from a TOML file; `OPENTAB_*` environment variables and
+//! flags override it; private keys and the webhook secret only ever come from the environment
+//! (`OPENTAB_RELAYER_KEY`, `OPENTAB_SETTLER_KEY`, `OPENTAB_WEBHOOK_SECRET`).
+//!
+//! ```toml
+//! listen = "127.0.0.1:8402"                  # default
+//! database_url = "postgres://opentab@db/opentab"
+//! rpc_url = "https://polygon-amoy.example/rpc"
+//! validator = "0x…"                          # SessionKeyValidator
+//! deployed_at_block = 12345678               # where the listener starts on first run
+//! payee = "0x…"                              # the one payee keys created here may pay
+//! domain = "api.example.com"                 # what Sign-In with Ethereum messages must name
+//! confirmations = 2                          # default
+//! secure_cookies = true                      # default false; set it behind HTTPS
+//! webhook_url = "https://hooks.example.com/opentab"   # optional; needs OPENTAB_WEBHOOK_SECRET
+//! settle_every_secs = 2                      # default
+//! ```
+//!
+//! The settlement worker runs when `OPENTAB_SETTLER_KEY` is set (the account that sends
+//! `settle` and pays its gas, usually the payee's); several `serve` nodes may run it on one
+//! database: leases keep each key settling in one place.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use opentab_accumulator::{SettlementConfig, SettlementWorker, WebhookConfig, WebhookSecret, WebhookSender};
+use opentab_chain::{Address, Validator, read_provider, signing_provider};
+use opentab_core::SigningKey;
+use opentab_service::api::{ApiConfig, AppState, ChainAccess, router};
+use opentab_service::{ChainListener, ListenerConfig, Metrics, Ops, with_ops};
+use opentab_store::Store;
+use serde::Deserialize;
+
+use crate::server::{serve, shutdown_signal};
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The TOML configuration file.
+    #[arg(long, env = "OPENTAB_CONFIG")]
+    config: PathBuf,
+    /// Overrides the port of `listen`.
+    #[arg(long, env = "OPENTAB_PORT")]
+    port: Option<u16>,
+    /// Overrides `database_url`.
+    #[arg(long, env = "OPENTAB_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Overrides `rpc_url`.
+    #[arg(long, env = "OPENTAB_RPC_URL")]
+    rpc_url: Option<String>,
+    /// The relayer's private key (pays the gas of owners' signed actions). Without it the API
+    /// serves reads only.
+    #[arg(long, env = "OPENTAB_RELAYER_KEY", hide_env_values = true)]
+    relayer_key: Option<String>,
+    /// The private key that sends settlements and pays their gas. Without it nothing is
+    /// settled by this node.
+    #[arg(long, env = "OPENTAB_SETTLER_KEY", hide_env_values = true)]
+    settler_key: Option<String>,
+    /// The built web UI, served at `/`.
+    #[arg(long, env = "OPENTAB_WEB_DIR", default_value = crate::web::DEFAULT_WEB_DIR)]
+    web_dir: PathBuf,
+    /// The `whsec_…` secret webhooks are signed with (required with `webhook_url`).
+    #[arg(long, env = "OPENTAB_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    database_url: String,
+    rpc_url: String,
+    validator: Address,
+    #[serde(default)]
+    deployed_at_block: u64,
+    payee: Address,
+    domain: String,
+    #[serde(default = "default_confirmations")]
+    confirmations: u64,
+    #[serde(default)]
+    secure_cookies: bool,
+    #[serde(default)]
+    webhook_url: Option<String>,
+    #[serde(default = "default_settle_every")]
+    settle_every_secs: u64,
+    /// `opentab proxy`'s settings: checked here too, read by the proxy.
+    #[serde(default, rename = "proxy")]
+    _proxy: Option<crate::proxy::Section>,
+}
+
+const fn default_settle_every() -> u64 {
+    2
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8402))
+}
+
+const fn default_confirmations() -> u64 {
+    2
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let mut config: Config = toml::from_str(&text).with_context(|| format!("{}", args.config.display()))?;
+    if let Some(port) = args.port {
+        config.listen.set_port(port);
+    }
+    config.database_url = args.database_url.unwrap_or(config.database_url);
+    config.rpc_url = args.rpc_url.unwrap_or(config.rpc_url);
+
+    let store = Store::connect(&config.database_url).await.context("connecting to the database")?;
+    let reader = read_provider(&config.rpc_url)?;
+    let relayer = match &args.relayer_key {
+        Some(key) => {
+            let key: SigningKey = key.parse().context("OPENTAB_RELAYER_KEY is not a private key")?;
+            let provider = signing_provider(&config.rpc_url, opentab_chain::tx_signer(&key)?)?;
+            Some(Validator::connect(provider, config.validator).await.context("reaching the validator")?)
+        }
+        None => {
+            tracing::warn!("no OPENTAB_RELAYER_KEY: creating, freezing and deleting keys is disabled");
+            None
+        }
+    };
+    let chain_id = match &relayer {
+        Some(v) => v.domain().chain_id(),
+        None => Validator::connect(reader.clone(), config.validator)
+            .await
+            .context("reaching the validator")?
+            .domain()
+            .chain_id(),
+    };
+
+    let metrics = Arc::new(Metrics::default());
+    let listener_config = ListenerConfig {
+        stream: opentab_chain::StreamConfig { confirmations: config.confirmations, ..Default::default() },
+        ..ListenerConfig::default()
+    };
+    let mut api_config = ApiConfig::new(config.domain.clone(), chain_id, config.validator);
+    api_config.secure_cookies = config.secure_cookies;
+    let mut state = AppState::new(store.clone(), api_config);
+    if let Some(relayer) = relayer {
+        state = state.with_chain(ChainAccess { relayer, payee: config.payee });
+    }
+    let chain_listener =
+        ChainListener::new(store.clone(), reader.clone(), config.validator, config.deployed_at_block, listener_config)
+            .await?
+            .with_notifier(state.notifier().clone());
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let listener_task = tokio::spawn(chain_listener.run(metrics.clone(), async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+
+    let mut background = vec![listener_task];
+    match &args.settler_key {
+        Some(key) => {
+            let key: SigningKey = key.parse().context("OPENTAB_SETTLER_KEY is not a private key")?;
+            let provider = signing_provider(&config.rpc_url, opentab_chain::tx_signer(&key)?)?;
+            let settler = Validator::connect(provider, config.validator).await.context("reaching the validator")?;
+            let mut settlement = SettlementConfig::new(config.payee);
+            settlement.poll_interval = std::time::Duration::from_secs(config.settle_every_secs.max(1));
+            let worker = SettlementWorker::new(store.clone(), settler, settlement);
+            let mut stopped = stop.subscribe();
+            background.push(tokio::spawn(worker.run(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })));
+        }
+        None => tracing::warn!("no OPENTAB_SETTLER_KEY: this node settles nothing"),
+    }
+    if let Some(url) = &config.webhook_url {
+        let secret: WebhookSecret = args
+            .webhook_secret
+            .as_deref()
+            .context("webhook_url is set but OPENTAB_WEBHOOK_SECRET is not")?
+            .parse()
+            .context("OPENTAB_WEBHOOK_SECRET")?;
+        let sender = WebhookSender::new(store.clone(), WebhookConfig::new(url.clone(), secret))?;
+        let mut stopped = stop.subscribe();
+        background.push(tokio::spawn(sender.run(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })));
+    }
+
+    let app = with_ops(router(state), Ops::new(store.clone(), Some(reader), metrics))
+        .fallback(crate::web::handler(args.web_dir.clone()));
+    let socket =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let addr = socket.local_addr()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "opentab serving on http://{addr} (chain eip155:{chain_id}, validator {})", config.validator)?;
+    out.flush()?;
+    drop(out);
+
+    serve(socket, app, shutdown_signal()).await?;
+    let _ = stop.send(true);
+    for task in background {
+        let _ = task.await;
+    }
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! `opentab settlements list|retry`: the operator's view of the settlement queue, read from
+//! the database directly (the operator owns it): what settled with which transaction, what is
+//! waiting for a retry, and what was dead-lettered, which `retry` puts back in the queue.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use opentab_core::Address;
+use opentab_store::{Settlement, SettlementStatus, Store};
+
+use crate::output::{now, relative, table, usdc};
+
+#[derive(Debug, Args)]
+pub(crate) struct SettlementsArgs {
+    /// The database (`postgres://…` or `sqlite://…`). Default: opentab dev's, under --data-dir.
+    #[arg(long, env = "OPENTAB_DATABASE_URL", global = true)]
+    database_url: Option<String>,
+    /// opentab dev's data directory.
+    #[arg(long, env = "OPENTAB_DATA_DIR", default_value = ".opentab", global = true)]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: SettlementsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SettlementsCommand {
+    /// Settlements, newest first.
+    List {
+        /// Only these: pending, succeeded or dead.
+        #[arg(long, value_parser = parse_status)]
+        status: Option<SettlementStatus>,
+        /// Only this session key's.
+        #[arg(long)]
+        key: Option<Address>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Puts a dead-lettered settlement back in the queue with fresh retries.
+    Retry {
+        /// The settlement's id (`opentab settlements list --status dead`).
+        id: u64,
+    },
+}
+
+fn parse_status(text: &str) -> Result<SettlementStatus, String> {
+    match text {
+        "pending" => Ok(SettlementStatus::Pending),
+        "succeeded" => Ok(SettlementStatus::Succeeded),
+        "dead" => Ok(SettlementStatus::Dead),
+        _ => Err(format!("{text:?} is not a status: use pending, succeeded or dead")),
+    }
+}
+
+pub(crate) async fn run(args: SettlementsArgs) -> anyhow::Result<()> {
+    let url = match args.database_url {
+        Some(url) => url,
+        None => {
+            let db = args.data_dir.join("opentab.db");
+            anyhow::ensure!(
+                db.exists(),
+                "no database at {}: pass --database-url, or --data-dir of a directory `opentab dev` ran in",
+                db.display()
+            );
+            format!("sqlite://{}", db.display())
+        }
+    };
+    let store = Store::connect(&url).await.context("opening the database")?;
+    let outcome = match args.command {
+        SettlementsCommand::List { status, key, limit, json } => list(&store, status, key, limit, json).await,
+        SettlementsCommand::Retry { id } => retry(&store, id).await,
+    };
+    store.close().await;
+    outcome
+}
+
+async fn list(
+    store: &Store,
+    status: Option<SettlementStatus>,
+    key: Option<Address>,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<()> {
+    let settlements = store.settlements(status, key, limit).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let rows: Vec<serde_json::Value> = settlements.iter().map(to_json).collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    if settlements.is_empty() {
+        writeln!(out, "no settlements yet: keys settle once they owe 10 USDC, or at once when they stop")?;
+        return Ok(());
+    }
+    let now = now();
+    let mut rows = vec![
+        ["ID", "KEY", "AMOUNT", "REASON", "STATUS", "TRIES", "WHEN", "TX / LAST ERROR"].map(str::to_owned).to_vec(),
+    ];
+    for s in &settlements {
+        let detail = match (&s.tx_hash, &s.last_error, s.status) {
+            (Some(tx), _, _) => format!("{tx:#x}"),
+            (None, _, SettlementStatus::Succeeded) => "found settled on-chain".to_owned(),
+            (None, Some(err), _) => err.clone(),
+            (None, None, _) => String::new(),
+        };
+        let when = match s.status {
+            SettlementStatus::Pending if s.attempts > 0 => format!("retry {}", relative(s.next_attempt_at, now)),
+            _ => relative(s.updated_at, now),
+        };
+        rows.push(vec![
+            s.id.to_string(),
+            format!("{:#x}", s.intent.session_key),
+            usdc(s.intent.amount),
+            s.intent.reason.clone(),
+            s.status.as_str().to_owned(),
+            s.attempts.to_string(),
+            when,
+            detail,
+        ]);
+    }
+    table(&mut out, &rows)?;
+    Ok(())
+}
+
+async fn retry(store: &Store, id: u64) -> anyhow::Result<()> {
+    let Some(settlement) = store.settlement(id).await? else {
+        anyhow::bail!("no settlement {id}; `opentab settlements list` shows them");
+    };
+    anyhow::ensure!(
+        settlement.status == SettlementStatus::Dead,
+        "settlement {id} is {}, not dead-lettered: only a dead letter is retried by hand",
+        settlement.status.as_str()
+    );
+    anyhow::ensure!(store.retry_settlement(id, now()).await?, "settlement {id} changed meanwhile; list it again");
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "settlement {id} ({} for key {:#x}) is queued again with fresh retries; the worker sends it within seconds",
+        usdc(settlement.intent.amount),
+        settlement.intent.session_key
+    )?;
+    Ok(())
+}
+
+fn to_json(s: &Settlement) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id,
+        "sessionKey": s.intent.session_key,
+        "owner": s.intent.owner,
+        "payee": s.intent.payee,
+        "voucher": s.intent.voucher.to_string(),
+        "amount": s.intent.amount,
+        "reason": s.intent.reason,
+        "status": s.status.as_str(),
+        "attempts": s.attempts,
+        "nextAttemptAt": s.next_attempt_at,
+        "txHash": s.tx_hash,
+        "lastError": s.last_error,
+        "createdAt": s.created_at,
+        "updatedAt": s.updated_at,
+    })
+}

@@ -1,0 +1,181 @@
+//! `opentab keys …` and `opentab escrow …` as an owner runs them, against a real `opentab dev`
+//! (anvil, SQLite, chain listener, REST API) in another process.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{Running, TestResult};
+use opentab_core::Address;
+
+/// How long the chain listener may take to mirror a change (it polls every 250 ms).
+const LISTENER_WAIT: Duration = Duration::from_secs(15);
+
+struct Owner {
+    url: String,
+    data_dir: String,
+}
+
+impl Owner {
+    /// `opentab args… --url <url> --data-dir <data_dir>`, with no owner settings from the environment.
+    fn run(&self, args: &[&str]) -> TestResult<Output> {
+        self.run_at(&self.url, args)
+    }
+
+    fn run_at(&self, url: &str, args: &[&str]) -> TestResult<Output> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_opentab"));
+        command.args(args).args(["--url", url, "--data-dir", &self.data_dir]);
+        for var in ["OPENTAB_URL", "OPENTAB_OWNER_KEY", "OPENTAB_DATA_DIR", "OPENTAB_RPC_URL", "OPENTAB_VALIDATOR"] {
+            command.env_remove(var);
+        }
+        Ok(command.output()?)
+    }
+
+    /// Runs `args`, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> TestResult<String> {
+        let out = self.run(args)?;
+        let (stdout, stderr) = (String::from_utf8(out.stdout)?, String::from_utf8_lossy(&out.stderr).into_owned());
+        if !out.status.success() {
+            return Err(format!("opentab {args:?} failed ({}):\n{stdout}{stderr}", out.status).into());
+        }
+        Ok(stdout)
+    }
+
+    /// The key as `keys list --json [--all]` shows it, if listed.
+    fn listed(&self, key: Address, all: bool) -> TestResult<Option<serde_json::Value>> {
+        let args: &[&str] = if all { &["keys", "list", "--json", "--all"] } else { &["keys", "list", "--json"] };
+        let keys: Vec<serde_json::Value> = serde_json::from_str(&self.ok(args)?)?;
+        for k in keys {
+            if k["address"].as_str().map(str::parse::<Address>).transpose()? == Some(key) {
+                return Ok(Some(k));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits until `keys list --json [--all]` shows `key` with `status`.
+    fn wait_for_status(&self, key: Address, all: bool, status: &str) -> TestResult {
+        let start = Instant::now();
+        loop {
+            let listed = self.listed(key, all)?;
+            if listed.as_ref().and_then(|k| k["status"].as_str()) == Some(status) {
+                return Ok(());
+            }
+            if start.elapsed() > LISTENER_WAIT {
+                return Err(format!("{key} never became {status:?}; last listed as {listed:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until `escrow show` prints a line containing `needle`; the output.
+    fn wait_for_escrow(&self, needle: &str) -> TestResult<String> {
+        let start = Instant::now();
+        loop {
+            let shown = self.ok(&["escrow", "show"])?;
+            if shown.lines().any(|l| l.contains(needle)) {
+                return Ok(shown);
+            }
+            if start.elapsed() > LISTENER_WAIT {
+                return Err(format!("`escrow show` never showed {needle:?}; it printed:\n{shown}").into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[test]
+fn an_owner_manages_keys_and_escrow_from_the_command_line() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let dev = Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
+    let owner = Owner { url: dev.field("url").ok_or("no url printed")?, data_dir };
+
+    // Create: opentab generates the key and shows its private key once; the CLI says whose key it used.
+    let out = owner.run(&["keys", "create", "--limit", "5", "--expires-in", "1h"])?;
+    let (stdout, stderr) = (String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("demo owner"), "says it falls back to the dev demo owner: {stderr}");
+    let field = |label: &str| {
+        stdout.lines().find_map(|l| l.strip_prefix(label)).map(str::trim).map(str::to_owned).ok_or(label.to_owned())
+    };
+    let key: Address = field("session key")?.parse()?;
+    let private_key: opentab_core::SigningKey = field("private key")?.parse()?;
+    assert_eq!(private_key.address(), key, "the private key printed is the new key's");
+    assert!(stdout.contains("Store this private key now"), "{stdout}");
+    assert!(stdout.contains("limit      5 USDC"), "{stdout}");
+    let key_text = key.to_string();
+
+    // The chain listener confirms the registration within a second or so.
+    owner.wait_for_status(key, false, "active")?;
+    let table = owner.ok(&["keys", "list"])?;
+    let row = table.lines().find(|l| l.starts_with(&key_text)).ok_or(format!("no row for {key}:\n{table}"))?;
+    assert!(row.contains("active") && row.contains("5 USDC") && row.contains("0%"), "{table}");
+    let shown = owner.ok(&["keys", "show", &key_text])?;
+    assert!(shown.contains("status       active") && shown.contains("settlements  none yet"), "{shown}");
+
+    // Freeze takes effect at once (off-chain first); unfreeze once the chain says so.
+    let frozen = owner.ok(&["keys", "freeze", &key_text])?;
+    assert!(frozen.starts_with("frozen ") && frozen.contains("(mined)"), "{frozen}");
+    owner.wait_for_status(key, false, "frozen")?;
+    let unfrozen = owner.ok(&["keys", "unfreeze", &key_text])?;
+    assert!(unfrozen.starts_with("unfrozen "), "{unfrozen}");
+    owner.wait_for_status(key, false, "active")?;
+
+    // Delete: revoked on-chain, gone from the default list, still there with --all.
+    let deleted = owner.ok(&["keys", "delete", &key_text])?;
+    assert!(deleted.starts_with("deleted "), "{deleted}");
+    assert_eq!(owner.listed(key, false)?, None, "deleted keys leave the default list");
+    owner.wait_for_status(key, true, "revoked")?;
+
+    // Escrow: the demo owner's 100 USDC, then a deposit of its own (the owner pays the gas).
+    let shown = owner.wait_for_escrow("balance             100 USDC")?;
+    assert!(shown.contains("pending withdrawal  none"), "{shown}");
+    let deposited = owner.ok(&["escrow", "deposit", "5"])?;
+    assert!(
+        deposited.contains("deposited 5 USDC") && deposited.contains("escrow on-chain     105 USDC"),
+        "{deposited}"
+    );
+    owner.wait_for_escrow("balance             105 USDC")?;
+
+    // Withdrawal: requested, not ready before the grace window, cancelled.
+    owner.ok(&["escrow", "withdraw", "request", "1"])?;
+    owner.wait_for_escrow("pending withdrawal  1 USDC, ready")?;
+    let early = owner.run(&["escrow", "withdraw", "complete"])?;
+    let stderr = String::from_utf8(early.stderr)?;
+    assert!(!early.status.success() && stderr.contains("not ready yet"), "{stderr}");
+    owner.ok(&["escrow", "withdraw", "cancel"])?;
+    owner.wait_for_escrow("pending withdrawal  none")?;
+
+    // The API's refusals reach the user with the field at fault, and a non-zero exit.
+    let bad = owner.run(&["keys", "show", "0xnot-an-address"])?;
+    let stderr = String::from_utf8(bad.stderr)?;
+    assert!(!bad.status.success(), "{stderr}");
+    assert!(stderr.contains("not a 0x-prefixed 20-byte address") && stderr.contains("field `key`"), "{stderr}");
+
+    // Nobody listening: said plainly.
+    let away = owner.run_at("http://127.0.0.1:1", &["keys", "list"])?;
+    let stderr = String::from_utf8(away.stderr)?;
+    assert!(!away.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot reach opentab at http://127.0.0.1:1"), "{stderr}");
+    assert!(stderr.contains("is `opentab dev` running?"), "{stderr}");
+
+    assert!(dev.stop("INT")?.success(), "Ctrl-C is a clean exit");
+    Ok(())
+}
+
+#[test]
+fn keys_create_needs_an_expiry_and_a_sensible_limit() -> TestResult {
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_opentab")).args(args).output();
+    let out = run(&["keys", "create", "--limit", "5"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr)?.contains("--expires-in"));
+    let out = run(&["keys", "create", "--limit", "lots", "--expires-in", "1h"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr)?.contains("invalid USDC amount"));
+    let out = run(&["keys", "create", "--limit", "5", "--expires-in", "10"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr)?.contains("needs a unit"));
+    Ok(())
+}

@@ -1,0 +1,458 @@
+//! The production topology end to end on anvil: `opentab serve` (PostgreSQL, chain listener,
+//! settlement worker) and `opentab proxy` in front of a plain HTTP API. 10,000 paid calls from
+//! five keys, concurrent and out of order, one in ten answered 500 by the API (voided). Run
+//! with in-process counters, and with Redis counters whose data is flushed mid-traffic.
+//!
+//! Afterwards: every charge and void is in the ledger exactly once, nothing was served beyond
+//! the highest signed voucher (replays buy exactly the calls signed for but voided, no more),
+//! one settlement per key happened, the payee holds exactly what was served less what is
+//! still pending (under the threshold), and no voided call was paid.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::{Running, TestResult};
+use opentab_chain::{Anvil, AnvilConfig, KeyTerms, Validator, deploy_dev_contracts, signing_provider};
+use opentab_core::{SETTLEMENT_THRESHOLD, SigningKey, U256, Usdc, Voucher};
+use opentab_gateway::protocol::{
+    PAYMENT_RESPONSE, PAYMENT_SIGNATURE, PaymentPayload, PaymentRequired, Requirements, SessionPayload, X402_VERSION,
+    encode_header,
+};
+use opentab_store::{SettlementStatus, Store};
+
+const KEYS: usize = 5;
+const CALLS_PER_KEY: u64 = 2_000;
+const PRICE: u64 = 10_000; // 0.01 USDC
+const CONCURRENCY: usize = 32;
+
+/// A plain API: `/v1/work` answers 200 and reports what reached it, `/v1/fail` answers 500
+/// (the charge must be voided), `/v1/slow` answers after 3 s (past the proxy's deadline).
+async fn upstream() -> TestResult<String> {
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+    let work = |headers: HeaderMap, body: axum::body::Bytes| async move {
+        let custom = headers.get("x-custom").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let saw_payment = headers.contains_key(PAYMENT_SIGNATURE);
+        let json = serde_json::json!({ "echo": body.len(), "custom": custom, "sawPayment": saw_payment });
+        ([("x-upstream", "yes")], json.to_string())
+    };
+    let app = axum::Router::new()
+        .route("/v1/work", post(work))
+        .route("/v1/fail", post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "model crashed") }))
+        .route(
+            "/v1/slow",
+            post(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                "too late"
+            }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(16 << 20));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+/// A Redis of the test's own, so `FLUSHALL` hurts nobody else.
+struct OwnRedis {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnRedis {
+    fn start() -> TestResult<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = tempfile::tempdir()?;
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server (Debian's redis-server package; scripts/test.sh installs it): {e}"))?;
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Self { child, url, _dir: dir });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err("redis-server did not start".into())
+    }
+
+    async fn flushall(&self) -> TestResult {
+        let client = redis::Client::open(self.url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Call {
+    key: usize,
+    /// The voucher this call carries: its place in the key's sequence times the price.
+    voucher: u64,
+    fail: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_calls_through_the_proxy_with_in_process_counters() -> TestResult {
+    ten_thousand_calls(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_calls_through_the_proxy_with_redis_flushed_mid_traffic() -> TestResult {
+    let redis = OwnRedis::start()?;
+    ten_thousand_calls(Some(&redis)).await
+}
+
+/// anvil with an owner (500 USDC of escrow) and `keys` keys paying one payee; `opentab serve`
+/// (listener + settlement worker as the payee) and `opentab proxy` in front of [`upstream`],
+/// sharing one PostgreSQL database; the keys mirrored; the requirements read from a 402.
+struct Topology {
+    _anvil: Anvil,
+    _serve: Running,
+    _proxy: Running,
+    _dir: tempfile::TempDir,
+    config: String,
+    url: String,
+    store: Store,
+    owner: Validator,
+    deployment: opentab_chain::Deployment,
+    payee: opentab_core::Address,
+    keys: Vec<SigningKey>,
+    accepted: Requirements,
+    client: reqwest::Client,
+}
+
+async fn topology(keys: usize, redis: Option<&OwnRedis>, timeout_secs: u64) -> TestResult<Topology> {
+    let anvil = Anvil::spawn(AnvilConfig::default())?;
+    let rpc = anvil.endpoint();
+    let deployer = signing_provider(&rpc, anvil.signer(0)?)?;
+    let deployment = deploy_dev_contracts(&deployer, &rpc, 86_400).await?;
+    let owner = Validator::connect(signing_provider(&rpc, anvil.signer(1)?)?, deployment.validator).await?;
+    let payee = anvil.signer(2)?.address();
+    owner.mint_test_usdc(anvil.signer(1)?.address(), Usdc::parse_decimal("500")?).await?;
+    owner.deposit(Usdc::parse_decimal("500")?).await?;
+    let keys: Vec<SigningKey> = (0..keys).map(|_| SigningKey::random()).collect();
+    for key in &keys {
+        let terms = KeyTerms {
+            session_key: key.address(),
+            payee,
+            limit: Usdc::parse_decimal("100")?,
+            valid_after: 0,
+            valid_until: 4_000_000_000,
+        };
+        owner.register_session_key(&terms).await?;
+    }
+
+    let database_url = opentab_store::testing::fresh_postgres_url().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("opentab.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndatabase_url = \"{database_url}\"\nrpc_url = \"{rpc}\"\n\
+             validator = \"{:#x}\"\ndeployed_at_block = {}\npayee = \"{payee:#x}\"\ndomain = \"127.0.0.1\"\n\
+             confirmations = 0\nsettle_every_secs = 1\n\n[proxy]\nlisten = \"127.0.0.1:0\"\ntimeout_secs = {timeout_secs}\nrules = \"shadow\"\n\n\
+             [proxy.routes]\n\"POST /v1/work\" = \"0.01\"\n\"POST /v1/fail\" = \"0.01\"\n\"POST /v1/slow\" = \"0.01\"\n",
+            deployment.validator, deployment.deployed_at_block
+        ),
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let payee_key = format!("{:#x}", anvil.keys()[2]);
+    let serve =
+        Running::start(&["serve", "--config", &config], &[("OPENTAB_SETTLER_KEY", &payee_key)], "opentab serving")?;
+    let upstream = upstream().await?;
+    let mut args = vec!["proxy", "--config", &config, "--upstream", &upstream];
+    if let Some(redis) = redis {
+        args.extend(["--redis-url", &redis.url]);
+    }
+    let proxy = Running::start(&args, &[], "ready")?;
+    let url = proxy.field("url").ok_or("no proxy url")?;
+
+    let store = Store::connect(&database_url).await?;
+    for key in &keys {
+        let address = key.address();
+        wait_until("the listener mirrors the keys", || {
+            let store = store.clone();
+            async move {
+                let record = store.key(address).await?;
+                Ok(record.is_some_and(|k| k.chain_status == opentab_store::ChainStatus::Registered))
+            }
+        })
+        .await?;
+    }
+
+    let client = common::client();
+    let challenge = client.post(format!("{url}/v1/work")).body("{}").send().await?;
+    assert_eq!(challenge.status(), 402);
+    let required: PaymentRequired = serde_json::from_str(&challenge.text().await?)?;
+    let accepted = required.accepts.first().ok_or("no requirements")?.clone();
+    Ok(Topology {
+        _anvil: anvil,
+        _serve: serve,
+        _proxy: proxy,
+        _dir: dir,
+        config,
+        url,
+        store,
+        owner,
+        deployment,
+        payee,
+        keys,
+        accepted,
+        client,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_forwards_faithfully_and_voids_what_the_upstream_fails_to_answer() -> TestResult {
+    let t = topology(1, None, 1).await?;
+    let key = &t.keys[0];
+    let send = |url: String, path: &'static str, voucher: u64, body: Vec<u8>| {
+        let (client, key, accepted, deployment) =
+            (t.client.clone(), key.clone(), t.accepted.clone(), t.deployment.clone());
+        let payee = t.payee;
+        async move {
+            let domain = opentab_core::ContractDomain::opentab(deployment.chain_id, deployment.validator);
+            let amount = U256::from(voucher);
+            let signature = key.sign_digest(&domain.digest(&Voucher::new(key.address(), payee, amount)));
+            let payment = PaymentPayload {
+                x402_version: X402_VERSION,
+                accepted,
+                payload: SessionPayload { session_key: key.address(), cumulative_amount: amount, signature },
+                extensions: None,
+            };
+            TestResult::Ok(
+                client
+                    .post(format!("{url}/v1/{path}"))
+                    .header(PAYMENT_SIGNATURE, encode_header(&payment))
+                    .header("x-custom", "hello")
+                    .body(body)
+                    .send()
+                    .await?,
+            )
+        }
+    };
+
+    // Past the deadline: 504, no receipt, and the charge is voided, so the voucher pays again.
+    let slow = send(t.url.clone(), "slow", PRICE, vec![]).await?;
+    assert_eq!(slow.status(), 504);
+    assert!(!slow.headers().contains_key(PAYMENT_RESPONSE));
+    // 5 MB through and back; custom headers pass, the payment does not reach the upstream.
+    let ok = send(t.url.clone(), "work", PRICE, vec![b'x'; 5 << 20]).await?;
+    assert_eq!(ok.status(), 200, "the voided voucher pays the next call");
+    assert_eq!(ok.headers().get("x-upstream").map(|v| v.as_bytes()), Some(&b"yes"[..]));
+    assert!(ok.headers().contains_key(PAYMENT_RESPONSE));
+    let seen: serde_json::Value = serde_json::from_str(&ok.text().await?)?;
+    assert_eq!(seen, serde_json::json!({ "echo": 5 << 20, "custom": "hello", "sawPayment": false }));
+
+    // An upstream that is down: 502, voided.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dead = Running::start(
+        &["proxy", "--config", &t.config, "--port", "0", "--upstream", &format!("http://127.0.0.1:{closed}")],
+        &[],
+        "ready",
+    )?;
+    let dead_url = dead.field("url").ok_or("no url")?;
+    let down = send(dead_url, "work", 2 * PRICE, vec![]).await?;
+    assert_eq!(down.status(), 502);
+    assert!(down.text().await?.contains("\"charged\":false"));
+    assert_eq!(send(t.url.clone(), "work", 2 * PRICE, vec![]).await?.status(), 200, "voided, so it pays again");
+    let usage = t.store.usage_total(key.address()).await?.ok_or("no usage")?;
+    assert_eq!(usage.served, Usdc::from_base_units(2 * PRICE), "only the two answered calls are paid");
+    Ok(())
+}
+
+async fn ten_thousand_calls(redis: Option<&OwnRedis>) -> TestResult {
+    let t = topology(KEYS, redis, 10).await?;
+    let (client, url, keys, accepted, deployment, payee, store, owner) =
+        (&t.client, &t.url, &t.keys, &t.accepted, &t.deployment, t.payee, &t.store, &t.owner);
+    // Unpriced paths pass through untouched, unpaid.
+    assert_eq!(client.get(format!("{url}/unpriced")).send().await?.status(), 404);
+
+    // Each key's vouchers 1..=2000 × price, every 10th call one the API fails; all shuffled.
+    let mut calls: Vec<Call> = (0..KEYS)
+        .flat_map(|key| (1..=CALLS_PER_KEY).map(move |i| Call { key, voucher: i * PRICE, fail: i % 10 == 0 }))
+        .collect();
+    shuffle(&mut calls);
+    let total = calls.len();
+    let (first, second) = calls.split_at(total / 2);
+    let ok = Arc::new(AtomicU32::new(0));
+    let voided = Arc::new(AtomicU32::new(0));
+    let started = std::time::Instant::now();
+    send_all(client, url, keys, accepted, deployment, payee, first, &ok, &voided).await?;
+    if let Some(redis) = redis {
+        // Redis loses everything mid-traffic: the counters come back from the ledger.
+        redis.flushall().await?;
+    }
+    send_all(client, url, keys, accepted, deployment, payee, second, &ok, &voided).await?;
+    let elapsed = started.elapsed();
+    eprintln!("{total} paid calls through the proxy in {elapsed:?} ({:.0}/s)", total as f64 / elapsed.as_secs_f64());
+    assert_eq!(ok.load(Ordering::Relaxed), (KEYS as u64 * CALLS_PER_KEY * 9 / 10) as u32, "every good call served");
+    assert_eq!(voided.load(Ordering::Relaxed), (KEYS as u64 * CALLS_PER_KEY / 10) as u32, "every failing call voided");
+
+    // The rule engine saw the burst (over 100 calls a minute per key) but, in shadow mode, only
+    // alerted: no key was frozen and every call above was served.
+    for key in keys {
+        let alerts = store.alerts_of(key.address(), 10).await?;
+        assert!(
+            alerts.iter().any(|a| a.alert.rule == "rate" && a.alert.mode == "shadow" && !a.alert.froze),
+            "{alerts:?}"
+        );
+    }
+
+    // The ledger: each charge and void exactly once; served never beyond the best voucher.
+    let served_per_key = Usdc::from_base_units(CALLS_PER_KEY * 9 / 10 * PRICE);
+    for key in keys {
+        let usage = store.usage_total(key.address()).await?.ok_or("no usage")?;
+        assert_eq!(usage.served, served_per_key, "nothing lost, nothing charged twice");
+        assert_eq!(usage.best, U256::from(CALLS_PER_KEY * PRICE));
+        assert!(usage.served.to_u256() <= usage.best);
+    }
+
+    // Settlement: 18 USDC served per key crosses the 10 USDC threshold once, so one settlement
+    // per key; then less than the threshold is pending.
+    wait_until("every key is settled once", || {
+        let store = store.clone();
+        async move { Ok(store.settlements(Some(SettlementStatus::Succeeded), None, 100).await?.len() == KEYS) }
+    })
+    .await?;
+    assert!(store.settlements(Some(SettlementStatus::Pending), None, 100).await?.is_empty());
+    assert!(store.settlements(Some(SettlementStatus::Dead), None, 100).await?.is_empty());
+    let mut settled_total = 0;
+    let mut pending_total = 0;
+    for key in keys {
+        let settled = owner.session_key(key.address()).await?.ok_or("not on-chain")?.settled;
+        assert!(settled <= served_per_key, "a voided call was paid for");
+        let pending = served_per_key.saturating_sub(settled);
+        assert!(pending < SETTLEMENT_THRESHOLD, "{} still pending", pending.display());
+        settled_total += settled.base_units();
+        pending_total += pending.base_units();
+    }
+    let balance: u64 = owner.usdc_balance(payee).await?.saturating_to();
+    assert_eq!(balance, settled_total);
+    assert_eq!(balance, KEYS as u64 * served_per_key.base_units() - pending_total, "charged minus pending");
+
+    // The voided calls left 200 calls signed for but not served: old vouchers (replays) buy
+    // exactly those, and not one more, whatever Redis went through.
+    let headroom = CALLS_PER_KEY / 10;
+    for n in 0..=headroom {
+        let replay =
+            pay(client, url, &keys[0], accepted, deployment, payee, PRICE, "work").await.map_err(|e| e.to_string())?;
+        if n < headroom {
+            assert_eq!(replay.status(), 200, "replay {n} is within what the key signed");
+        } else {
+            assert_eq!(replay.status(), 402);
+            assert!(replay.text().await?.contains("voucher_too_low"));
+        }
+    }
+    drop(t);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_all(
+    client: &reqwest::Client,
+    url: &str,
+    keys: &[SigningKey],
+    accepted: &Requirements,
+    deployment: &opentab_chain::Deployment,
+    payee: opentab_core::Address,
+    calls: &[Call],
+    ok: &Arc<AtomicU32>,
+    voided: &Arc<AtomicU32>,
+) -> TestResult {
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for call in calls {
+        let permit = permits.clone().acquire_owned().await?;
+        let (client, url, key, accepted) = (client.clone(), url.to_owned(), keys[call.key].clone(), accepted.clone());
+        let (deployment, ok, voided) = (deployment.clone(), ok.clone(), voided.clone());
+        let (voucher, fail) = (call.voucher, call.fail);
+        tasks.spawn(async move {
+            let _permit = permit;
+            let path = if fail { "fail" } else { "work" };
+            let response = pay(&client, &url, &key, &accepted, &deployment, payee, voucher, path).await?;
+            match (response.status().as_u16(), fail) {
+                (200, false) if response.headers().contains_key(PAYMENT_RESPONSE) => ok.fetch_add(1, Ordering::Relaxed),
+                (500, true) if !response.headers().contains_key(PAYMENT_RESPONSE) => {
+                    voided.fetch_add(1, Ordering::Relaxed)
+                }
+                (status, _) => {
+                    return Err(
+                        format!("{path} with voucher {voucher}: HTTP {status}: {}", response.text().await?).into()
+                    );
+                }
+            };
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        });
+    }
+    while let Some(outcome) = tasks.join_next().await {
+        outcome?.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pay(
+    client: &reqwest::Client,
+    url: &str,
+    key: &SigningKey,
+    accepted: &Requirements,
+    deployment: &opentab_chain::Deployment,
+    payee: opentab_core::Address,
+    voucher: u64,
+    path: &str,
+) -> Result<reqwest::Response, Box<dyn std::error::Error + Send + Sync>> {
+    let domain = opentab_core::ContractDomain::opentab(deployment.chain_id, deployment.validator);
+    let amount = U256::from(voucher);
+    let signature = key.sign_digest(&domain.digest(&Voucher::new(key.address(), payee, amount)));
+    let payment = PaymentPayload {
+        x402_version: X402_VERSION,
+        accepted: accepted.clone(),
+        payload: SessionPayload { session_key: key.address(), cumulative_amount: amount, signature },
+        extensions: None,
+    };
+    Ok(client
+        .post(format!("{url}/v1/{path}"))
+        .header(PAYMENT_SIGNATURE, encode_header(&payment))
+        .body(r#"{"prompt":"hello"}"#)
+        .send()
+        .await?)
+}
+
+/// A deterministic Fisher–Yates shuffle (the order differs run to run only in timing).
+fn shuffle<T>(items: &mut [T]) {
+    let mut seed = 0x0bad_5eed_u64;
+    for i in (1..items.len()).rev() {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        items.swap(i, (seed >> 33) as usize % (i + 1));
+    }
+}
+
+/// Polls `check` every 200 ms for up to 60 s.
+async fn wait_until<F, Fut>(what: &str, mut check: F) -> TestResult
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = TestResult<bool>>,
+{
+    for _ in 0..300 {
+        if check().await? {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Err(format!("timed out waiting until {what}").into())
+}

@@ -1,0 +1,423 @@
+//! Typed calls for every `SessionKeyValidator` function, each waiting for its receipt.
+
+use alloy::contract::{CallBuilder, CallDecoder};
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, Bytes, TxHash, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use opentab_core::eip712::{FreezeSessionKey, RegisterSessionKey, RevokeSessionKey, UnfreezeSessionKey};
+use opentab_core::{ContractDomain, SessionKey, Signature, SigningKey, Usdc};
+
+use crate::bindings::SessionKeyValidator::{self, SessionKeyValidatorInstance};
+use crate::bindings::TestUSDC::{self, TestUSDCInstance};
+use crate::{Error, Result};
+
+/// A provider that signs transactions with `signer`, talking JSON-RPC over HTTP to `rpc_url`.
+///
+/// Nonces are read from the node for every transaction rather than cached: a cached nonce
+/// runs ahead when a call fails during gas estimation, or when the chain reorganises, and
+/// every later transaction then waits forever behind the gap.
+pub fn signing_provider(rpc_url: &str, signer: PrivateKeySigner) -> Result<DynProvider> {
+    let url = rpc_url.parse().map_err(|_| Error::InvalidRpcUrl(rpc_url.to_owned()))?;
+    install_tls_provider();
+    Ok(ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .with_gas_estimation()
+        .with_simple_nonce_management()
+        .fetch_chain_id()
+        .wallet(EthereumWallet::from(signer))
+        .connect_http(url)
+        .erased())
+}
+
+/// A read-only provider for `rpc_url`.
+pub fn read_provider(rpc_url: &str) -> Result<DynProvider> {
+    let url = rpc_url.parse().map_err(|_| Error::InvalidRpcUrl(rpc_url.to_owned()))?;
+    install_tls_provider();
+    Ok(ProviderBuilder::new().connect_http(url).erased())
+}
+
+/// Chooses rustls' ring provider for the process: https RPC endpoints (Polygon, Amoy) and any
+/// other reqwest client need one before the first client is built. Idempotent; the provider
+/// functions call it themselves, and binaries call it first thing.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// The `alloy` signer for a core [`SigningKey`] (owners and relayers send transactions).
+pub fn tx_signer(key: &SigningKey) -> Result<PrivateKeySigner> {
+    PrivateKeySigner::from_bytes(&key.to_bytes()).map_err(|_| Error::Core(opentab_core::Error::InvalidPrivateKey))
+}
+
+/// What a mined transaction reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxOutcome {
+    /// Its hash.
+    pub tx_hash: TxHash,
+    /// The block it was mined in.
+    pub block_number: u64,
+    /// Gas it used, the 21 000 intrinsic gas included.
+    pub gas_used: u64,
+}
+
+/// The terms of a session key, as registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyTerms {
+    /// The key's address.
+    pub session_key: Address,
+    /// The one address it may pay.
+    pub payee: Address,
+    /// The most it may ever spend.
+    pub limit: Usdc,
+    /// Unix time from which it may be served.
+    pub valid_after: u64,
+    /// Unix time from which it may no longer be served.
+    pub valid_until: u64,
+}
+
+/// A voucher to settle (for [`Validator::settle_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The session key that signed it.
+    pub session_key: Address,
+    /// What the key promised in total.
+    pub cumulative_amount: U256,
+    /// Its signature.
+    pub signature: Signature,
+}
+
+/// An owner's pending withdrawal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingWithdrawal {
+    /// What was asked for.
+    pub amount: U256,
+    /// When it may leave.
+    pub ready_at: u64,
+}
+
+/// One deployed validator, driven by the provider's signer.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    contract: SessionKeyValidatorInstance<DynProvider>,
+    usdc: TestUSDCInstance<DynProvider>,
+    domain: ContractDomain,
+    grace: u64,
+}
+
+impl Validator {
+    /// Connects to the validator at `address`, reading its chain id, token, domain and grace.
+    pub async fn connect(provider: DynProvider, address: Address) -> Result<Self> {
+        let contract = SessionKeyValidator::new(address, provider.clone());
+        let chain_id = provider.get_chain_id().await?;
+        let usdc = contract.USDC().call().await?;
+        let grace = contract.GRACE().call().await?;
+        let domain = contract.eip712Domain().call().await?;
+        Ok(Self {
+            usdc: TestUSDC::new(usdc, provider),
+            domain: ContractDomain::new(domain.name, domain.version, chain_id, address),
+            grace: u64::try_from(grace).unwrap_or(u64::MAX),
+            contract,
+        })
+    }
+
+    /// The validator's address.
+    pub fn address(&self) -> Address {
+        *self.contract.address()
+    }
+
+    /// The escrowed token's address.
+    pub fn usdc(&self) -> Address {
+        *self.usdc.address()
+    }
+
+    /// The EIP-712 domain vouchers and owner actions are signed in.
+    pub const fn domain(&self) -> &ContractDomain {
+        &self.domain
+    }
+
+    /// The grace window in seconds.
+    pub const fn grace(&self) -> u64 {
+        self.grace
+    }
+
+    /// The provider (and signer) this handle sends with.
+    pub fn provider(&self) -> &DynProvider {
+        self.contract.provider()
+    }
+
+    /// This handle bound to another provider (another signer), same deployment.
+    pub fn with_provider(&self, provider: DynProvider) -> Self {
+        Self {
+            contract: SessionKeyValidator::new(self.address(), provider.clone()),
+            usdc: TestUSDC::new(self.usdc(), provider),
+            domain: self.domain.clone(),
+            grace: self.grace,
+        }
+    }
+
+    // ------------------------------------------------------------------ escrow
+
+    /// Approves the validator for `amount` and deposits it into the sender's escrow.
+    pub async fn deposit(&self, amount: Usdc) -> Result<TxOutcome> {
+        transact(self.usdc.approve(self.address(), amount.to_u256())).await?;
+        transact(self.contract.deposit(amount.to_u256())).await
+    }
+
+    /// Mints test USDC to `to` (dev chain only: [`TestUSDC`] lets anyone mint).
+    pub async fn mint_test_usdc(&self, to: Address, amount: Usdc) -> Result<TxOutcome> {
+        transact(self.usdc.mint(to, amount.to_u256())).await
+    }
+
+    /// The USDC balance of `account`.
+    pub async fn usdc_balance(&self, account: Address) -> Result<U256> {
+        Ok(self.usdc.balanceOf(account).call().await?)
+    }
+
+    /// Asks to withdraw `amount` after the grace window.
+    pub async fn request_withdrawal(&self, amount: Usdc) -> Result<TxOutcome> {
+        transact(self.contract.requestWithdrawal(amount.to_u256())).await
+    }
+
+    /// Drops the sender's pending withdrawal.
+    pub async fn cancel_withdrawal(&self) -> Result<TxOutcome> {
+        transact(self.contract.cancelWithdrawal()).await
+    }
+
+    /// Completes the sender's pending withdrawal.
+    pub async fn withdraw(&self) -> Result<TxOutcome> {
+        transact(self.contract.withdraw()).await
+    }
+
+    /// Lets `guardian` freeze the sender's keys.
+    pub async fn set_guardian(&self, guardian: Address) -> Result<TxOutcome> {
+        transact(self.contract.setGuardian(guardian)).await
+    }
+
+    // ------------------------------------------------------------ registration
+
+    /// Registers a key for the sender.
+    pub async fn register_session_key(&self, terms: &KeyTerms) -> Result<TxOutcome> {
+        let (after, until) = window(terms)?;
+        transact(self.contract.registerSessionKey(
+            terms.session_key,
+            terms.payee,
+            u128::from(terms.limit.base_units()),
+            after,
+            until,
+        ))
+        .await
+    }
+
+    /// The message an owner signs to have a relayer register `terms` for it.
+    pub fn registration_message(
+        &self,
+        owner: Address,
+        terms: &KeyTerms,
+        nonce: U256,
+        deadline: u64,
+    ) -> Result<RegisterSessionKey> {
+        let (valid_after, valid_until) = window(terms)?;
+        Ok(RegisterSessionKey {
+            owner,
+            sessionKey: terms.session_key,
+            payee: terms.payee,
+            limit: u128::from(terms.limit.base_units()),
+            validAfter: valid_after,
+            validUntil: valid_until,
+            nonce,
+            deadline: U256::from(deadline),
+        })
+    }
+
+    /// Signs `terms` as `owner` (reading its current nonce) for a relayed registration.
+    pub async fn sign_registration(
+        &self,
+        owner: &SigningKey,
+        terms: &KeyTerms,
+        deadline: u64,
+    ) -> Result<(RegisterSessionKey, Signature)> {
+        let nonce = self.nonce_of(owner.address()).await?;
+        let message = self.registration_message(owner.address(), terms, nonce, deadline)?;
+        let signature = owner.sign_digest(&self.domain.digest(&message));
+        Ok((message, signature))
+    }
+
+    /// Relays an owner-signed registration (the sender pays the gas).
+    pub async fn register_session_key_with_sig(
+        &self,
+        message: &RegisterSessionKey,
+        signature: &Signature,
+    ) -> Result<TxOutcome> {
+        transact(self.contract.registerSessionKeyWithSig(
+            message.sessionKey,
+            message.payee,
+            message.limit,
+            message.validAfter,
+            message.validUntil,
+            message.owner,
+            message.nonce,
+            message.deadline,
+            sig_bytes(signature),
+        ))
+        .await
+    }
+
+    // ------------------------------------------------------- freeze and revoke
+
+    /// Freezes `key` (sender: its owner or the owner's guardian).
+    pub async fn freeze(&self, key: Address) -> Result<TxOutcome> {
+        transact(self.contract.freeze(key)).await
+    }
+
+    /// Lifts a freeze (sender: the owner).
+    pub async fn unfreeze(&self, key: Address) -> Result<TxOutcome> {
+        transact(self.contract.unfreeze(key)).await
+    }
+
+    /// Revokes `key` for good (sender: the owner).
+    pub async fn revoke(&self, key: Address) -> Result<TxOutcome> {
+        transact(self.contract.revoke(key)).await
+    }
+
+    /// Signs a relayed key action as `owner` with its current nonce: returns (nonce, signature).
+    pub async fn sign_key_action(
+        &self,
+        owner: &SigningKey,
+        action: KeyAction,
+        key: Address,
+        deadline: u64,
+    ) -> Result<(U256, Signature)> {
+        let nonce = self.nonce_of(owner.address()).await?;
+        let deadline = U256::from(deadline);
+        let digest = match action {
+            KeyAction::Freeze => self.domain.digest(&FreezeSessionKey { sessionKey: key, nonce, deadline }),
+            KeyAction::Unfreeze => self.domain.digest(&UnfreezeSessionKey { sessionKey: key, nonce, deadline }),
+            KeyAction::Revoke => self.domain.digest(&RevokeSessionKey { sessionKey: key, nonce, deadline }),
+        };
+        Ok((nonce, owner.sign_digest(&digest)))
+    }
+
+    /// Relays an owner-signed freeze, unfreeze or revoke.
+    pub async fn relay_key_action(
+        &self,
+        action: KeyAction,
+        key: Address,
+        nonce: U256,
+        deadline: u64,
+        signature: &Signature,
+    ) -> Result<TxOutcome> {
+        let (deadline, sig) = (U256::from(deadline), sig_bytes(signature));
+        match action {
+            KeyAction::Freeze => transact(self.contract.freezeWithSig(key, nonce, deadline, sig)).await,
+            KeyAction::Unfreeze => transact(self.contract.unfreezeWithSig(key, nonce, deadline, sig)).await,
+            KeyAction::Revoke => transact(self.contract.revokeWithSig(key, nonce, deadline, sig)).await,
+        }
+    }
+
+    // -------------------------------------------------------------- settlement
+
+    /// Settles one voucher; the key's payee receives the difference to what was settled.
+    pub async fn settle(&self, key: Address, cumulative_amount: U256, signature: &Signature) -> Result<TxOutcome> {
+        transact(self.contract.settle(key, cumulative_amount, sig_bytes(signature))).await
+    }
+
+    /// Settles several vouchers in one transaction (all or nothing).
+    pub async fn settle_batch(&self, claims: &[Claim]) -> Result<TxOutcome> {
+        let claims = claims
+            .iter()
+            .map(|c| SessionKeyValidator::Claim {
+                sessionKey: c.session_key,
+                cumulativeAmount: c.cumulative_amount,
+                signature: sig_bytes(&c.signature),
+            })
+            .collect();
+        transact(self.contract.settleBatch(claims)).await
+    }
+
+    // ------------------------------------------------------------------- views
+
+    /// The key's on-chain state, or `None` if it was never registered.
+    pub async fn session_key(&self, key: Address) -> Result<Option<SessionKey>> {
+        let k = self.contract.sessionKeyOf(key).call().await?;
+        if k.owner == Address::ZERO {
+            return Ok(None);
+        }
+        let nonzero = |t: u64| (t != 0).then_some(t);
+        Ok(Some(SessionKey {
+            address: key,
+            owner: k.owner,
+            payee: k.payee,
+            limit: Usdc::try_from(U256::from(k.limit))?,
+            valid_after: k.validAfter.to::<u64>(),
+            valid_until: k.validUntil.to::<u64>(),
+            frozen_at: nonzero(k.frozenAt.to::<u64>()),
+            revoked_at: nonzero(k.revokedAt.to::<u64>()),
+            settled: Usdc::try_from(U256::from(k.settled))?,
+        }))
+    }
+
+    /// The owner's escrow, pending withdrawal included.
+    pub async fn escrow_of(&self, owner: Address) -> Result<U256> {
+        Ok(self.contract.escrowOf(owner).call().await?)
+    }
+
+    /// The owner's pending withdrawal, if any.
+    pub async fn withdrawal_of(&self, owner: Address) -> Result<Option<PendingWithdrawal>> {
+        let w = self.contract.withdrawalOf(owner).call().await?;
+        let amount = U256::from(w.amount);
+        Ok((amount != U256::ZERO).then(|| PendingWithdrawal { amount, ready_at: w.readyAt.to::<u64>() }))
+    }
+
+    /// The owner's guardian (zero if none).
+    pub async fn guardian_of(&self, owner: Address) -> Result<Address> {
+        Ok(self.contract.guardianOf(owner).call().await?)
+    }
+
+    /// The nonce the owner's next signed action must carry.
+    pub async fn nonce_of(&self, owner: Address) -> Result<U256> {
+        Ok(self.contract.nonces(owner).call().await?)
+    }
+
+    /// The digest the contract computes for a voucher (to cross-check off-chain hashing).
+    pub async fn voucher_digest(&self, key: Address, payee: Address, cumulative_amount: U256) -> Result<B256> {
+        Ok(self.contract.voucherDigest(key, payee, cumulative_amount).call().await?)
+    }
+}
+
+/// An owner action a relayer can submit with the owner's signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAction {
+    /// `freezeWithSig`.
+    Freeze,
+    /// `unfreezeWithSig`.
+    Unfreeze,
+    /// `revokeWithSig`.
+    Revoke,
+}
+
+type U48 = alloy::primitives::Uint<48, 1>;
+
+fn window(terms: &KeyTerms) -> Result<(U48, U48)> {
+    let t = |secs: u64| U48::try_from(secs).map_err(|_| Error::Core(opentab_core::Error::AmountOverflow));
+    Ok((t(terms.valid_after)?, t(terms.valid_until)?))
+}
+
+fn sig_bytes(signature: &Signature) -> Bytes {
+    Bytes::copy_from_slice(signature.as_bytes())
+}
+
+/// Sends a call, waits for its receipt and checks that it succeeded. Reverts caught while
+/// estimating gas come back decoded as [`Error::Reverted`].
+pub(crate) async fn transact<D: CallDecoder>(call: CallBuilder<&DynProvider, D>) -> Result<TxOutcome> {
+    let pending = call.send().await?;
+    let tx = *pending.tx_hash();
+    let receipt = pending.get_receipt().await.map_err(|source| Error::Pending { tx, source })?;
+    if !receipt.status() {
+        return Err(Error::TxReverted(tx));
+    }
+    Ok(TxOutcome { tx_hash: tx, block_number: receipt.block_number.unwrap_or_default(), gas_used: receipt.gas_used })
+}

@@ -1,0 +1,180 @@
+//! The Rust core signs, the contract on a real anvil settles: the two sides agree on every
+//! digest, and the contract's own errors come back decoded.
+
+mod common;
+
+use common::{TestResult, chain, now};
+use opentab_chain::bindings::SessionKeyValidator::SessionKeyValidatorErrors as E;
+use opentab_chain::{Claim, Error, KeyAction, U256};
+use opentab_core::{SigningKey, Usdc, Voucher};
+
+fn voucher_sig(c: &common::Chain, key: &SigningKey, amount: u64) -> opentab_core::Signature {
+    let voucher = Voucher::new(key.address(), c.payee, U256::from(amount));
+    key.sign_digest(&c.relayer.domain().digest(&voucher))
+}
+
+#[tokio::test]
+async fn a_voucher_signed_in_rust_settles_on_anvil() -> TestResult {
+    let c = chain().await?;
+    c.fund_owner(Usdc::parse_decimal("50")?).await?;
+    let key = c.new_key(Usdc::parse_decimal("20")?).await?;
+    let payee_before = c.relayer.usdc_balance(c.payee).await?;
+
+    // Same digest on both sides.
+    let amount = U256::from(12_500_000u64);
+    let core_digest = c.relayer.domain().digest(&Voucher::new(key.address(), c.payee, amount));
+    assert_eq!(c.relayer.voucher_digest(key.address(), c.payee, amount).await?, core_digest);
+
+    // Anyone (here the relayer) settles; the payee is paid, the escrow and key record it.
+    let first = c.relayer.settle(key.address(), amount, &voucher_sig(&c, &key, 12_500_000)).await?;
+    assert!(first.gas_used < 90_000, "settle used {} gas in all", first.gas_used);
+    assert_eq!(c.relayer.usdc_balance(c.payee).await? - payee_before, amount);
+    assert_eq!(c.relayer.escrow_of(c.owner_key.address()).await?, U256::from(37_500_000u64));
+
+    // Cumulative: the next voucher pays only the difference.
+    c.relayer.settle(key.address(), U256::from(15_000_000u64), &voucher_sig(&c, &key, 15_000_000)).await?;
+    assert_eq!(c.relayer.usdc_balance(c.payee).await? - payee_before, U256::from(15_000_000u64));
+    let state = c.relayer.session_key(key.address()).await?.ok_or("key vanished")?;
+    assert_eq!(state.settled, Usdc::from_base_units(15_000_000));
+    assert_eq!(state.owner, c.owner_key.address());
+
+    // Replaying the older voucher buys nothing, and says why.
+    let replay = c.relayer.settle(key.address(), amount, &voucher_sig(&c, &key, 12_500_000)).await;
+    assert!(matches!(replay, Err(Error::Reverted(E::NothingToSettle(_)))), "{replay:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_vouchers_are_refused_with_the_contract_reason() -> TestResult {
+    let c = chain().await?;
+    c.fund_owner(Usdc::parse_decimal("5")?).await?;
+    let key = c.new_key(Usdc::parse_decimal("10")?).await?;
+
+    let above_limit =
+        c.relayer.settle(key.address(), U256::from(11_000_000u64), &voucher_sig(&c, &key, 11_000_000)).await;
+    assert!(matches!(above_limit, Err(Error::Reverted(E::VoucherAboveLimit(_)))), "{above_limit:?}");
+
+    let above_escrow =
+        c.relayer.settle(key.address(), U256::from(6_000_000u64), &voucher_sig(&c, &key, 6_000_000)).await;
+    assert!(matches!(above_escrow, Err(Error::Reverted(E::InsufficientEscrow(_)))), "{above_escrow:?}");
+
+    let stranger = SigningKey::random();
+    let forged = c.relayer.settle(key.address(), U256::from(1_000u64), &voucher_sig(&c, &stranger, 1_000)).await;
+    assert!(matches!(forged, Err(Error::Reverted(E::InvalidVoucherSignature(_)))), "{forged:?}");
+
+    let unknown = c.relayer.settle(stranger.address(), U256::from(1_000u64), &voucher_sig(&c, &stranger, 1_000)).await;
+    assert!(matches!(unknown, Err(Error::Reverted(E::UnknownSessionKey(_)))), "{unknown:?}");
+    assert_eq!(c.relayer.escrow_of(c.owner_key.address()).await?, U256::from(5_000_000u64), "nothing moved");
+    Ok(())
+}
+
+#[tokio::test]
+async fn relayed_registration_and_key_actions_need_the_owner_signature() -> TestResult {
+    let c = chain().await?;
+    let key = SigningKey::random();
+    let terms = c.terms(&key, Usdc::parse_decimal("3")?);
+    let deadline = now() + 600;
+
+    // The owner signs off-chain; the relayer pays the gas.
+    let (message, signature) = c.relayer.sign_registration(&c.owner_key, &terms, deadline).await?;
+    c.relayer.register_session_key_with_sig(&message, &signature).await?;
+    let state = c.relayer.session_key(key.address()).await?.ok_or("not registered")?;
+    assert_eq!(
+        (state.owner, state.payee, state.limit),
+        (c.owner_key.address(), c.payee, Usdc::ONE.checked_add(Usdc::parse_decimal("2")?)?)
+    );
+
+    // The same signature cannot be relayed twice (its nonce is spent).
+    let again = c.relayer.register_session_key_with_sig(&message, &signature).await;
+    assert!(matches!(again, Err(Error::Reverted(E::InvalidAccountNonce(_)))), "{again:?}");
+
+    // A registration signed by someone else is refused.
+    let other = SigningKey::random();
+    let (forged, forged_sig) =
+        c.relayer.sign_registration(&other, &c.terms(&SigningKey::random(), Usdc::ONE), deadline).await?;
+    let mut forged = forged;
+    forged.owner = c.owner_key.address();
+    forged.nonce = c.relayer.nonce_of(c.owner_key.address()).await?;
+    let refused = c.relayer.register_session_key_with_sig(&forged, &forged_sig).await;
+    assert!(matches!(refused, Err(Error::Reverted(E::InvalidOwnerSignature(_)))), "{refused:?}");
+
+    // Freeze, unfreeze and revoke, each signed by the owner and relayed.
+    for (action, check) in
+        [(KeyAction::Freeze, "frozen"), (KeyAction::Unfreeze, "active"), (KeyAction::Revoke, "revoked")]
+    {
+        let (nonce, sig) = c.relayer.sign_key_action(&c.owner_key, action, key.address(), deadline).await?;
+        c.relayer.relay_key_action(action, key.address(), nonce, deadline, &sig).await?;
+        let state = c.relayer.session_key(key.address()).await?.ok_or("key vanished")?;
+        let seen = match (state.frozen_at, state.revoked_at) {
+            (_, Some(_)) => "revoked",
+            (Some(_), None) => "frozen",
+            (None, None) => "active",
+        };
+        assert_eq!(seen, check, "after {action:?}");
+    }
+
+    // A freeze signature cannot be replayed as an unfreeze (own typehash, spent nonce).
+    let (nonce, freeze_sig) =
+        c.relayer.sign_key_action(&c.owner_key, KeyAction::Freeze, key.address(), deadline).await?;
+    let swapped = c.relayer.relay_key_action(KeyAction::Unfreeze, key.address(), nonce, deadline, &freeze_sig).await;
+    assert!(matches!(swapped, Err(Error::Reverted(E::InvalidOwnerSignature(_)))), "{swapped:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn owner_guardian_and_withdrawal_calls_round_trip() -> TestResult {
+    let c = chain().await?;
+    c.fund_owner(Usdc::parse_decimal("10")?).await?;
+    let key = c.new_key(Usdc::parse_decimal("10")?).await?;
+    let guardian = c.anvil.signer(0)?.address();
+
+    c.owner.set_guardian(guardian).await?;
+    assert_eq!(c.relayer.guardian_of(c.owner_key.address()).await?, guardian);
+    c.relayer.freeze(key.address()).await?; // the relayer is the guardian here
+    let unfreeze_by_guardian = c.relayer.unfreeze(key.address()).await;
+    assert!(matches!(unfreeze_by_guardian, Err(Error::Reverted(E::NotKeyOwner(_)))), "{unfreeze_by_guardian:?}");
+    c.owner.unfreeze(key.address()).await?;
+    c.owner.revoke(key.address()).await?;
+
+    c.owner.request_withdrawal(Usdc::parse_decimal("4")?).await?;
+    let pending = c.relayer.withdrawal_of(c.owner_key.address()).await?.ok_or("no pending withdrawal")?;
+    assert_eq!(pending.amount, U256::from(4_000_000u64));
+    assert!(pending.ready_at >= now() + c.relayer.grace() - 60);
+    let early = c.owner.withdraw().await;
+    assert!(matches!(early, Err(Error::Reverted(E::WithdrawalNotReady(_)))), "{early:?}");
+    c.owner.cancel_withdrawal().await?;
+    assert_eq!(c.relayer.withdrawal_of(c.owner_key.address()).await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn settle_batch_pays_ten_keys_in_one_transaction() -> TestResult {
+    let c = chain().await?;
+    c.fund_owner(Usdc::parse_decimal("100")?).await?;
+    let mut claims = Vec::new();
+    for i in 1..=10u64 {
+        let key = c.new_key(Usdc::parse_decimal("10")?).await?;
+        claims.push(Claim {
+            session_key: key.address(),
+            cumulative_amount: U256::from(i * 100_000),
+            signature: voucher_sig(&c, &key, i * 100_000),
+        });
+    }
+    let before = c.relayer.usdc_balance(c.payee).await?;
+    let outcome = c.relayer.settle_batch(&claims).await?;
+    assert_eq!(c.relayer.usdc_balance(c.payee).await? - before, U256::from(5_500_000u64));
+    assert!(outcome.gas_used < 10 * 60_000, "batch of 10 used {} gas", outcome.gas_used);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dead_rpc_endpoint_is_a_clear_error() -> TestResult {
+    let c = chain().await?;
+    let validator = c.relayer.clone();
+    drop(c.anvil);
+    let err = validator.escrow_of(c.payee).await;
+    assert!(matches!(err, Err(Error::Contract(_)) | Err(Error::Rpc(_))), "{err:?}");
+    let text = err.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(text.contains("failed"), "{text}");
+    Ok(())
+}

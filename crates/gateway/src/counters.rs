@@ -1,0 +1,107 @@
+//! In-process counters for the embedded default: one lock around every key's and owner's
+//! counters, so each charge and void is one critical section (sub-microsecond).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use opentab_core::charge::{self, ChargeRefused, ChargeRequest, Charged, KeyCounters};
+use opentab_core::{Address, B256, Usdc};
+
+use crate::gateway::{CounterStore, Unavailable};
+
+#[derive(Debug, Default)]
+struct State {
+    keys: HashMap<Address, KeyCounters>,
+    /// Per owner: Σ served over its keys.
+    owner_served: HashMap<Address, Usdc>,
+    /// Idempotency keys charged, with when they expire.
+    idempotency: HashMap<B256, u64>,
+    /// When expired idempotency keys were last swept.
+    swept_at: u64,
+}
+
+/// Counters held in this process. Lost on exit: the durable ledger rebuilds them.
+#[derive(Debug, Default)]
+pub struct InProcessCounters {
+    state: Mutex<State>,
+}
+
+impl InProcessCounters {
+    /// A key's counters (zero if it was never charged).
+    pub fn key(&self, key: Address) -> Result<KeyCounters, Unavailable> {
+        let state = self.lock()?;
+        Ok(state.keys.get(&key).cloned().unwrap_or_default())
+    }
+
+    /// What an owner's keys have been served in all.
+    pub fn owner_served(&self, owner: Address) -> Result<Usdc, Unavailable> {
+        Ok(self.lock()?.owner_served.get(&owner).copied().unwrap_or_default())
+    }
+
+    /// Restores a key's counters (from the durable ledger on start). Replaces what the key
+    /// had, so restoring twice counts once.
+    pub fn restore(&self, key: Address, owner: Address, counters: KeyCounters) -> Result<(), Unavailable> {
+        let mut state = self.lock()?;
+        let before = state.keys.get(&key).map(|k| k.served).unwrap_or_default();
+        let owner_total = state.owner_served.entry(owner).or_default();
+        *owner_total = owner_total
+            .saturating_sub(before)
+            .checked_add(counters.served)
+            .map_err(|_| Unavailable("owner served overflow".into()))?;
+        state.keys.insert(key, counters);
+        Ok(())
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, Unavailable> {
+        // A poisoned lock means a panic mid-charge: refuse rather than guess the counters.
+        self.state.lock().map_err(|_| Unavailable("in-process counters are poisoned".into()))
+    }
+}
+
+impl CounterStore for InProcessCounters {
+    async fn charge(
+        &self,
+        key: Address,
+        owner: Address,
+        request: ChargeRequest,
+    ) -> Result<Result<Charged, ChargeRefused>, Unavailable> {
+        let mut guard = self.lock()?;
+        let state = &mut *guard;
+        let now = crate::gateway::unix_now();
+        if let Some(id) = request.idempotency
+            && state.idempotency.get(&id).is_some_and(|&expires| expires > now)
+        {
+            return Ok(Err(ChargeRefused::DuplicatePayment));
+        }
+        let counters = state.keys.entry(key).or_default();
+        let owner_served = state.owner_served.entry(owner).or_default();
+        let outcome = charge::charge(counters, owner_served, &request);
+        if let (Ok(_), Some(id)) = (&outcome, request.idempotency) {
+            state.idempotency.insert(id, now + crate::gateway::IDEMPOTENCY_TTL_SECS);
+            // Sweep now and then, so the map holds about a TTL's worth of keys.
+            if now >= state.swept_at + 60 {
+                state.idempotency.retain(|_, expires| *expires > now);
+                state.swept_at = now;
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn void(
+        &self,
+        key: Address,
+        owner: Address,
+        price: Usdc,
+        idempotency: Option<B256>,
+    ) -> Result<(), Unavailable> {
+        let mut guard = self.lock()?;
+        let state = &mut *guard;
+        if let Some(id) = idempotency {
+            state.idempotency.remove(&id);
+        }
+        let counters = state.keys.entry(key).or_default();
+        let owner_served = state.owner_served.entry(owner).or_default();
+        charge::void(counters, owner_served, price);
+        Ok(())
+    }
+}

@@ -1,0 +1,341 @@
+//! The gateway's decision for one paid request: read the payment, check the key, verify the
+//! voucher, charge it atomically (DESIGN §3). Storage and counters are ports, so the same
+//! logic runs embedded (in-process) and in production (database + Redis).
+
+use std::future::Future;
+
+use opentab_core::charge::{ChargeRefused, ChargeRequest, Charged};
+use opentab_core::{Address, B256, ContractDomain, KeyStatus, SessionKey, Usdc, Voucher, keccak256};
+
+use crate::pricing::PricedRoute;
+use crate::protocol::{
+    Eip712Info, ErrorCode, PaymentPayload, PaymentReceipt, PaymentRequired, PaymentResponse, Requirements, Resource,
+    SCHEME, SessionExtra, X402_VERSION,
+};
+
+/// What the gateway needs to know about a key at the moment of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key's terms and on-chain state.
+    pub key: SessionKey,
+    /// Frozen off-chain (by the owner's request or the rule engine) ahead of the chain.
+    pub frozen_offchain: bool,
+    /// The owner's escrow less its pending withdrawal.
+    pub escrow_available: Usdc,
+    /// What the chain has settled across the owner's keys with this key's payee (read with the
+    /// escrow, so the two agree: see `opentab_core::charge`).
+    pub owner_settled: Usdc,
+}
+
+/// Where key state comes from (the database, with a cache, in production).
+pub trait KeyDirectory: Send + Sync {
+    /// The key, or `None` if it is not registered. An error means the state is unknown: the
+    /// gateway then fails closed.
+    fn key(&self, key: Address) -> impl Future<Output = Result<Option<KeyInfo>, Unavailable>> + Send;
+}
+
+/// Per-key and per-owner counters with an atomic charge (in-process or Redis).
+pub trait CounterStore: Send + Sync {
+    /// Runs the charge rule atomically for `key` of `owner`.
+    fn charge(
+        &self,
+        key: Address,
+        owner: Address,
+        request: ChargeRequest,
+    ) -> impl Future<Output = Result<Result<Charged, ChargeRefused>, Unavailable>> + Send;
+
+    /// Undoes a charge of `price`, as atomically, and frees its idempotency key (a retry of a
+    /// call that failed is charged again).
+    fn void(
+        &self,
+        key: Address,
+        owner: Address,
+        price: Usdc,
+        idempotency: Option<B256>,
+    ) -> impl Future<Output = Result<(), Unavailable>> + Send;
+}
+
+impl<T: KeyDirectory> KeyDirectory for std::sync::Arc<T> {
+    fn key(&self, key: Address) -> impl Future<Output = Result<Option<KeyInfo>, Unavailable>> + Send {
+        self.as_ref().key(key)
+    }
+}
+
+impl<T: CounterStore> CounterStore for std::sync::Arc<T> {
+    fn charge(
+        &self,
+        key: Address,
+        owner: Address,
+        request: ChargeRequest,
+    ) -> impl Future<Output = Result<Result<Charged, ChargeRefused>, Unavailable>> + Send {
+        self.as_ref().charge(key, owner, request)
+    }
+
+    fn void(
+        &self,
+        key: Address,
+        owner: Address,
+        price: Usdc,
+        idempotency: Option<B256>,
+    ) -> impl Future<Output = Result<(), Unavailable>> + Send {
+        self.as_ref().void(key, owner, price, idempotency)
+    }
+}
+
+/// Whether a ledger record charges or voids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageKind {
+    /// A call was charged.
+    Charge,
+    /// A charge was voided because the handler answered an error.
+    Void,
+}
+
+/// One charge or void, as the durable ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// Unix seconds.
+    pub at: u64,
+    /// The paying key.
+    pub key: Address,
+    /// Its owner.
+    pub owner: Address,
+    /// Charge or void.
+    pub kind: UsageKind,
+    /// The price.
+    pub amount: Usdc,
+    /// `METHOD /pattern` of the route.
+    pub route: String,
+    /// The request (`x-request-id`, or one the gateway made up).
+    pub request_id: String,
+    /// The voucher presented.
+    pub voucher: opentab_core::U256,
+    /// Its signature (charges).
+    pub signature: Option<opentab_core::Signature>,
+}
+
+/// The durable usage ledger: every charge is recorded before the call is served, so a crash
+/// after answering loses nothing; counters are rebuilt from it on start.
+pub trait UsageLedger: Send + Sync {
+    /// Appends `record`, durably, before returning.
+    fn record(&self, record: UsageRecord) -> impl Future<Output = Result<(), Unavailable>> + Send;
+}
+
+impl<T: UsageLedger> UsageLedger for std::sync::Arc<T> {
+    fn record(&self, record: UsageRecord) -> impl Future<Output = Result<(), Unavailable>> + Send {
+        self.as_ref().record(record)
+    }
+}
+
+/// A dependency (database, counter store) did not answer: the call is refused, never served
+/// unpaid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// The fixed facts of one gateway: who is paid, on which chain, through which validator.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The validator's EIP-712 domain (chain id and address included).
+    pub domain: ContractDomain,
+    /// The USDC token.
+    pub asset: Address,
+    /// The payee every voucher must name.
+    pub pay_to: Address,
+    /// `maxTimeoutSeconds` of the requirements.
+    pub max_timeout_seconds: u64,
+}
+
+impl GatewayConfig {
+    /// The CAIP-2 network, `eip155:<chainId>`.
+    pub fn network(&self) -> String {
+        format!("eip155:{}", self.domain.chain_id())
+    }
+
+    /// The `accepts` entry for a route.
+    pub fn requirements(&self, route: &PricedRoute) -> Requirements {
+        Requirements {
+            scheme: SCHEME.into(),
+            network: self.network(),
+            amount: route.price,
+            asset: self.asset,
+            pay_to: self.pay_to,
+            max_timeout_seconds: self.max_timeout_seconds,
+            extra: SessionExtra {
+                validator: self.domain.verifying_contract(),
+                eip712: Eip712Info { name: self.domain.name().into(), version: self.domain.version().into() },
+            },
+        }
+    }
+
+    /// The 402 body and header for `route` at `url`, with the refusal if there was one.
+    pub fn challenge(&self, route: &PricedRoute, url: &str, refusal: Option<&Refusal>) -> PaymentRequired {
+        PaymentRequired {
+            x402_version: X402_VERSION,
+            error: refusal.map(|r| r.code),
+            message: refusal.map(|r| r.message.clone()),
+            resource: Resource {
+                url: url.to_owned(),
+                description: format!("{} {}", route.method, route.pattern),
+                mime_type: "application/json".into(),
+            },
+            accepts: vec![self.requirements(route)],
+        }
+    }
+}
+
+/// Why a payment was refused: a stable code and a readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The `error` of the 402.
+    pub code: ErrorCode,
+    /// The `message` of the 402.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// What a charge outcome is.
+#[derive(Debug)]
+pub enum Decision {
+    /// Charged: serve the call, then void if it fails. (Boxed: it is the large variant.)
+    Paid(Box<Paid>),
+    /// Refused: answer 402 with this.
+    Refused(Refusal),
+    /// The state could not be read or written: answer 503, serve nothing.
+    Unavailable(Unavailable),
+}
+
+/// A charge that went through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paid {
+    /// The voucher that paid, for the ledger.
+    pub voucher: opentab_core::U256,
+    /// Its signature.
+    pub signature: opentab_core::Signature,
+    /// The paying key.
+    pub key: Address,
+    /// Its owner.
+    pub owner: Address,
+    /// What was charged (to void if the handler fails).
+    pub price: Usdc,
+    /// The idempotency key it was charged under (freed by a void).
+    pub idempotency: Option<B256>,
+    /// The receipt for `PAYMENT-RESPONSE`.
+    pub response: PaymentResponse,
+}
+
+/// How long an idempotency key is remembered: longer than any client's retry horizon.
+pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
+
+/// Unix seconds now.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// An idempotency key as the counter stores keep it: scoped to the session key, hashed to a
+/// fixed size.
+pub fn idempotency_hash(key: Address, id: &str) -> B256 {
+    keccak256([key.as_slice(), id.as_bytes()].concat())
+}
+
+/// Decides one paid request. `payment` is the decoded header; `idempotency` the request's
+/// idempotency key (already checked), if any.
+pub async fn decide<D: KeyDirectory, C: CounterStore>(
+    config: &GatewayConfig,
+    directory: &D,
+    counters: &C,
+    route: &PricedRoute,
+    payment: &PaymentPayload,
+    idempotency: Option<&str>,
+    now: u64,
+) -> Decision {
+    let network = config.network();
+    if payment.accepted.network != network {
+        let msg = format!("this API is paid on {network}, not {}", payment.accepted.network);
+        return Decision::Refused(Refusal::new(ErrorCode::WrongNetwork, msg));
+    }
+    if payment.accepted.pay_to != config.pay_to {
+        let msg = format!("this API is paid to {}, not {}", config.pay_to, payment.accepted.pay_to);
+        return Decision::Refused(Refusal::new(ErrorCode::WrongPayee, msg));
+    }
+    let p = &payment.payload;
+    let info = match directory.key(p.session_key).await {
+        Ok(Some(info)) => info,
+        Ok(None) => {
+            return Decision::Refused(Refusal::new(
+                ErrorCode::UnknownKey,
+                format!("session key {} is not registered", p.session_key),
+            ));
+        }
+        Err(err) => return Decision::Unavailable(err),
+    };
+    let key = &info.key;
+    if key.payee != config.pay_to {
+        let msg = format!("session key {} may only pay {}", key.address, key.payee);
+        return Decision::Refused(Refusal::new(ErrorCode::WrongPayee, msg));
+    }
+    let refused_status = match (info.frozen_offchain, key.status(now)) {
+        (_, KeyStatus::Revoked) => Some((ErrorCode::KeyRevoked, "is revoked")),
+        (true, _) | (_, KeyStatus::Frozen) => Some((ErrorCode::KeyFrozen, "is frozen")),
+        (_, KeyStatus::Expired) => Some((ErrorCode::KeyExpired, "has expired")),
+        (_, KeyStatus::NotYetValid) => Some((ErrorCode::KeyExpired, "is not valid yet")),
+        (_, KeyStatus::Active) => None,
+    };
+    if let Some((code, what)) = refused_status {
+        return Decision::Refused(Refusal::new(code, format!("session key {} {what}", key.address)));
+    }
+    // The voucher must name this payee; hashing with the configured payee checks that too.
+    let digest = config.domain.digest(&Voucher::new(key.address, config.pay_to, p.cumulative_amount));
+    match p.signature.recover(&digest) {
+        Ok(signer) if signer == key.address => {}
+        _ => {
+            let msg = format!("the signature is not session key {}'s over this voucher", key.address);
+            return Decision::Refused(Refusal::new(ErrorCode::InvalidSignature, msg));
+        }
+    }
+    let request = ChargeRequest {
+        price: route.price,
+        voucher: p.cumulative_amount,
+        signature: p.signature,
+        limit: key.limit,
+        escrow_available: info.escrow_available,
+        owner_settled: info.owner_settled,
+        idempotency: idempotency.map(|id| idempotency_hash(key.address, id)),
+    };
+    match counters.charge(key.address, key.owner, request).await {
+        Ok(Ok(charged)) => Decision::Paid(Box::new(Paid {
+            voucher: p.cumulative_amount,
+            signature: p.signature,
+            key: key.address,
+            owner: key.owner,
+            price: route.price,
+            idempotency: request.idempotency,
+            response: PaymentResponse {
+                success: true,
+                payer: key.owner,
+                network,
+                receipt: PaymentReceipt {
+                    session_key: key.address,
+                    charged: charged.charged,
+                    served: charged.served,
+                    remaining: charged.remaining,
+                },
+            },
+        })),
+        Ok(Err(refused)) => {
+            let code = match refused {
+                ChargeRefused::VoucherTooLow { .. } => ErrorCode::VoucherTooLow,
+                ChargeRefused::LimitExceeded { .. } => ErrorCode::LimitExceeded,
+                ChargeRefused::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
+                ChargeRefused::DuplicatePayment => ErrorCode::DuplicatePayment,
+            };
+            Decision::Refused(Refusal::new(code, refused.to_string()))
+        }
+        Err(err) => Decision::Unavailable(err),
+    }
+}

@@ -1,0 +1,327 @@
+//! A tower `Layer` that puts the gateway in front of any axum/hyper service: unpaid calls to a
+//! priced route get `402 Payment Required`; paid ones are charged before the handler runs and
+//! voided if it answers with a status >= 400; unpriced routes pass through untouched. A request
+//! with an idempotency key (`Idempotency-Key`, or x402's `payment-identifier` extension) that
+//! was charged already is answered `409` with `duplicate_payment` and not charged again.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use base64::Engine;
+use futures_util::FutureExt;
+use tower::{Layer, Service};
+
+use crate::gateway::{
+    CounterStore, Decision, GatewayConfig, KeyDirectory, Paid, Refusal, UsageKind, UsageLedger, UsageRecord, decide,
+    unix_now,
+};
+use crate::pricing::{PricedRoute, Pricing};
+use crate::protocol::{
+    ErrorCode, IDEMPOTENCY_KEY, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT,
+    check_idempotency_key, decode_payment, decode_payment_v1, encode_header,
+};
+
+/// Everything a gateway needs: who is paid, what costs what, where keys, counters and the
+/// usage ledger live.
+#[derive(Debug)]
+pub struct Gateway<D, C, L> {
+    /// Payee, chain and validator.
+    pub config: GatewayConfig,
+    /// Priced routes.
+    pub pricing: Pricing,
+    /// Key state.
+    pub directory: D,
+    /// Counters.
+    pub counters: C,
+    /// The durable usage ledger.
+    pub ledger: L,
+}
+
+/// The layer; clone it freely (the gateway is shared).
+#[derive(Debug)]
+pub struct PaymentLayer<D, C, L> {
+    gateway: Arc<Gateway<D, C, L>>,
+}
+
+impl<D, C, L> Clone for PaymentLayer<D, C, L> {
+    fn clone(&self) -> Self {
+        Self { gateway: self.gateway.clone() }
+    }
+}
+
+impl<D, C, L> PaymentLayer<D, C, L> {
+    /// A layer charging through `gateway`.
+    pub fn new(gateway: Gateway<D, C, L>) -> Self {
+        Self { gateway: Arc::new(gateway) }
+    }
+
+    /// The shared gateway (to read counters in tests and metrics).
+    pub fn gateway(&self) -> &Arc<Gateway<D, C, L>> {
+        &self.gateway
+    }
+}
+
+impl<S, D, C, L> Layer<S> for PaymentLayer<D, C, L> {
+    type Service = PaymentService<S, D, C, L>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PaymentService { inner, gateway: self.gateway.clone() }
+    }
+}
+
+/// The service the layer wraps around `S`.
+#[derive(Debug)]
+pub struct PaymentService<S, D, C, L> {
+    inner: S,
+    gateway: Arc<Gateway<D, C, L>>,
+}
+
+impl<S: Clone, D, C, L> Clone for PaymentService<S, D, C, L> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), gateway: self.gateway.clone() }
+    }
+}
+
+impl<S, D, C, L> Service<Request<Body>> for PaymentService<S, D, C, L>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    D: KeyDirectory + 'static,
+    C: CounterStore + 'static,
+    L: UsageLedger + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // Call the instance that was polled ready, leave a fresh clone for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let gateway = self.gateway.clone();
+        Box::pin(async move {
+            let Some(route) = gateway.pricing.find(req.method().as_str(), req.uri().path()).cloned() else {
+                return inner.call(req).await;
+            };
+            let payment = PaymentHeaders {
+                v2: header_text(&req, PAYMENT_SIGNATURE),
+                v1: header_text(&req, X_PAYMENT),
+                idempotency_key: header_text(&req, IDEMPOTENCY_KEY),
+                request_id: header_text(&req, "x-request-id"),
+            };
+            let charge = match gateway.authorize(&route, &req.uri().to_string(), payment).await {
+                Authorized::Paid(charge) => charge,
+                Authorized::Answer(answer) => return Ok(answer.into_response()),
+            };
+            // A handler that panics answered nothing: the charge is voided like any error.
+            let mut response = match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
+                Ok(response) => response?,
+                Err(_) => {
+                    tracing::error!(key = %charge.paid.key, route = %charge.route, "the handler panicked; the charge is voided");
+                    let mut response = Response::new(Body::from(
+                        r#"{"error":"internal","message":"the API failed on this call; it was not charged"}"#,
+                    ));
+                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    response
+                }
+            };
+            if response.status().as_u16() >= 400 {
+                // The user never pays for an error.
+                gateway.void(&charge).await;
+            } else if let Ok(value) = HeaderValue::from_str(&charge.receipt_header()) {
+                response.headers_mut().insert(PAYMENT_RESPONSE, value);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The payment headers of a request, as the gateway reads them.
+#[derive(Debug, Clone, Default)]
+pub struct PaymentHeaders {
+    /// `PAYMENT-SIGNATURE` (x402 v2).
+    pub v2: Option<String>,
+    /// `X-PAYMENT` (x402 v1).
+    pub v1: Option<String>,
+    /// `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+    /// `X-Request-Id`, kept in the ledger.
+    pub request_id: Option<String>,
+}
+
+/// A charge taken and recorded: serve the call, then [`Gateway::void`] it if the call fails.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    /// What was charged, to whom.
+    pub paid: Paid,
+    /// `METHOD /pattern` of the route.
+    pub route: String,
+    /// The request's id in the ledger.
+    pub request_id: String,
+}
+
+impl Charge {
+    /// The `PAYMENT-RESPONSE` header value.
+    pub fn receipt_header(&self) -> String {
+        encode_header(&self.paid.response)
+    }
+}
+
+/// An answer the gateway gives instead of serving the call.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// 402 (payment required or refused), 409 (duplicate payment) or 503 (cannot charge).
+    pub status: StatusCode,
+    /// The JSON body, serialized once (the header carries the same JSON in base64).
+    pub body: String,
+    /// The `PAYMENT-REQUIRED` header value, on a 402.
+    pub payment_required: Option<String>,
+}
+
+impl Answer {
+    /// As an HTTP response.
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = Response::new(Body::from(self.body));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(value) = self.payment_required.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            response.headers_mut().insert(PAYMENT_REQUIRED, value);
+        }
+        response
+    }
+}
+
+/// What [`Gateway::authorize`] decided.
+#[derive(Debug)]
+pub enum Authorized {
+    /// Charged and recorded: serve the call.
+    Paid(Box<Charge>),
+    /// Answer this instead.
+    Answer(Answer),
+}
+
+impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
+    /// Charges a call to `route` (requested as `url`) with the payment in `headers`: decodes it,
+    /// decides, and records the charge in the ledger before returning, so nothing served is
+    /// ever missing from it. Shared by the tower layer and the HTTP charge API.
+    pub async fn authorize(&self, route: &PricedRoute, url: &str, headers: PaymentHeaders) -> Authorized {
+        let config = &self.config;
+        // The ledger keeps the client's request id; a bounded one.
+        let request_id = headers.request_id.map(|id| id.chars().take(128).collect()).unwrap_or_else(request_id);
+        let payment = match (headers.v2, headers.v1) {
+            (Some(v2), _) => decode_payment(&v2),
+            (None, Some(v1)) => decode_payment_v1(&v1, &config.requirements(route)),
+            (None, None) => return Authorized::Answer(challenge(config, route, url, None)),
+        };
+        let payment = match payment {
+            Ok(payment) => payment,
+            Err(malformed) => {
+                let refusal = Refusal { code: ErrorCode::MalformedPayment, message: malformed.0 };
+                return Authorized::Answer(challenge(config, route, url, Some(&refusal)));
+            }
+        };
+        let idempotency = headers.idempotency_key.or_else(|| payment.payment_identifier().map(str::to_owned));
+        if let Some(Err(malformed)) = idempotency.as_deref().map(check_idempotency_key) {
+            let refusal = Refusal { code: ErrorCode::MalformedPayment, message: malformed.0 };
+            return Authorized::Answer(challenge(config, route, url, Some(&refusal)));
+        }
+        let paid =
+            match decide(config, &self.directory, &self.counters, route, &payment, idempotency.as_deref(), unix_now())
+                .await
+            {
+                Decision::Paid(paid) => paid,
+                Decision::Refused(refusal) => {
+                    let mut answer = challenge(config, route, url, Some(&refusal));
+                    if refusal.code == ErrorCode::DuplicatePayment {
+                        // Not a payment problem: the call was paid for already.
+                        answer.status = StatusCode::CONFLICT;
+                        answer.payment_required = None;
+                    }
+                    return Authorized::Answer(answer);
+                }
+                Decision::Unavailable(err) => {
+                    tracing::error!(error = %err, "cannot charge: failing closed");
+                    return Authorized::Answer(unavailable());
+                }
+            };
+        let charge = Charge { paid: *paid, route: format!("{} {}", route.method, route.pattern), request_id };
+        // Durable before the call is served: a charge the ledger does not hold is undone.
+        if let Err(err) = self.ledger.record(record(&charge, UsageKind::Charge)).await {
+            tracing::error!(error = %err, "cannot record the charge: failing closed");
+            let p = &charge.paid;
+            if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency).await {
+                tracing::error!(error = %err, key = %p.key, "could not undo an unrecorded charge");
+            }
+            return Authorized::Answer(unavailable());
+        }
+        Authorized::Paid(Box::new(charge))
+    }
+
+    /// Voids `charge` (the call failed: the user never pays for an error) and records the
+    /// void in the ledger.
+    pub async fn void(&self, charge: &Charge) {
+        let p = &charge.paid;
+        if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency).await {
+            tracing::error!(error = %err, key = %p.key, price = %p.price, "could not void a charge for a failed call");
+        }
+        if let Err(err) = self.ledger.record(record(charge, UsageKind::Void)).await {
+            tracing::error!(error = %err, key = %p.key, price = %p.price, "could not record a void");
+        }
+    }
+}
+
+fn record(charge: &Charge, kind: UsageKind) -> UsageRecord {
+    let paid = &charge.paid;
+    UsageRecord {
+        at: unix_now(),
+        key: paid.key,
+        owner: paid.owner,
+        kind,
+        amount: paid.price,
+        route: charge.route.clone(),
+        request_id: charge.request_id.clone(),
+        voucher: paid.voucher,
+        signature: (kind == UsageKind::Charge).then_some(paid.signature),
+    }
+}
+
+/// A request id unique within this process when the client sent none.
+fn request_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("gw-{}-{n}", SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or_default())
+}
+
+fn header_text(req: &Request<Body>, name: &str) -> Option<String> {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn challenge(config: &GatewayConfig, route: &PricedRoute, url: &str, refusal: Option<&Refusal>) -> Answer {
+    let json = serde_json::to_string(&config.challenge(route, url, refusal)).unwrap_or_default();
+    Answer {
+        status: StatusCode::PAYMENT_REQUIRED,
+        payment_required: Some(base64::engine::general_purpose::STANDARD.encode(&json)),
+        body: json,
+    }
+}
+
+fn unavailable() -> Answer {
+    Answer {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: r#"{"error":"unavailable","message":"payments cannot be checked right now; nothing was charged, try again shortly"}"#
+            .to_owned(),
+        payment_required: None,
+    }
+}

@@ -1,0 +1,31 @@
+//! opentab's HTTP 402 gateway (DESIGN §3), growing with the payment-path issue.
+//!
+//! - [`protocol`]: the x402 v2 HTTP transport with opentab's `session` scheme: the
+//!   `PAYMENT-REQUIRED` challenge, the `PAYMENT-SIGNATURE` (and v1 `X-PAYMENT`) payload, the
+//!   `PAYMENT-RESPONSE` receipt, base64-encoded JSON headers and the stable error codes.
+//! - [`pricing`]: which routes cost what (`"POST /v1/chat/completions" = "0.002"`).
+//! - [`decide`]: one paid request's decision (key state, voucher signature, atomic charge),
+//!   over the [`KeyDirectory`] and [`CounterStore`] ports; [`InProcessCounters`] for the
+//!   embedded default, [`RedisCounters`] (Lua scripts, owner hash tags) for production.
+//! - [`PaymentLayer`]: the tower layer for axum/hyper services (402 challenge, charge before
+//!   the handler, void on an error answer, `PAYMENT-RESPONSE` receipt), over
+//!   [`Gateway::authorize`] and [`Gateway::void`].
+//! - [`charge_api`]: the same as an authenticated HTTP API (`charge` / `void`) for middleware in
+//!   other languages (`packages/express`).
+
+mod api;
+mod counters;
+mod gateway;
+mod layer;
+pub mod pricing;
+pub mod protocol;
+mod redis_counters;
+
+pub use api::charge_api;
+pub use counters::InProcessCounters;
+pub use gateway::{
+    CounterStore, Decision, GatewayConfig, IDEMPOTENCY_TTL_SECS, KeyDirectory, KeyInfo, Paid, Refusal, Unavailable,
+    UsageKind, UsageLedger, UsageRecord, decide, idempotency_hash,
+};
+pub use layer::{Answer, Authorized, Charge, Gateway, PaymentHeaders, PaymentLayer, PaymentService};
+pub use redis_counters::{CounterSource, RedisCounters, SourceFuture};

@@ -1,0 +1,243 @@
+//! One behavioural suite for both counter stores: in-process, and Redis for real (a fresh key
+//! prefix per test; `OPENTAB_TEST_REDIS`, default `redis://127.0.0.1:6379`; `scripts/test.sh`
+//! starts a Redis of its own when none answers). Includes many concurrent out-of-order
+//! vouchers for one key and a replay storm.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use opentab_core::charge::{ChargeRefused, ChargeRequest, KeyCounters};
+use opentab_core::{Address, B256, Signature, SigningKey, U256, Usdc};
+use opentab_gateway::{CounterStore, InProcessCounters, RedisCounters, Unavailable};
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+const OWNER: Address = Address::repeat_byte(0x01);
+const PRICE: u64 = 2_000;
+
+/// Reading counters back, for assertions.
+trait Probe: CounterStore + 'static {
+    fn counters(&self, key: Address) -> impl std::future::Future<Output = Result<KeyCounters, Unavailable>> + Send;
+    fn owed(&self) -> impl std::future::Future<Output = Result<Usdc, Unavailable>> + Send;
+}
+
+impl Probe for InProcessCounters {
+    async fn counters(&self, key: Address) -> Result<KeyCounters, Unavailable> {
+        self.key(key)
+    }
+    async fn owed(&self) -> Result<Usdc, Unavailable> {
+        self.owner_served(OWNER)
+    }
+}
+
+impl Probe for RedisCounters {
+    async fn counters(&self, key: Address) -> Result<KeyCounters, Unavailable> {
+        self.key(key, OWNER).await
+    }
+    async fn owed(&self) -> Result<Usdc, Unavailable> {
+        self.owner_served(OWNER).await
+    }
+}
+
+async fn redis() -> TestResult<RedisCounters> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let url = std::env::var("OPENTAB_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+    let prefix = format!("opentab-test:{}:{}:{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    Ok(RedisCounters::connect(&url, &prefix).await?)
+}
+
+fn sig(n: u64) -> Signature {
+    SigningKey::from_bytes(&B256::with_last_byte(1))
+        .map(|k| k.sign_digest(&B256::from(U256::from(n))))
+        .unwrap_or_else(|_| unreachable!())
+}
+
+fn req(price: u64, voucher: U256, limit: u64, escrow: u64) -> ChargeRequest {
+    ChargeRequest {
+        price: Usdc::from_base_units(price),
+        voucher,
+        signature: sig(voucher.saturating_to::<u64>()),
+        limit: Usdc::from_base_units(limit),
+        escrow_available: Usdc::from_base_units(escrow),
+        owner_settled: Usdc::ZERO,
+        idempotency: None,
+    }
+}
+
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod in_process {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() -> super::TestResult {
+                super::$test(std::sync::Arc::new(opentab_gateway::InProcessCounters::default())).await
+            })*
+        }
+        mod redis_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() -> super::TestResult { super::$test(std::sync::Arc::new(super::redis().await?)).await })*
+        }
+    };
+}
+
+on_both_stores!(
+    an_idempotency_key_is_charged_once_until_voided,
+    a_settlement_moves_budget_from_escrow_to_settled,
+    charges_follow_the_rule_and_refusals_change_nothing,
+    the_owner_escrow_bounds_all_its_keys,
+    voids_give_back_but_keep_the_best_voucher,
+    huge_vouchers_compare_by_number,
+    concurrent_out_of_order_vouchers_never_overserve,
+    a_replay_storm_buys_one_call,
+);
+
+async fn charges_follow_the_rule_and_refusals_change_nothing<S: Probe>(s: Arc<S>) -> TestResult {
+    let key = Address::repeat_byte(0xa1);
+    let ok = s.charge(key, OWNER, req(PRICE, U256::from(PRICE), 5_000, 1_000_000)).await??;
+    assert_eq!((ok.served, ok.remaining), (Usdc::from_base_units(PRICE), Usdc::from_base_units(3_000)));
+    let replay = s.charge(key, OWNER, req(PRICE, U256::from(PRICE), 5_000, 1_000_000)).await?;
+    assert_eq!(
+        replay,
+        Err(ChargeRefused::VoucherTooLow { needed: Usdc::from_base_units(4_000), signed: U256::from(PRICE) })
+    );
+    s.charge(key, OWNER, req(PRICE, U256::from(2 * PRICE), 5_000, 1_000_000)).await??;
+    let over = s.charge(key, OWNER, req(PRICE, U256::from(3 * PRICE), 5_000, 1_000_000)).await?;
+    assert_eq!(
+        over,
+        Err(ChargeRefused::LimitExceeded { needed: Usdc::from_base_units(6_000), limit: Usdc::from_base_units(5_000) })
+    );
+    let c = s.counters(key).await?;
+    assert_eq!(
+        (c.served, c.best, c.best_signature),
+        (Usdc::from_base_units(4_000), U256::from(4_000), Some(sig(4_000)))
+    );
+    assert_eq!(s.owed().await?, Usdc::from_base_units(4_000));
+    Ok(())
+}
+
+async fn the_owner_escrow_bounds_all_its_keys<S: Probe>(s: Arc<S>) -> TestResult {
+    let (a, b) = (Address::repeat_byte(0xa2), Address::repeat_byte(0xb2));
+    s.charge(a, OWNER, req(7_000, U256::from(7_000), 1_000_000, 10_000)).await??;
+    let refused = s.charge(b, OWNER, req(4_000, U256::from(4_000), 1_000_000, 10_000)).await?;
+    assert_eq!(
+        refused,
+        Err(ChargeRefused::InsufficientFunds {
+            available: Usdc::from_base_units(3_000),
+            needed: Usdc::from_base_units(4_000)
+        })
+    );
+    s.charge(b, OWNER, req(3_000, U256::from(3_000), 1_000_000, 10_000)).await??;
+    assert_eq!(s.owed().await?, Usdc::from_base_units(10_000));
+    Ok(())
+}
+
+async fn a_settlement_moves_budget_from_escrow_to_settled<S: Probe>(s: Arc<S>) -> TestResult {
+    let key = Address::repeat_byte(0xa7);
+    s.charge(key, OWNER, req(6_000, U256::from(6_000), 1_000_000, 10_000)).await??;
+    // 6_000 settles: the escrow drops to 4_000, the owner's settled rises to 6_000. Still 4_000
+    // free, no more, and the counters were never reset.
+    let mut r = req(4_001, U256::from(10_001), 1_000_000, 4_000);
+    r.owner_settled = Usdc::from_base_units(6_000);
+    assert_eq!(
+        s.charge(key, OWNER, r).await?,
+        Err(ChargeRefused::InsufficientFunds {
+            available: Usdc::from_base_units(4_000),
+            needed: Usdc::from_base_units(4_001)
+        })
+    );
+    r.price = Usdc::from_base_units(4_000);
+    s.charge(key, OWNER, r).await??;
+    assert_eq!(s.owed().await?, Usdc::from_base_units(10_000), "served in all");
+    Ok(())
+}
+
+async fn an_idempotency_key_is_charged_once_until_voided<S: Probe>(s: Arc<S>) -> TestResult {
+    let key = Address::repeat_byte(0xa8);
+    let id = opentab_gateway::idempotency_hash(key, "retry-me-123");
+    let with_id =
+        |voucher: u64| ChargeRequest { idempotency: Some(id), ..req(PRICE, U256::from(voucher), 1_000_000, 1_000_000) };
+    s.charge(key, OWNER, with_id(PRICE)).await??;
+    // The client retries the same request (it never saw the answer): not charged again.
+    assert_eq!(s.charge(key, OWNER, with_id(2 * PRICE)).await?, Err(ChargeRefused::DuplicatePayment));
+    assert_eq!(s.counters(key).await?.served, Usdc::from_base_units(PRICE), "a duplicate changes nothing");
+    // Another key's request with the same id text is its own.
+    let other = Address::repeat_byte(0xa9);
+    let other_id = opentab_gateway::idempotency_hash(other, "retry-me-123");
+    let mut r = req(PRICE, U256::from(PRICE), 1_000_000, 1_000_000);
+    r.idempotency = Some(other_id);
+    s.charge(other, OWNER, r).await??;
+    // The call failed and was voided: its retry is charged.
+    s.void(key, OWNER, Usdc::from_base_units(PRICE), Some(id)).await?;
+    s.charge(key, OWNER, with_id(2 * PRICE)).await??;
+    assert_eq!(s.counters(key).await?.served, Usdc::from_base_units(PRICE));
+    Ok(())
+}
+
+async fn voids_give_back_but_keep_the_best_voucher<S: Probe>(s: Arc<S>) -> TestResult {
+    let key = Address::repeat_byte(0xa3);
+    s.charge(key, OWNER, req(PRICE, U256::from(PRICE), 1_000_000, 1_000_000)).await??;
+    s.void(key, OWNER, Usdc::from_base_units(PRICE), None).await?;
+    let c = s.counters(key).await?;
+    assert_eq!((c.served, c.best), (Usdc::ZERO, U256::from(PRICE)));
+    assert_eq!(s.owed().await?, Usdc::ZERO);
+    s.void(key, OWNER, Usdc::from_base_units(PRICE), None).await?;
+    assert_eq!(s.counters(key).await?.served, Usdc::ZERO, "a stray void never goes below zero");
+    s.charge(key, OWNER, req(PRICE, U256::from(PRICE), 1_000_000, 1_000_000)).await??;
+    Ok(())
+}
+
+async fn huge_vouchers_compare_by_number<S: Probe>(s: Arc<S>) -> TestResult {
+    let key = Address::repeat_byte(0xa4);
+    s.charge(key, OWNER, req(PRICE, U256::MAX, 1_000_000, 1_000_000)).await??;
+    // A 9-digit voucher after a 78-digit one: best stays the larger.
+    s.charge(key, OWNER, req(PRICE, U256::from(999_999_999u64), 1_000_000, 1_000_000)).await??;
+    assert_eq!(s.counters(key).await?.best, U256::MAX);
+    Ok(())
+}
+
+async fn concurrent_out_of_order_vouchers_never_overserve<S: Probe>(s: Arc<S>) -> TestResult {
+    let key = Address::repeat_byte(0xa5);
+    let mut amounts: Vec<u64> = (1..=150u64).map(|i| i * PRICE).collect();
+    amounts.sort_by_key(|a| (a.wrapping_mul(2_654_435_761) >> 5) % 101);
+    let tasks: Vec<_> = amounts
+        .into_iter()
+        .map(|amount| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.charge(key, OWNER, req(PRICE, U256::from(amount), u64::MAX / 4, u64::MAX / 4)).await
+            })
+        })
+        .collect();
+    let mut ok = 0u64;
+    for task in tasks {
+        ok += u64::from(matches!(task.await?, Ok(Ok(_))));
+    }
+    let c = s.counters(key).await?;
+    assert_eq!(c.served, Usdc::from_base_units(ok * PRICE), "each success charged once");
+    assert!(c.served.to_u256() <= c.best);
+    assert_eq!(c.best, U256::from(150 * PRICE));
+    Ok(())
+}
+
+async fn a_replay_storm_buys_one_call<S: Probe>(s: Arc<S>) -> TestResult {
+    let key = Address::repeat_byte(0xa6);
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.charge(key, OWNER, req(PRICE, U256::from(PRICE), 1_000_000, 1_000_000)).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        ok += u32::from(matches!(task.await?, Ok(Ok(_))));
+    }
+    assert_eq!(ok, 1, "one voucher, one call");
+    assert_eq!(s.counters(key).await?.served, Usdc::from_base_units(PRICE));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_fails_closed() {
+    let outcome = RedisCounters::connect("redis://127.0.0.1:1", "x").await;
+    assert!(matches!(outcome, Err(Unavailable(ref m)) if m.starts_with("redis")), "{outcome:?}");
+}

@@ -1,0 +1,469 @@
+//! The payment layer in front of a real axum router (in-process, no socket): the 402
+//! challenge, a paid call and its receipt, every refusal code of DESIGN §3, the void of a
+//! failed call, failing closed, and concurrent out-of-order vouchers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::{get, post};
+use base64::Engine;
+use http_body_util::BodyExt;
+use opentab_core::{Address, ContractDomain, SessionKey, SigningKey, U256, Usdc, Voucher};
+use opentab_gateway::pricing::Pricing;
+use opentab_gateway::protocol::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT};
+use opentab_gateway::{
+    Gateway, GatewayConfig, InProcessCounters, KeyDirectory, KeyInfo, PaymentLayer, Unavailable, UsageKind,
+    UsageLedger, UsageRecord, charge_api,
+};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+const PAYEE: Address = Address::repeat_byte(0x0e);
+const OWNER: Address = Address::repeat_byte(0x01);
+const PRICE: u64 = 2_000;
+
+#[derive(Debug, Default)]
+struct Directory {
+    keys: Mutex<HashMap<Address, KeyInfo>>,
+    down: Mutex<bool>,
+}
+
+impl KeyDirectory for Directory {
+    async fn key(&self, key: Address) -> Result<Option<KeyInfo>, Unavailable> {
+        if *self.down.lock().map_err(|_| Unavailable("poisoned".into()))? {
+            return Err(Unavailable("database is down".into()));
+        }
+        Ok(self.keys.lock().map_err(|_| Unavailable("poisoned".into()))?.get(&key).cloned())
+    }
+}
+
+/// The ledger port's in-memory twin (the real one is the database; see opentab-service).
+#[derive(Debug, Default)]
+struct Ledger {
+    records: Mutex<Vec<UsageRecord>>,
+    down: Mutex<bool>,
+}
+
+impl UsageLedger for Ledger {
+    async fn record(&self, record: UsageRecord) -> Result<(), Unavailable> {
+        if *self.down.lock().map_err(|_| Unavailable("poisoned".into()))? {
+            return Err(Unavailable("ledger is down".into()));
+        }
+        self.records.lock().map_err(|_| Unavailable("poisoned".into()))?.push(record);
+        Ok(())
+    }
+}
+
+type TestGateway = Gateway<Arc<Directory>, Arc<InProcessCounters>, Arc<Ledger>>;
+
+struct World {
+    gateway: Arc<TestGateway>,
+    ledger: Arc<Ledger>,
+    app: Router,
+    config: GatewayConfig,
+    directory: Arc<Directory>,
+    counters: Arc<InProcessCounters>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+fn world() -> TestResult<World> {
+    let config = GatewayConfig {
+        domain: ContractDomain::opentab(31337, Address::repeat_byte(0x77)),
+        asset: Address::repeat_byte(0x05),
+        pay_to: PAYEE,
+        max_timeout_seconds: 60,
+    };
+    let pricing = Pricing::new([("POST /v1/chat", "0.002"), ("GET /v1/broken", "0.002"), ("GET /v1/panics", "0.002")])?;
+    let directory = Arc::new(Directory::default());
+    let counters = Arc::new(InProcessCounters::default());
+    let ledger = Arc::new(Ledger::default());
+    let layer = PaymentLayer::new(Gateway {
+        config: config.clone(),
+        pricing,
+        directory: directory.clone(),
+        counters: counters.clone(),
+        ledger: ledger.clone(),
+    });
+    let gateway = layer.gateway().clone();
+    let app = Router::new()
+        .route("/v1/chat", post(|| async { "the answer" }))
+        .route("/v1/broken", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "model crashed") }))
+        .route("/free", get(|| async { "free" }))
+        .route("/v1/panics", get(panics))
+        .layer(layer);
+    Ok(World { gateway, ledger, app, config, directory, counters })
+}
+
+async fn panics() -> &'static str {
+    panic!("the model crashed hard")
+}
+
+impl World {
+    fn add_key(&self, limit: u64, escrow: u64) -> TestResult<SigningKey> {
+        let key = SigningKey::random();
+        let info = KeyInfo {
+            key: SessionKey {
+                address: key.address(),
+                owner: OWNER,
+                payee: PAYEE,
+                limit: Usdc::from_base_units(limit),
+                valid_after: 0,
+                valid_until: now() + 3_600,
+                frozen_at: None,
+                revoked_at: None,
+                settled: Usdc::ZERO,
+            },
+            frozen_offchain: false,
+            escrow_available: Usdc::from_base_units(escrow),
+            owner_settled: Usdc::ZERO,
+        };
+        self.directory.keys.lock().map_err(|_| "poisoned")?.insert(key.address(), info);
+        Ok(key)
+    }
+
+    fn edit(&self, key: &SigningKey, f: impl FnOnce(&mut KeyInfo)) -> TestResult {
+        let mut keys = self.directory.keys.lock().map_err(|_| "poisoned")?;
+        f(keys.get_mut(&key.address()).ok_or("no such key")?);
+        Ok(())
+    }
+
+    fn payment(&self, key: &SigningKey, cumulative: u64, route: &str) -> TestResult<Value> {
+        let pricing = Pricing::new([(route, "0.002")])?;
+        let voucher = Voucher::new(key.address(), PAYEE, U256::from(cumulative));
+        let signature = key.sign_digest(&self.config.domain.digest(&voucher));
+        Ok(json!({
+            "x402Version": 2,
+            "accepted": self.config.requirements(&pricing.routes()[0]),
+            "payload": { "sessionKey": key.address(), "cumulativeAmount": cumulative.to_string(), "signature": signature.to_string() },
+        }))
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        header: Option<(&str, String)>,
+    ) -> TestResult<(StatusCode, Value, Option<Value>)> {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
+        let res = self.app.clone().oneshot(req.body(Body::empty())?).await?;
+        let status = res.status();
+        let name = if status == StatusCode::PAYMENT_REQUIRED { PAYMENT_REQUIRED } else { PAYMENT_RESPONSE };
+        let header = decode_header(res.headers(), name);
+        let bytes = res.into_body().collect().await?.to_bytes();
+        let body =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Ok((status, body, header))
+    }
+
+    async fn pay(&self, key: &SigningKey, cumulative: u64) -> TestResult<(StatusCode, Value, Option<Value>)> {
+        let header = b64(&self.payment(key, cumulative, "POST /v1/chat")?);
+        self.send("POST", "/v1/chat", Some((PAYMENT_SIGNATURE, header))).await
+    }
+
+    async fn refusal(&self, key: &SigningKey, cumulative: u64) -> TestResult<String> {
+        let (status, body, _) = self.pay(key, cumulative).await?;
+        assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+        Ok(body["error"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+fn decode_header(headers: &axum::http::HeaderMap, name: &str) -> Option<Value> {
+    let text = headers.get(name)?.to_str().ok()?;
+    serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(text).ok()?).ok()
+}
+
+fn b64(value: &Value) -> String {
+    base64::engine::general_purpose::STANDARD.encode(value.to_string())
+}
+
+#[tokio::test]
+async fn an_unpaid_call_gets_the_challenge_and_a_paid_one_the_receipt() -> TestResult {
+    let w = world()?;
+    let (status, body, header) = w.send("POST", "/v1/chat", None).await?;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(header.as_ref(), Some(&body), "the body repeats the header");
+    assert_eq!(body["accepts"][0]["amount"], "2000");
+    assert_eq!(body["accepts"][0]["network"], "eip155:31337");
+    assert!(body.get("error").is_none(), "a plain challenge carries no error");
+
+    let key = w.add_key(1_000_000, 10_000_000)?;
+    let (status, body, receipt) = w.pay(&key, PRICE).await?;
+    assert_eq!((status, body), (StatusCode::OK, Value::String("the answer".into())));
+    let receipt = receipt.ok_or("no PAYMENT-RESPONSE")?;
+    assert_eq!(receipt["success"], true);
+    assert_eq!(receipt["payer"], format!("{OWNER:#x}"));
+    assert_eq!(receipt["receipt"]["charged"], "2000");
+    assert_eq!(receipt["receipt"]["served"], "2000");
+    assert_eq!(receipt["receipt"]["remaining"], "998000");
+
+    let (status, body, _) = w.send("GET", "/free", None).await?;
+    assert_eq!((status, body), (StatusCode::OK, Value::String("free".into())), "unpriced routes pass");
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_code_and_charges_nothing() -> TestResult {
+    let w = world()?;
+    let key = w.add_key(5_000, 10_000_000)?;
+
+    assert!(w.pay(&key, PRICE).await?.0.is_success());
+    assert_eq!(w.refusal(&key, PRICE).await?, "voucher_too_low", "a replayed voucher buys nothing");
+    assert!(w.pay(&key, 2 * PRICE).await?.0.is_success());
+    assert_eq!(w.refusal(&key, 3 * PRICE).await?, "limit_exceeded");
+
+    let poor = w.add_key(1_000_000, 1_000)?;
+    assert_eq!(w.refusal(&poor, PRICE).await?, "insufficient_funds");
+
+    let stranger = SigningKey::random();
+    assert_eq!(w.refusal(&stranger, PRICE).await?, "unknown_key");
+
+    // Signed by another key than the one named.
+    let named = w.add_key(1_000_000, 10_000_000)?;
+    let mut forged = w.payment(&stranger, PRICE, "POST /v1/chat")?;
+    forged["payload"]["sessionKey"] = json!(named.address());
+    let (_, body, _) = w.send("POST", "/v1/chat", Some((PAYMENT_SIGNATURE, b64(&forged)))).await?;
+    assert_eq!(body["error"], "invalid_signature");
+
+    let mut wrong_network = w.payment(&named, PRICE, "POST /v1/chat")?;
+    wrong_network["accepted"]["network"] = json!("eip155:137");
+    let (_, body, _) = w.send("POST", "/v1/chat", Some((PAYMENT_SIGNATURE, b64(&wrong_network)))).await?;
+    assert_eq!(body["error"], "wrong_network");
+
+    let mut wrong_payee = w.payment(&named, PRICE, "POST /v1/chat")?;
+    wrong_payee["accepted"]["payTo"] = json!(Address::repeat_byte(0x99));
+    let (_, body, _) = w.send("POST", "/v1/chat", Some((PAYMENT_SIGNATURE, b64(&wrong_payee)))).await?;
+    assert_eq!(body["error"], "wrong_payee");
+    let elsewhere = w.add_key(1_000_000, 10_000_000)?;
+    w.edit(&elsewhere, |k| k.key.payee = Address::repeat_byte(0x99))?;
+    assert_eq!(w.refusal(&elsewhere, PRICE).await?, "wrong_payee", "the key may only pay its own payee");
+
+    let (_, body, _) = w.send("POST", "/v1/chat", Some((PAYMENT_SIGNATURE, "not base64!".into()))).await?;
+    assert_eq!(body["error"], "malformed_payment");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("base64")), "{body}");
+
+    for (edit, code) in [
+        (Box::new(|k: &mut KeyInfo| k.frozen_offchain = true) as Box<dyn FnOnce(&mut KeyInfo)>, "key_frozen"),
+        (Box::new(|k: &mut KeyInfo| k.key.frozen_at = Some(1)), "key_frozen"),
+        (Box::new(|k: &mut KeyInfo| k.key.revoked_at = Some(1)), "key_revoked"),
+        (Box::new(|k: &mut KeyInfo| k.key.valid_until = 1), "key_expired"),
+        (Box::new(|k: &mut KeyInfo| k.key.valid_after = now() + 600), "key_expired"),
+    ] {
+        let k = w.add_key(1_000_000, 10_000_000)?;
+        w.edit(&k, edit)?;
+        assert_eq!(w.refusal(&k, PRICE).await?, code);
+        assert_eq!(w.counters.key(k.address())?.served, Usdc::ZERO, "{code}: nothing charged");
+    }
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::from_base_units(2 * PRICE));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_call_is_voided_and_the_same_voucher_pays_the_retry() -> TestResult {
+    let w = world()?;
+    let key = w.add_key(1_000_000, 10_000_000)?;
+    let header = b64(&w.payment(&key, PRICE, "GET /v1/broken")?);
+    let (status, _, receipt) = w.send("GET", "/v1/broken", Some((PAYMENT_SIGNATURE, header))).await?;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(receipt.is_none(), "no receipt for a call that was not paid for");
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::ZERO);
+    assert_eq!(w.counters.owner_served(OWNER)?, Usdc::ZERO);
+    assert!(w.pay(&key, PRICE).await?.0.is_success(), "the voided voucher still pays");
+    let kinds: Vec<UsageKind> = w.ledger.records.lock().map_err(|_| "poisoned")?.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [UsageKind::Charge, UsageKind::Void, UsageKind::Charge], "a void is a new ledger row");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_charge_the_ledger_cannot_hold_is_undone_and_not_served() -> TestResult {
+    let w = world()?;
+    let key = w.add_key(1_000_000, 10_000_000)?;
+    *w.ledger.down.lock().map_err(|_| "poisoned")? = true;
+    let (status, body, _) = w.pay(&key, PRICE).await?;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::ZERO, "the charge was undone");
+    *w.ledger.down.lock().map_err(|_| "poisoned")? = false;
+    assert!(w.pay(&key, PRICE).await?.0.is_success(), "the same voucher pays once the ledger is back");
+    Ok(())
+}
+
+#[tokio::test]
+async fn when_key_state_is_unknown_the_gateway_fails_closed() -> TestResult {
+    let w = world()?;
+    let key = w.add_key(1_000_000, 10_000_000)?;
+    *w.directory.down.lock().map_err(|_| "poisoned")? = true;
+    let (status, body, _) = w.pay(&key, PRICE).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"], "unavailable");
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::ZERO);
+    Ok(())
+}
+
+#[tokio::test]
+async fn v1_x_payment_pays_too() -> TestResult {
+    let w = world()?;
+    let key = w.add_key(1_000_000, 10_000_000)?;
+    let v2 = w.payment(&key, PRICE, "POST /v1/chat")?;
+    let v1 = json!({ "x402Version": 1, "scheme": "session", "network": "eip155:31337", "payload": v2["payload"] });
+    let (status, _, receipt) = w.send("POST", "/v1/chat", Some((X_PAYMENT, b64(&v1)))).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(receipt.map(|r| r["receipt"]["served"].clone()), Some(json!("2000")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_out_of_order_vouchers_never_serve_beyond_what_was_signed() -> TestResult {
+    let w = Arc::new(world()?);
+    let key = Arc::new(w.add_key(u64::MAX / 4, u64::MAX / 4)?);
+    // 200 calls whose vouchers (1..=200 × price) arrive in a scrambled order, plus 100 replays.
+    let mut amounts: Vec<u64> = (1..=200u64).map(|i| i * PRICE).collect();
+    amounts.extend((1..=100u64).map(|i| i * PRICE));
+    amounts.sort_by_key(|a| (a.wrapping_mul(2_654_435_761) >> 7) % 997);
+    let mut tasks = Vec::new();
+    for amount in amounts {
+        let (w, key) = (w.clone(), key.clone());
+        tasks.push(tokio::spawn(
+            async move { w.pay(&key, amount).await.map(|r| r.0 == StatusCode::OK).unwrap_or(false) },
+        ));
+    }
+    let mut paid = 0u64;
+    for task in tasks {
+        paid += u64::from(task.await?);
+    }
+    let counters = w.counters.key(key.address())?;
+    assert_eq!(counters.served, Usdc::from_base_units(paid * PRICE), "every success was charged exactly once");
+    assert!(
+        counters.served.to_u256() <= counters.best,
+        "served {} beyond the best voucher {}",
+        counters.served,
+        counters.best
+    );
+    assert!(paid <= 200, "never more calls than the highest voucher covers");
+    assert_eq!(counters.best, U256::from(200 * PRICE));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_idempotency_key_makes_a_retry_free_of_a_second_charge() -> TestResult {
+    let w = world()?;
+    let key = w.add_key(1_000_000, 10_000_000)?;
+    let send = |payment: Value, id: Option<&'static str>| {
+        let app = w.app.clone();
+        async move {
+            let mut req = Request::builder().method("POST").uri("/v1/chat").header(PAYMENT_SIGNATURE, b64(&payment));
+            if let Some(id) = id {
+                req = req.header("idempotency-key", id);
+            }
+            let res = app.oneshot(req.body(Body::empty())?).await?;
+            let status = res.status();
+            let bytes = res.into_body().collect().await?.to_bytes();
+            TestResult::Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+        }
+    };
+    assert_eq!(send(w.payment(&key, PRICE, "POST /v1/chat")?, Some("req-0001")).await?.0, StatusCode::OK);
+    // The client lost the answer and retries with the same key (and the next voucher).
+    let (status, body) = send(w.payment(&key, 2 * PRICE, "POST /v1/chat")?, Some("req-0001")).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("duplicate_payment"), "{body}");
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::from_base_units(PRICE), "charged once");
+    // The x402 payment-identifier extension works the same.
+    let mut payment = w.payment(&key, 2 * PRICE, "POST /v1/chat")?;
+    payment["extensions"] =
+        json!({ "payment-identifier": { "info": { "id": "pay_7d5d747be160e280504c099d984bcfe0" } } });
+    assert_eq!(send(payment.clone(), None).await?.0, StatusCode::OK);
+    assert_eq!(send(payment, None).await?.0, StatusCode::CONFLICT);
+    // A malformed key is refused before anything is charged.
+    let (status, body) = send(w.payment(&key, 3 * PRICE, "POST /v1/chat")?, Some("no spaces allowed")).await?;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert!(body.contains("malformed_payment") && body.contains("idempotency key"), "{body}");
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::from_base_units(2 * PRICE));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_charge_api_charges_voids_and_refuses_strangers() -> TestResult {
+    let w = world()?;
+    let api = charge_api(w.gateway.clone(), "s3cret-s3cret");
+    let call = |path: &'static str, auth: Option<&'static str>, body: Value| {
+        let api = api.clone();
+        async move {
+            let mut req = Request::builder().method("POST").uri(path).header("content-type", "application/json");
+            if let Some(auth) = auth {
+                req = req.header("authorization", auth);
+            }
+            let res = api.oneshot(req.body(Body::from(body.to_string()))?).await?;
+            let status = res.status();
+            let required = res.headers().contains_key(PAYMENT_REQUIRED);
+            let bytes = res.into_body().collect().await?.to_bytes();
+            TestResult::Ok((status, serde_json::from_slice::<Value>(&bytes)?, required))
+        }
+    };
+    let auth = Some("Bearer s3cret-s3cret");
+    let key = w.add_key(1_000_000, 10_000_000)?;
+
+    // Strangers and malformed requests are the app's bug, not a payment answer.
+    let (status, body, _) = call("/gateway/v1/charge", Some("Bearer wrong"), json!({})).await?;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    let (status, body, _) = call("/gateway/v1/charge", auth, json!({ "route": "POST /v1/chat" })).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body, _) =
+        call("/gateway/v1/charge", auth, json!({ "route": "POST /v1/chat", "price": "lots" })).await?;
+    assert!(
+        status == StatusCode::BAD_REQUEST && body["message"].as_str().is_some_and(|m| m.contains("lots")),
+        "{body}"
+    );
+
+    // No payment: the challenge to relay, header included.
+    let (status, body, required) =
+        call("/gateway/v1/charge", auth, json!({ "route": "POST /v1/chat", "price": "$0.002" })).await?;
+    assert_eq!((status, required, &body["accepts"][0]["amount"]), (StatusCode::PAYMENT_REQUIRED, true, &json!("2000")));
+
+    // Paid: a charge id and the receipt; voiding it gives the money back, once.
+    let payment = b64(&w.payment(&key, PRICE, "POST /v1/chat")?);
+    let charge = json!({ "route": "POST /v1/chat", "price": "0.002", "payment": payment });
+    let (status, paid, _) = call("/gateway/v1/charge", auth, charge.clone()).await?;
+    assert_eq!((status, paid["status"].as_str()), (StatusCode::OK, Some("paid")), "{paid}");
+    assert_eq!(paid["receipt"]["receipt"]["served"], "2000");
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::from_base_units(PRICE));
+    let void = json!({ "chargeId": paid["chargeId"] });
+    let (status, _, _) = call("/gateway/v1/void", None, void.clone()).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body, _) = call("/gateway/v1/void", auth, void.clone()).await?;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("voided")));
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::ZERO);
+    let (status, body, _) = call("/gateway/v1/void", auth, void).await?;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_charge")));
+    let kinds: Vec<UsageKind> = w.ledger.records.lock().map_err(|_| "poisoned")?.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [UsageKind::Charge, UsageKind::Void]);
+
+    // The voided voucher pays again; a replay of it then is refused with the code to relay.
+    assert_eq!(call("/gateway/v1/charge", auth, charge.clone()).await?.0, StatusCode::OK);
+    let (status, body, _) = call("/gateway/v1/charge", auth, charge).await?;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::PAYMENT_REQUIRED, Some("voucher_too_low")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_is_not_paid_for() -> TestResult {
+    let w = world()?;
+    let key = w.add_key(1_000_000, 10_000_000)?;
+    let header = b64(&w.payment(&key, PRICE, "GET /v1/panics")?);
+    let (status, body, receipt) = w.send("GET", "/v1/panics", Some((PAYMENT_SIGNATURE, header))).await?;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body["error"], "internal");
+    assert!(receipt.is_none());
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::ZERO, "voided");
+    let kinds: Vec<UsageKind> = w.ledger.records.lock().map_err(|_| "poisoned")?.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [UsageKind::Charge, UsageKind::Void]);
+    Ok(())
+}

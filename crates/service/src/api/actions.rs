@@ -1,0 +1,478 @@
+//! The owner's signed actions, relayed on-chain so owners pay no gas: create (register),
+//! freeze, unfreeze and delete (revoke). Each is two calls: `GET …` answers the EIP-712 typed
+//! data to sign (`eth_signTypedData_v4`), `POST`/`DELETE` takes the signature and relays it.
+//! A freeze takes effect for the gateway at once, before its transaction is mined.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use opentab_chain::bindings::SessionKeyValidator::SessionKeyValidatorErrors as E;
+use opentab_chain::{KeyAction, KeyTerms, TxOutcome, Validator};
+use opentab_core::eip712::RegisterSessionKey;
+use opentab_core::{Address, B256, Signature, SigningKey, U256, Usdc};
+use opentab_store::{AuditEntry, NewKey};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::auth::SignedIn;
+use super::keys::{KeyView, owned_key, parse_key, view};
+use super::{ApiError, ApiJson, AppState, now};
+
+/// How long a signature handed out for signing stays relayable.
+const SIGNATURE_TTL_SECS: u64 = 15 * 60;
+/// How long a request waits for its transaction to be mined before answering `pending`.
+const MINING_WAIT: Duration = Duration::from_secs(30);
+
+/// `POST /api/session-keys/prepare` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrepareKey {
+    /// Spend limit in base units (`"25000000"` = 25 USDC).
+    #[schema(value_type = String, example = "25000000")]
+    pub limit: Usdc,
+    /// Unix time from which the key may no longer be served.
+    pub valid_until: u64,
+    /// Unix time from which it may be served (default: now).
+    #[serde(default)]
+    pub valid_after: Option<u64>,
+    /// The key's address, if the agent made its own key; omitted, opentab generates one.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub session_key: Option<Address>,
+}
+
+/// `POST /api/session-keys/prepare` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreparedKey {
+    /// The key's address.
+    #[schema(value_type = String)]
+    pub session_key: Address,
+    /// The generated key's private key: shown this once, never stored. Absent when the caller
+    /// supplied the address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub private_key: Option<B256>,
+    /// Sign this with the owner's wallet (`eth_signTypedData_v4`), then `POST /api/session-keys`.
+    #[schema(value_type = Object)]
+    pub typed_data: Value,
+}
+
+/// `POST /api/session-keys` body: the registration message as prepared, and its signature.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateKey {
+    /// `typedData.message` from the prepare step.
+    pub message: RegistrationMessage,
+    /// The owner's signature over it.
+    #[schema(value_type = String, pattern = "^0x[0-9a-fA-F]{130}$")]
+    pub signature: Signature,
+}
+
+/// The `RegisterSessionKey` message in JSON (amounts and big numbers as decimal strings).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistrationMessage {
+    /// The owner.
+    #[schema(value_type = String)]
+    pub owner: Address,
+    /// The key.
+    #[schema(value_type = String)]
+    pub session_key: Address,
+    /// The payee.
+    #[schema(value_type = String)]
+    pub payee: Address,
+    /// Spend limit, base units.
+    #[schema(value_type = String, example = "25000000")]
+    pub limit: Usdc,
+    /// Served from.
+    pub valid_after: u64,
+    /// Served until.
+    pub valid_until: u64,
+    /// The owner's nonce.
+    pub nonce: String,
+    /// Signature deadline (unix seconds).
+    pub deadline: u64,
+}
+
+/// Answer of a relayed action.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Relayed {
+    /// The key after the action, as opentab sees it now.
+    pub key: KeyView,
+    /// The relayed transaction.
+    #[schema(value_type = Option<String>)]
+    pub tx_hash: Option<B256>,
+    /// `mined`, or `pending` if it was not mined within the wait (poll the key).
+    #[schema(value_type = String, example = "mined")]
+    pub tx_status: &'static str,
+}
+
+/// Body of a signed freeze, unfreeze or delete.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignedAction {
+    /// The nonce from the typed data.
+    pub nonce: String,
+    /// The deadline from the typed data.
+    pub deadline: u64,
+    /// The owner's signature.
+    #[schema(value_type = String, pattern = "^0x[0-9a-fA-F]{130}$")]
+    pub signature: Signature,
+}
+
+#[utoipa::path(post, path = "/api/session-keys/prepare", tag = "session-keys", request_body = PrepareKey, security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = PreparedKey), super::error::ActionProblems))]
+pub(super) async fn prepare(
+    State(state): State<AppState>,
+    SignedIn(owner): SignedIn,
+    ApiJson(body): ApiJson<PrepareKey>,
+) -> Result<Json<PreparedKey>, ApiError> {
+    let chain = state.chain()?;
+    let now = now();
+    let valid_after = body.valid_after.unwrap_or(now.saturating_sub(60));
+    check_terms(body.limit, valid_after, body.valid_until, now, "")?;
+    let (session_key, private_key) = match body.session_key {
+        Some(address) if address == Address::ZERO => return Err(ApiError::invalid("sessionKey", "the zero address")),
+        Some(address) => (address, None),
+        None => {
+            let key = SigningKey::random();
+            (key.address(), Some(key.to_bytes()))
+        }
+    };
+    if state.store.key(session_key).await?.is_some() {
+        return Err(ApiError::conflict("key_exists", format!("session key {session_key} already exists")));
+    }
+    let terms =
+        KeyTerms { session_key, payee: chain.payee, limit: body.limit, valid_after, valid_until: body.valid_until };
+    let nonce = chain.relayer.nonce_of(owner).await.map_err(chain_error)?;
+    let message =
+        chain.relayer.registration_message(owner, &terms, nonce, now + SIGNATURE_TTL_SECS).map_err(chain_error)?;
+    Ok(Json(PreparedKey {
+        session_key,
+        private_key,
+        typed_data: registration_typed_data(chain.relayer.domain(), &message),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/session-keys", tag = "session-keys", request_body = CreateKey, security(("bearer" = []), ("cookie" = [])),
+    responses((status = 201, body = Relayed), super::error::ActionProblems))]
+pub(super) async fn create(
+    State(state): State<AppState>,
+    SignedIn(owner): SignedIn,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> Result<(StatusCode, Json<Relayed>), ApiError> {
+    let chain = state.chain()?;
+    let m = &body.message;
+    if m.owner != owner {
+        return Err(ApiError::invalid("message.owner", "the message must name the signed-in owner"));
+    }
+    if m.payee != chain.payee {
+        return Err(ApiError::invalid("message.payee", format!("this service's only payee is {}", chain.payee)));
+    }
+    check_terms(m.limit, m.valid_after, m.valid_until, now(), "message.")?;
+    let nonce = parse_u256(&m.nonce, "message.nonce")?;
+    let terms = KeyTerms {
+        session_key: m.session_key,
+        payee: m.payee,
+        limit: m.limit,
+        valid_after: m.valid_after,
+        valid_until: m.valid_until,
+    };
+    let message: RegisterSessionKey =
+        chain.relayer.registration_message(owner, &terms, nonce, m.deadline).map_err(chain_error)?;
+    let now = now();
+    state
+        .store
+        .insert_pending_key(
+            &NewKey {
+                address: m.session_key,
+                owner,
+                payee: m.payee,
+                limit: m.limit,
+                valid_after: m.valid_after,
+                valid_until: m.valid_until,
+            },
+            now,
+        )
+        .await?;
+    let relayed = relay(chain.relayer.register_session_key_with_sig(&message, &body.signature)).await;
+    let (tx_hash, tx_status) = match relayed {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            // Nothing happened on-chain: forget the pending key so the owner can try again.
+            state.store.delete_pending_key(m.session_key).await?;
+            return Err(err);
+        }
+    };
+    audit(&state, owner, "key.create", m.session_key, json!({ "tx": tx_hash, "limit": m.limit })).await?;
+    let key = view(&state, &owned_key(&state, owner, m.session_key).await?, now).await?;
+    Ok((StatusCode::CREATED, Json(Relayed { key, tx_hash, tx_status })))
+}
+
+/// `GET /api/session-keys/{key}/{action}`: the typed data to sign for `action`.
+#[utoipa::path(get, path = "/api/session-keys/{key}/{action}", tag = "session-keys", security(("bearer" = []), ("cookie" = [])),
+    params(("key" = String, Path, description = "the session key's address"), ("action" = String, Path, description = "freeze, unfreeze or delete")),
+    responses((status = 200, body = Object, description = "EIP-712 typed data to sign"), super::error::ActionProblems))]
+pub(super) async fn action_typed_data(
+    State(state): State<AppState>,
+    SignedIn(owner): SignedIn,
+    Path((key, action)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let chain = state.chain()?;
+    let key = parse_key(&key)?;
+    let action = parse_action(&action)?;
+    owned_key(&state, owner, key).await?;
+    let nonce = chain.relayer.nonce_of(owner).await.map_err(chain_error)?;
+    let deadline = now() + SIGNATURE_TTL_SECS;
+    Ok(Json(action_typed_data_json(chain.relayer.domain(), action, key, nonce, deadline)))
+}
+
+/// `POST /api/session-keys/{key}/freeze|unfreeze` with the owner's signature.
+#[utoipa::path(post, path = "/api/session-keys/{key}/{action}", tag = "session-keys", request_body = SignedAction, security(("bearer" = []), ("cookie" = [])),
+    params(("key" = String, Path, description = "the session key's address"), ("action" = String, Path, description = "freeze or unfreeze")),
+    responses((status = 200, body = Relayed), super::error::ActionProblems))]
+pub(super) async fn act(
+    State(state): State<AppState>,
+    SignedIn(owner): SignedIn,
+    Path((key, action)): Path<(String, String)>,
+    ApiJson(body): ApiJson<SignedAction>,
+) -> Result<Json<Relayed>, ApiError> {
+    let key = parse_key(&key)?;
+    let action = match parse_action(&action)? {
+        KeyAction::Revoke => return Err(ApiError::not_found("revoke with DELETE /api/session-keys/{key}")),
+        other => other,
+    };
+    signed_action(&state, owner, key, action, body).await.map(Json)
+}
+
+/// `DELETE /api/session-keys/{key}` with the owner's signed revoke: revoked on-chain and hidden
+/// from the default list.
+#[utoipa::path(delete, path = "/api/session-keys/{key}", tag = "session-keys", request_body = SignedAction, security(("bearer" = []), ("cookie" = [])),
+    params(("key" = String, Path, description = "the session key's address")),
+    responses((status = 200, body = Relayed), super::error::ActionProblems))]
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    SignedIn(owner): SignedIn,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<SignedAction>,
+) -> Result<Json<Relayed>, ApiError> {
+    let key = parse_key(&key)?;
+    signed_action(&state, owner, key, KeyAction::Revoke, body).await.map(Json)
+}
+
+async fn signed_action(
+    state: &AppState,
+    owner: Address,
+    key: Address,
+    action: KeyAction,
+    body: SignedAction,
+) -> Result<Relayed, ApiError> {
+    let chain = state.chain()?;
+    owned_key(state, owner, key).await?;
+    let nonce = parse_u256(&body.nonce, "nonce")?;
+    let now = now();
+    // The gateway must stop serving the moment the signed-in owner asks, not when a block is
+    // mined. Should the relay then fail, the key stays frozen off-chain: the safe direction.
+    if action == KeyAction::Freeze {
+        state.store.freeze_offchain(key, now).await?;
+        state.notifier.publish(crate::Change { owner, key: Some(key) });
+    }
+    let (tx_hash, tx_status) =
+        relay(chain.relayer.relay_key_action(action, key, nonce, body.deadline, &body.signature)).await?;
+    match action {
+        KeyAction::Unfreeze => {
+            state.store.unfreeze_offchain(key, now).await?;
+        }
+        KeyAction::Revoke => {
+            state.store.mark_deleted(key, now).await?;
+        }
+        KeyAction::Freeze => {}
+    }
+    state.notifier.publish(crate::Change { owner, key: Some(key) });
+    let name = match action {
+        KeyAction::Freeze => "key.freeze",
+        KeyAction::Unfreeze => "key.unfreeze",
+        KeyAction::Revoke => "key.delete",
+    };
+    audit(state, owner, name, key, json!({ "tx": tx_hash })).await?;
+    Ok(Relayed { key: view(state, &owned_key(state, owner, key).await?, now).await?, tx_hash, tx_status })
+}
+
+/// Sends, then waits up to [`MINING_WAIT`] for the receipt. Contract refusals become 4xx with
+/// the contract's reason; an unreachable chain is a 503.
+async fn relay(
+    send: impl std::future::Future<Output = opentab_chain::Result<TxOutcome>>,
+) -> Result<(Option<B256>, &'static str), ApiError> {
+    match tokio::time::timeout(MINING_WAIT, send).await {
+        Ok(Ok(outcome)) => Ok((Some(outcome.tx_hash), "mined")),
+        Ok(Err(err)) => Err(chain_error(err)),
+        Err(_) => Ok((None, "pending")),
+    }
+}
+
+fn chain_error(err: opentab_chain::Error) -> ApiError {
+    let refused = |code, detail: &str| ApiError::unprocessable(code, detail.to_owned());
+    match err {
+        opentab_chain::Error::Reverted(reason) => match reason {
+            E::InvalidOwnerSignature(_) => {
+                refused("invalid_signature", "the signature is not the owner's for this message")
+            }
+            E::InvalidAccountNonce(_) => {
+                refused("stale_nonce", "the nonce was used already; fetch fresh typed data and sign again")
+            }
+            E::SignatureExpired(_) => refused("signature_expired", "the signature's deadline has passed; sign again"),
+            E::SessionKeyExists(_) => ApiError::conflict("key_exists", "this session key is already registered"),
+            E::InvalidValidityWindow(_) | E::AlreadyExpired(_) => {
+                refused("invalid_window", "the validity window is empty or over")
+            }
+            E::KeyFrozen(_) => ApiError::conflict("already_frozen", "the key is frozen already"),
+            E::KeyNotFrozen(_) => ApiError::conflict("not_frozen", "the key is not frozen"),
+            E::KeyRevoked(_) => ApiError::conflict("key_revoked", "the key is revoked"),
+            E::InvalidPayee(_) | E::ZeroAddress(_) | E::ZeroLimit(_) => {
+                refused("invalid_terms", "the contract refused the key's terms")
+            }
+            other => {
+                tracing::warn!(reason = ?other, "the validator refused a relayed call");
+                refused("chain_refused", "the validator contract refused the call")
+            }
+        },
+        other => ApiError::unavailable(&other),
+    }
+}
+
+/// The latest time the contract stores (`uint48` seconds).
+const MAX_TIME: u64 = (1 << 48) - 1;
+
+/// Checks a key's terms before anything is signed or sent; names the field at fault.
+fn check_terms(limit: Usdc, valid_after: u64, valid_until: u64, now: u64, prefix: &str) -> Result<(), ApiError> {
+    let field = |name: &'static str, prefixed: &'static str| if prefix.is_empty() { name } else { prefixed };
+    if limit == Usdc::ZERO {
+        return Err(ApiError::invalid(field("limit", "message.limit"), "the limit must be more than zero"));
+    }
+    if i64::try_from(limit.base_units()).is_err() {
+        return Err(ApiError::invalid(field("limit", "message.limit"), "the limit is too large"));
+    }
+    if valid_until > MAX_TIME || valid_after > MAX_TIME {
+        let name = if valid_until > MAX_TIME {
+            field("validUntil", "message.validUntil")
+        } else {
+            field("validAfter", "message.validAfter")
+        };
+        return Err(ApiError::invalid(name, "times are unix seconds below 2^48"));
+    }
+    if valid_until <= now {
+        return Err(ApiError::invalid(field("validUntil", "message.validUntil"), "the expiry must be in the future"));
+    }
+    if valid_after >= valid_until {
+        return Err(ApiError::invalid(
+            field("validAfter", "message.validAfter"),
+            "validAfter must come before validUntil",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_action(text: &str) -> Result<KeyAction, ApiError> {
+    match text {
+        "freeze" => Ok(KeyAction::Freeze),
+        "unfreeze" => Ok(KeyAction::Unfreeze),
+        "revoke" | "delete" => Ok(KeyAction::Revoke),
+        _ => Err(ApiError::not_found(format!("no action {text:?}; use freeze, unfreeze or delete"))),
+    }
+}
+
+fn parse_u256(text: &str, field: &'static str) -> Result<U256, ApiError> {
+    U256::from_str_radix(text, 10).map_err(|_| ApiError::invalid(field, "expected a decimal integer string"))
+}
+
+async fn audit(state: &AppState, owner: Address, action: &str, key: Address, detail: Value) -> Result<(), ApiError> {
+    let entry = AuditEntry {
+        at: now(),
+        actor: format!("{owner:#x}"),
+        action: action.to_owned(),
+        subject: format!("{key:#x}"),
+        detail: detail.to_string(),
+    };
+    Ok(state.store.audit(&entry).await?)
+}
+
+fn domain_json(domain: &opentab_core::ContractDomain) -> Value {
+    json!({
+        "name": domain.name(),
+        "version": domain.version(),
+        "chainId": domain.chain_id(),
+        "verifyingContract": domain.verifying_contract(),
+    })
+}
+
+const DOMAIN_TYPE: &str = r#"[{"name":"name","type":"string"},{"name":"version","type":"string"},{"name":"chainId","type":"uint256"},{"name":"verifyingContract","type":"address"}]"#;
+
+fn registration_typed_data(domain: &opentab_core::ContractDomain, m: &RegisterSessionKey) -> Value {
+    json!({
+        "types": {
+            "EIP712Domain": serde_json::from_str::<Value>(DOMAIN_TYPE).unwrap_or_default(),
+            "RegisterSessionKey": [
+                {"name": "owner", "type": "address"},
+                {"name": "sessionKey", "type": "address"},
+                {"name": "payee", "type": "address"},
+                {"name": "limit", "type": "uint128"},
+                {"name": "validAfter", "type": "uint48"},
+                {"name": "validUntil", "type": "uint48"},
+                {"name": "nonce", "type": "uint256"},
+                {"name": "deadline", "type": "uint256"},
+            ],
+        },
+        "primaryType": "RegisterSessionKey",
+        "domain": domain_json(domain),
+        "message": {
+            "owner": m.owner,
+            "sessionKey": m.sessionKey,
+            "payee": m.payee,
+            "limit": m.limit.to_string(),
+            "validAfter": m.validAfter.to::<u64>(),
+            "validUntil": m.validUntil.to::<u64>(),
+            "nonce": m.nonce.to_string(),
+            "deadline": m.deadline.to::<u64>(),
+        },
+    })
+}
+
+fn action_typed_data_json(
+    domain: &opentab_core::ContractDomain,
+    action: KeyAction,
+    key: Address,
+    nonce: U256,
+    deadline: u64,
+) -> Value {
+    let primary = match action {
+        KeyAction::Freeze => "FreezeSessionKey",
+        KeyAction::Unfreeze => "UnfreezeSessionKey",
+        KeyAction::Revoke => "RevokeSessionKey",
+    };
+    json!({
+        "types": {
+            "EIP712Domain": serde_json::from_str::<Value>(DOMAIN_TYPE).unwrap_or_default(),
+            primary: [
+                {"name": "sessionKey", "type": "address"},
+                {"name": "nonce", "type": "uint256"},
+                {"name": "deadline", "type": "uint256"},
+            ],
+        },
+        "primaryType": primary,
+        "domain": domain_json(domain),
+        "message": { "sessionKey": key, "nonce": nonce.to_string(), "deadline": deadline },
+    })
+}
+
+/// The chain side of the API: a relayer and the service's payee.
+#[derive(Debug, Clone)]
+pub struct ChainAccess {
+    /// Sends the owners' signed actions and pays their gas.
+    pub relayer: Validator,
+    /// The one payee keys created here may pay.
+    pub payee: Address,
+}

@@ -1,0 +1,153 @@
+//! Sign-In with Ethereum: a server nonce, a signed EIP-4361 message, then a session held in an
+//! HttpOnly, SameSite cookie (browsers) or sent as a bearer token (scripts).
+
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use opentab_core::siwe::{SiweError, SiweMessage};
+use opentab_core::{Address, Signature, keccak256};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiJson, AppState, now};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "opentab_session";
+
+/// `GET /api/auth/nonce` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NonceResponse {
+    /// Put this in the message's `Nonce:` line; it works once, within its lifetime.
+    pub nonce: String,
+    /// The `domain` the message must name.
+    pub domain: String,
+    /// The `Chain ID` the message must name.
+    #[serde(rename = "chainId")]
+    pub chain_id: u64,
+}
+
+/// `POST /api/auth/login` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The EIP-4361 message text.
+    pub message: String,
+    /// Its `personal_sign` signature, `0x`-hex.
+    pub signature: String,
+}
+
+/// `POST /api/auth/login` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginResponse {
+    /// Who is signed in.
+    #[schema(value_type = String)]
+    pub owner: Address,
+    /// Bearer token for scripts (`Authorization: Bearer …`); browsers use the cookie.
+    pub token: String,
+    /// Unix time the session ends.
+    pub expires_at: u64,
+}
+
+#[utoipa::path(get, path = "/api/auth/nonce", tag = "auth",
+    responses((status = 200, body = NonceResponse), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
+pub(super) async fn nonce(State(state): State<AppState>) -> Result<Json<NonceResponse>, ApiError> {
+    let nonce = alloy_hex(&rand::random::<[u8; 16]>());
+    state.store.issue_nonce(&nonce, now()).await?;
+    Ok(Json(NonceResponse { nonce, domain: state.config.domain.clone(), chain_id: state.config.chain_id }))
+}
+
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse, description = "signed in; also sets the session cookie"),
+        (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
+pub(super) async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let config = &state.config;
+    let message = SiweMessage::parse(&body.message).map_err(|e| ApiError::invalid("message", e.to_string()))?;
+    let signature: Signature =
+        body.signature.parse().map_err(|e: opentab_core::Error| ApiError::invalid("signature", e.to_string()))?;
+    let now = now();
+    message.verify(&body.message, &signature, &config.domain, config.chain_id, now, 60).map_err(|e| {
+        let code = match e {
+            SiweError::Malformed(_) => "invalid_message",
+            SiweError::WrongDomain { .. } => "wrong_domain",
+            SiweError::WrongChain { .. } => "wrong_chain",
+            SiweError::Expired => "message_expired",
+            SiweError::NotYetValid => "message_not_yet_valid",
+            SiweError::BadSignature(_) => "invalid_signature",
+        };
+        ApiError::sign_in_refused(code, e.to_string())
+    })?;
+    let issued_after = now.saturating_sub(config.nonce_ttl_secs);
+    if !state.store.consume_nonce(&message.nonce, issued_after, now).await? {
+        return Err(ApiError::sign_in_refused(
+            "invalid_nonce",
+            "the nonce is unknown, used already or expired; get a new one",
+        ));
+    }
+    let token = alloy_hex(&rand::random::<[u8; 32]>());
+    let expires_at = now + config.session_ttl_secs;
+    state.store.create_session(&token_hash(&token), message.address, now, expires_at).await?;
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        config.session_ttl_secs,
+        if config.secure_cookies { "; Secure" } else { "" }
+    );
+    let mut response = Json(LoginResponse { owner: message.address, token, expires_at }).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
+    responses((status = 204, description = "signed out"), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
+pub(super) async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(token) = session_token(&headers) {
+        state.store.delete_session(&token_hash(token)).await?;
+    }
+    let clear = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
+}
+
+/// The signed-in owner, from the session cookie or a bearer token. Every owner route takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedIn(pub Address);
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = session_token(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
+        let owner = state.store.session_owner(&token_hash(token), now()).await?;
+        owner.map(SignedIn).ok_or_else(ApiError::unauthenticated)
+    }
+}
+
+fn session_token(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    bearer.or_else(|| {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+    })
+}
+
+/// Sessions are stored by hash: a leaked database holds no usable token.
+fn token_hash(token: &str) -> String {
+    format!("{:x}", keccak256(token.as_bytes()))
+}
+
+fn alloy_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,131 @@
+//! The REST API: Sign-In with Ethereum and the signed-in owner's session keys and escrow.
+//! `router` builds it apart from any socket, so tests drive it with `oneshot`.
+
+mod actions;
+mod auth;
+mod error;
+mod events;
+mod keys;
+mod openapi;
+pub use openapi::spec as openapi_spec;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use opentab_core::Address;
+use opentab_store::Store;
+
+use crate::Notifier;
+use serde::de::DeserializeOwned;
+
+pub use actions::{ChainAccess, CreateKey, PrepareKey, PreparedKey, RegistrationMessage, Relayed, SignedAction};
+pub use auth::{LoginRequest, LoginResponse, NonceResponse, SESSION_COOKIE, SignedIn};
+pub use error::{ApiError, Problem};
+pub use keys::{AlertView, EscrowView, KeyDetail, KeyView, ListQuery, SettlementView, Usage};
+
+/// What the API needs to know about its deployment.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The `domain` sign-in messages must name (`host[:port]` users reach opentab at).
+    pub domain: String,
+    /// The chain sign-in messages must name, and the validator's chain.
+    pub chain_id: u64,
+    /// The validator contract.
+    pub validator: Address,
+    /// How long a session lasts (default 7 days).
+    pub session_ttl_secs: u64,
+    /// How long an issued nonce stays usable (default 10 minutes).
+    pub nonce_ttl_secs: u64,
+    /// Mark the session cookie `Secure` (serve over HTTPS).
+    pub secure_cookies: bool,
+}
+
+impl ApiConfig {
+    /// Defaults for `domain`, `chain_id` and `validator`: 7-day sessions, 10-minute nonces,
+    /// cookies without `Secure` (plain-HTTP local use).
+    pub fn new(domain: impl Into<String>, chain_id: u64, validator: Address) -> Self {
+        Self {
+            domain: domain.into(),
+            chain_id,
+            validator,
+            session_ttl_secs: 7 * 24 * 3600,
+            nonce_ttl_secs: 600,
+            secure_cookies: false,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    store: Store,
+    config: Arc<ApiConfig>,
+    chain: Option<Arc<ChainAccess>>,
+    notifier: Notifier,
+}
+
+impl AppState {
+    /// State over `store` with `config`; on-chain actions answer 503 until [`Self::with_chain`].
+    pub fn new(store: Store, config: ApiConfig) -> Self {
+        Self { store, config: Arc::new(config), chain: None, notifier: Notifier::default() }
+    }
+
+    /// Enables on-chain actions through `chain`'s relayer.
+    pub fn with_chain(mut self, chain: ChainAccess) -> Self {
+        self.chain = Some(Arc::new(chain));
+        self
+    }
+
+    /// Where changes are announced to the owners' event streams; hand it to the chain listener.
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    fn chain(&self) -> Result<&ChainAccess, ApiError> {
+        self.chain.as_deref().ok_or_else(ApiError::no_chain)
+    }
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/auth/nonce", get(auth::nonce))
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/logout", post(auth::logout))
+        .route("/api/session-keys", get(keys::list).post(actions::create))
+        .route("/api/session-keys/prepare", post(actions::prepare))
+        .route("/api/session-keys/events", get(events::events))
+        .route("/api/session-keys/{key}", get(keys::get).delete(actions::delete))
+        .route("/api/session-keys/{key}/{action}", get(actions::action_typed_data).post(actions::act))
+        .route("/api/escrow", get(keys::escrow))
+        .route("/api/openapi.json", get(openapi::document))
+        // Unknown API routes answer problem+json; everything outside /api is the host's (the UI).
+        .route("/api/{*rest}", axum::routing::any(|| async { ApiError::not_found("no such route") }))
+        .with_state(state)
+}
+
+/// `Json` whose rejections are problem+json like every other error.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::bad_body(match rejection {
+                JsonRejection::MissingJsonContentType(_) => "send the body as application/json".to_owned(),
+                other => other.body_text(),
+            })),
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}

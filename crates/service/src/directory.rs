@@ -1,0 +1,124 @@
+//! The gateway's ports backed by storage: its view of keys (known once the registration is
+//! confirmed on-chain; escrow available = confirmed escrow less pending withdrawal), its
+//! durable usage ledger, and rebuilding the in-process counters from that ledger on start.
+
+use opentab_core::Address;
+use opentab_core::Usdc;
+use opentab_core::charge::KeyCounters;
+use opentab_gateway::{
+    CounterSource, InProcessCounters, KeyDirectory, KeyInfo, SourceFuture, Unavailable, UsageKind, UsageLedger,
+    UsageRecord,
+};
+use opentab_store::{ChainStatus, Store, UsageEntry};
+
+use crate::{Change, Notifier};
+
+/// [`KeyDirectory`] over the store. Each call reads the database; a cache in front of it comes
+/// with the production gateway.
+#[derive(Debug, Clone)]
+pub struct StoreDirectory {
+    store: Store,
+}
+
+impl StoreDirectory {
+    /// A directory reading `store`.
+    pub const fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+impl KeyDirectory for StoreDirectory {
+    async fn key(&self, key: Address) -> Result<Option<KeyInfo>, Unavailable> {
+        let unavailable = |e: opentab_store::Error| Unavailable(e.to_string());
+        let Some(record) = self.store.key(key).await.map_err(unavailable)? else { return Ok(None) };
+        if record.chain_status != ChainStatus::Registered {
+            return Ok(None);
+        }
+        let (escrow, settled) =
+            self.store.gateway_budget(record.key.owner, record.key.payee).await.map_err(unavailable)?;
+        Ok(Some(KeyInfo {
+            frozen_offchain: record.frozen_offchain_at.is_some(),
+            escrow_available: escrow.available(),
+            owner_settled: settled,
+            key: record.key,
+        }))
+    }
+}
+
+/// [`UsageLedger`] in the `usage_ledger` table: each record is committed before it returns,
+/// then announced to the owner's live event stream.
+#[derive(Debug, Clone)]
+pub struct StoreLedger {
+    store: Store,
+    notifier: Notifier,
+}
+
+impl StoreLedger {
+    /// A ledger writing to `store`, announcing usage through `notifier`.
+    pub const fn new(store: Store, notifier: Notifier) -> Self {
+        Self { store, notifier }
+    }
+}
+
+impl UsageLedger for StoreLedger {
+    async fn record(&self, record: UsageRecord) -> Result<(), Unavailable> {
+        let entry = UsageEntry {
+            at: record.at,
+            session_key: record.key,
+            owner: record.owner,
+            kind: match record.kind {
+                UsageKind::Charge => opentab_store::UsageKind::Charge,
+                UsageKind::Void => opentab_store::UsageKind::Void,
+            },
+            amount: record.amount,
+            route: record.route,
+            request_id: record.request_id,
+            voucher: record.voucher,
+            signature: record.signature,
+        };
+        self.store.record_usage(&entry).await.map_err(|e| Unavailable(e.to_string()))?;
+        self.notifier.publish(Change { owner: entry.owner, key: Some(entry.session_key) });
+        Ok(())
+    }
+}
+
+/// [`CounterSource`] over the usage ledger: what Redis counters are rebuilt from when Redis
+/// lost them.
+#[derive(Debug, Clone)]
+pub struct StoreCounterSource {
+    store: Store,
+}
+
+impl StoreCounterSource {
+    /// A source reading `store`'s ledger.
+    pub const fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+impl CounterSource for StoreCounterSource {
+    fn counters(&self, key: Address, owner: Address) -> SourceFuture<'_> {
+        Box::pin(async move {
+            let unavailable = |e: opentab_store::Error| Unavailable(e.to_string());
+            let total = self.store.usage_total(key).await.map_err(unavailable)?;
+            let owner_served: Usdc = self.store.owner_served(owner).await.map_err(unavailable)?;
+            let counters = total
+                .map(|t| KeyCounters { served: t.served, best: t.best, best_signature: t.best_signature })
+                .unwrap_or_default();
+            Ok((counters, owner_served))
+        })
+    }
+}
+
+/// Rebuilds `counters` from the usage ledger; returns how many keys were restored. Run before
+/// serving.
+pub async fn restore_counters(store: &Store, counters: &InProcessCounters) -> crate::Result<usize> {
+    let totals = store.usage_totals().await?;
+    for total in &totals {
+        let key = KeyCounters { served: total.served, best: total.best, best_signature: total.best_signature };
+        counters
+            .restore(total.session_key, total.owner, key)
+            .map_err(|e| crate::Error::Store(opentab_store::Error::Corrupt { column: "usage_ledger", value: e.0 }))?;
+    }
+    Ok(totals.len())
+}

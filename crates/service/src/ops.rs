@@ -1,0 +1,106 @@
+//! Operations endpoints beside the API: `/healthz` (the process answers), `/readyz` (database
+//! and chain answer) and Prometheus `/metrics`.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use opentab_chain::DynProvider;
+use opentab_chain::alloy_provider::Provider;
+use opentab_store::Store;
+
+/// Counters exported at `/metrics`. Cheap to share; updated with relaxed atomics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// HTTP answers by class: 2xx, 3xx, 4xx, 5xx.
+    responses: [AtomicU64; 4],
+    /// Chain-listener updates applied.
+    pub listener_updates: AtomicU64,
+    /// Chain-listener steps that failed (RPC or database away).
+    pub listener_errors: AtomicU64,
+    /// The last block the listener has applied.
+    pub listener_block: AtomicU64,
+}
+
+impl Metrics {
+    fn record(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100).clamp(2, 5) as usize - 2;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP opentab_http_responses_total HTTP responses by status class.");
+        let _ = writeln!(out, "# TYPE opentab_http_responses_total counter");
+        for (i, class) in ["2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let n = self.responses[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "opentab_http_responses_total{{class=\"{class}\"}} {n}");
+        }
+        for (name, help, kind, value) in [
+            ("opentab_listener_updates_total", "Chain updates applied to storage.", "counter", &self.listener_updates),
+            ("opentab_listener_errors_total", "Chain listener steps that failed.", "counter", &self.listener_errors),
+            ("opentab_listener_block", "Last block applied by the chain listener.", "gauge", &self.listener_block),
+        ] {
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        out
+    }
+}
+
+/// What the readiness probe checks.
+#[derive(Debug, Clone)]
+pub struct Ops {
+    store: Store,
+    chain: Option<DynProvider>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ops {
+    /// Probes `store` and, if given, the chain behind `chain`.
+    pub fn new(store: Store, chain: Option<DynProvider>, metrics: Arc<Metrics>) -> Self {
+        Self { store, chain, metrics }
+    }
+}
+
+/// `api` with the operations routes added and every answer counted.
+pub fn with_ops(api: Router, ops: Ops) -> Router {
+    let metrics = ops.metrics.clone();
+    let ops_routes = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(ops);
+    api.merge(ops_routes).layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+        let metrics = metrics.clone();
+        async move {
+            let response = next.run(req).await;
+            metrics.record(response.status());
+            response
+        }
+    }))
+}
+
+async fn readyz(State(ops): State<Ops>) -> Response {
+    if let Err(err) = ops.store.ping().await {
+        tracing::warn!(error = %err, "not ready: database");
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
+    }
+    if let Some(chain) = &ops.chain
+        && let Err(err) = chain.get_block_number().await
+    {
+        tracing::warn!(error = %err, "not ready: chain");
+        return (StatusCode::SERVICE_UNAVAILABLE, "chain RPC unavailable\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+async fn metrics_text(State(ops): State<Ops>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], ops.metrics.render()).into_response()
+}

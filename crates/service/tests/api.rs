@@ -1,0 +1,311 @@
+//! The REST API driven in-process (`oneshot`, no socket) over a real SQLite database: Sign-In
+//! with Ethereum, sessions, ownership, and problem+json errors.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use opentab_core::siwe::SiweMessage;
+use opentab_core::{Address, SigningKey, Usdc, ValidatorEvent};
+use opentab_service::api::{ApiConfig, AppState, router};
+use opentab_store::{NewKey, Store, StoredEvent};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+const DOMAIN: &str = "localhost:8402";
+const CHAIN: u64 = 31337;
+const VALIDATOR: Address = Address::repeat_byte(0x77);
+
+struct Api {
+    app: Router,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+async fn api() -> TestResult<Api> {
+    let dir = tempfile::tempdir()?;
+    let store = opentab_store::testing::fresh_sqlite(dir.path()).await?;
+    let app = router(AppState::new(store.clone(), ApiConfig::new(DOMAIN, CHAIN, VALIDATOR)));
+    Ok(Api { app, store, _dir: dir })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> TestResult<(StatusCode, Value, Option<String>)> {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = match body {
+            Some(body) => req.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string()))?,
+            None => req.body(Body::empty())?,
+        };
+        let res = self.app.clone().oneshot(req).await?;
+        let status = res.status();
+        let cookie = res.headers().get(header::SET_COOKIE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let bytes = res.into_body().collect().await?.to_bytes();
+        let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes)? };
+        Ok((status, json, cookie))
+    }
+
+    async fn nonce(&self) -> TestResult<String> {
+        let (status, body, _) = self.call("GET", "/api/auth/nonce", None, None).await?;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["domain"], DOMAIN);
+        Ok(body["nonce"].as_str().ok_or("no nonce")?.to_owned())
+    }
+
+    fn signed_message(&self, key: &SigningKey, domain: &str, chain: u64, nonce: &str) -> (String, String) {
+        let text =
+            SiweMessage::compose(domain, "http://localhost:8402", key.address(), chain, nonce, now(), now() + 300);
+        let sig = key.sign_digest(&opentab_core::eip191_hash_message(&text));
+        (text, sig.to_string())
+    }
+
+    async fn sign_in(&self, key: &SigningKey) -> TestResult<String> {
+        let nonce = self.nonce().await?;
+        let (message, signature) = self.signed_message(key, DOMAIN, CHAIN, &nonce);
+        let (status, body, cookie) = self
+            .call("POST", "/api/auth/login", None, Some(json!({ "message": message, "signature": signature })))
+            .await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let cookie = cookie.ok_or("no session cookie")?;
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+        Ok(body["token"].as_str().ok_or("no token")?.to_owned())
+    }
+}
+
+async fn seed_key(store: &Store, byte: u8, owner: Address) -> TestResult<Address> {
+    let key = NewKey {
+        address: Address::repeat_byte(byte),
+        owner,
+        payee: Address::repeat_byte(0xee),
+        limit: Usdc::parse_decimal("20")?,
+        valid_after: 0,
+        valid_until: now() + 3600,
+    };
+    store.insert_pending_key(&key, now()).await?;
+    let registered = ValidatorEvent::Registered {
+        owner,
+        session_key: key.address,
+        payee: key.payee,
+        limit: key.limit,
+        valid_after: 0,
+        valid_until: key.valid_until,
+    };
+    let settled = ValidatorEvent::Settled {
+        owner,
+        session_key: key.address,
+        payee: key.payee,
+        amount: Usdc::parse_decimal("5")?,
+        cumulative: Usdc::parse_decimal("5")?,
+    };
+    let events: Vec<StoredEvent> = [registered, settled]
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| StoredEvent {
+            block_number: u64::from(byte) * 10 + i as u64,
+            log_index: 0,
+            block_hash: opentab_core::B256::repeat_byte(byte),
+            tx_hash: opentab_core::B256::repeat_byte(byte.wrapping_add(i as u8)),
+            event,
+        })
+        .collect();
+    store.apply_chain_update(VALIDATOR, None, &events, "{}", now()).await?;
+    Ok(key.address)
+}
+
+#[tokio::test]
+async fn an_owner_signs_in_and_sees_its_keys_with_usage() -> TestResult {
+    let api = api().await?;
+    let owner = SigningKey::random();
+    let key = seed_key(&api.store, 1, owner.address()).await?;
+    let token = api.sign_in(&owner).await?;
+
+    let (status, list, _) = api.call("GET", "/api/session-keys", Some(&token), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let k = &list[0];
+    assert_eq!(k["address"], format!("{key:#x}"));
+    assert_eq!(k["status"], "active");
+    assert_eq!(k["limit"], "20000000", "amounts are decimal strings of base units");
+    assert_eq!(k["usage"]["settled"], "5000000");
+    assert_eq!(k["usage"]["remaining"], "15000000");
+    assert_eq!(k["usage"]["percentUsed"], 25.0);
+
+    let (status, detail, _) = api.call("GET", &format!("/api/session-keys/{key:#x}"), Some(&token), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(detail["settlements"][0]["amount"], "5000000");
+
+    let (status, escrow, _) = api.call("GET", "/api/escrow", Some(&token), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(escrow["depositTo"], format!("{VALIDATOR:#x}"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn owner_b_cannot_see_owner_a_keys() -> TestResult {
+    let api = api().await?;
+    let (a, b) = (SigningKey::random(), SigningKey::random());
+    let key = seed_key(&api.store, 2, a.address()).await?;
+    let token_b = api.sign_in(&b).await?;
+
+    let (status, list, _) = api.call("GET", "/api/session-keys?includeDeleted=true", Some(&token_b), None).await?;
+    assert_eq!((status, list), (StatusCode::OK, json!([])));
+    let (status, problem, _) = api.call("GET", &format!("/api/session-keys/{key:#x}"), Some(&token_b), None).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another owner's key is not found, not forbidden");
+    assert_eq!(problem["code"], "not_found");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_nonce_signs_in_once() -> TestResult {
+    let api = api().await?;
+    let owner = SigningKey::random();
+    let nonce = api.nonce().await?;
+    let (message, signature) = api.signed_message(&owner, DOMAIN, CHAIN, &nonce);
+    let body = json!({ "message": message, "signature": signature });
+    let (first, _, _) = api.call("POST", "/api/auth/login", None, Some(body.clone())).await?;
+    assert_eq!(first, StatusCode::OK);
+    let (again, problem, _) = api.call("POST", "/api/auth/login", None, Some(body)).await?;
+    assert_eq!((again, problem["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_nonce")));
+
+    // A nonce the server never issued is refused as well.
+    let (message, signature) = api.signed_message(&owner, DOMAIN, CHAIN, "made-up-nonce-1");
+    let (status, problem, _) =
+        api.call("POST", "/api/auth/login", None, Some(json!({ "message": message, "signature": signature }))).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_nonce")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_domain_chain_or_signer_is_refused() -> TestResult {
+    let api = api().await?;
+    let owner = SigningKey::random();
+    for (domain, chain, code) in [("evil.example", CHAIN, "wrong_domain"), (DOMAIN, 137, "wrong_chain")] {
+        let nonce = api.nonce().await?;
+        let (message, signature) = api.signed_message(&owner, domain, chain, &nonce);
+        let (status, problem, _) = api
+            .call("POST", "/api/auth/login", None, Some(json!({ "message": message, "signature": signature })))
+            .await?;
+        assert_eq!((status, problem["code"].as_str()), (StatusCode::UNAUTHORIZED, Some(code)), "{problem}");
+    }
+    // Signed by someone other than the address in the message.
+    let nonce = api.nonce().await?;
+    let (message, _) = api.signed_message(&owner, DOMAIN, CHAIN, &nonce);
+    let forged = SigningKey::random().sign_digest(&opentab_core::eip191_hash_message(&message));
+    let (status, problem, _) = api
+        .call("POST", "/api/auth/login", None, Some(json!({ "message": message, "signature": forged.to_string() })))
+        .await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_signature")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_tampered_and_ended_sessions_are_refused() -> TestResult {
+    let api = api().await?;
+    let owner = SigningKey::random();
+    let (status, problem, _) = api.call("GET", "/api/session-keys", None, None).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthenticated")));
+
+    let token = api.sign_in(&owner).await?;
+    let mut tampered = token.clone();
+    tampered.replace_range(0..1, if token.starts_with('a') { "b" } else { "a" });
+    let (status, _, _) = api.call("GET", "/api/session-keys", Some(&tampered), None).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, _, cookie) = api.call("POST", "/api/auth/logout", Some(&token), None).await?;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(cookie.is_some_and(|c| c.contains("Max-Age=0")));
+    let (status, _, _) = api.call("GET", "/api/session-keys", Some(&token), None).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a signed-out token is dead");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_gets_problem_json_naming_the_field() -> TestResult {
+    let api = api().await?;
+    let token = api.sign_in(&SigningKey::random()).await?;
+    let cases = [
+        ("GET", "/api/session-keys/not-an-address".to_owned(), None, "key"),
+        ("GET", "/api/session-keys?includeDeleted=maybe".to_owned(), None, "includeDeleted"),
+        ("POST", "/api/auth/login".to_owned(), Some(json!({ "message": "hello", "signature": "0x00" })), "message"),
+    ];
+    for (method, uri, body, field) in cases {
+        let (status, problem, _) = api.call(method, &uri, Some(&token), body).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {problem}");
+        assert_eq!(problem["field"], field, "{uri}: {problem}");
+        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    let (status, problem, _) = api.call("POST", "/api/auth/login", None, Some(json!({ "nope": 1 }))).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_body")));
+    let (status, problem, _) = api.call("GET", "/api/nothing-here", None, None).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_database_that_goes_away_is_a_503_not_a_crash() -> TestResult {
+    let api = api().await?;
+    let token = api.sign_in(&SigningKey::random()).await?;
+    api.store.close().await;
+    let (status, problem, _) = api.call("GET", "/api/session-keys", Some(&token), None).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
+    assert!(!problem["detail"].as_str().unwrap_or_default().contains("sqlite"), "internal causes are not sent");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() -> TestResult {
+    let api = api().await?;
+    let (status, doc, _) = api.call("GET", "/api/openapi.json", None, None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().ok_or("no paths")?;
+    for (path, method) in [
+        ("/api/auth/nonce", "get"),
+        ("/api/auth/login", "post"),
+        ("/api/auth/logout", "post"),
+        ("/api/session-keys", "get"),
+        ("/api/session-keys", "post"),
+        ("/api/session-keys/prepare", "post"),
+        ("/api/session-keys/events", "get"),
+        ("/api/session-keys/{key}", "get"),
+        ("/api/session-keys/{key}", "delete"),
+        ("/api/session-keys/{key}/{action}", "get"),
+        ("/api/session-keys/{key}/{action}", "post"),
+        ("/api/escrow", "get"),
+    ] {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    for status in ["400", "401", "404", "409", "422", "503"] {
+        let problem = &doc["paths"]["/api/session-keys/prepare"]["post"]["responses"][status]["content"]["application/problem+json"];
+        assert!(problem.is_object(), "prepare documents its {status} as problem+json");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_expired_session_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = opentab_store::testing::fresh_sqlite(dir.path()).await?;
+    let mut config = ApiConfig::new(DOMAIN, CHAIN, VALIDATOR);
+    config.session_ttl_secs = 0; // sessions end the moment they begin
+    let api = Api { app: router(AppState::new(store.clone(), config)), store, _dir: dir };
+    let token = api.sign_in(&SigningKey::random()).await?;
+    let (status, problem, _) = api.call("GET", "/api/session-keys", Some(&token), None).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthenticated")));
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! The API's on-chain actions against a real anvil: an owner signs in, creates a key (relayed
+//! registration), freezes, unfreezes and deletes it; the chain listener brings the events back.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use opentab_chain::{Anvil, AnvilConfig, Validator, deploy_dev_contracts, signing_provider};
+use opentab_core::eip712::{FreezeSessionKey, RegisterSessionKey, RevokeSessionKey, UnfreezeSessionKey};
+use opentab_core::siwe::SiweMessage;
+use opentab_core::{Address, ContractDomain, SigningKey, U256};
+use opentab_service::api::{ApiConfig, AppState, ChainAccess, router};
+use opentab_service::{ChainListener, ListenerConfig};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+struct World {
+    app: Router,
+    listener: ChainListener,
+    domain: ContractDomain,
+    payee: Address,
+    _anvil: Anvil,
+    _dir: tempfile::TempDir,
+}
+
+async fn world() -> TestResult<World> {
+    let anvil = Anvil::spawn(AnvilConfig::default())?;
+    let rpc = anvil.endpoint();
+    let provider = signing_provider(&rpc, anvil.signer(0)?)?;
+    let deployment = deploy_dev_contracts(&provider, &rpc, 86_400).await?;
+    let relayer = Validator::connect(provider.clone(), deployment.validator).await?;
+    let dir = tempfile::tempdir()?;
+    let store = opentab_store::testing::fresh_sqlite(dir.path()).await?;
+    let payee = anvil.signer(2)?.address();
+    let config = ApiConfig::new("localhost:8402", anvil.chain_id(), deployment.validator);
+    let domain = relayer.domain().clone();
+    let state = AppState::new(store.clone(), config).with_chain(ChainAccess { relayer, payee });
+    let listener_config = ListenerConfig {
+        stream: opentab_chain::StreamConfig { confirmations: 0, max_range: 100 },
+        ..Default::default()
+    };
+    let listener =
+        ChainListener::new(store, provider, deployment.validator, deployment.deployed_at_block, listener_config)
+            .await?
+            .with_notifier(state.notifier().clone());
+    Ok(World { app: router(state), listener, domain, payee, _anvil: anvil, _dir: dir })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+impl World {
+    async fn call(&self, method: &str, uri: &str, token: &str, body: Option<Value>) -> TestResult<(StatusCode, Value)> {
+        let req = Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, format!("Bearer {token}"));
+        let req = match body {
+            Some(body) => req.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string()))?,
+            None => req.body(Body::empty())?,
+        };
+        let res = self.app.clone().oneshot(req).await?;
+        let status = res.status();
+        let bytes = res.into_body().collect().await?.to_bytes();
+        Ok((status, if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes)? }))
+    }
+
+    /// Opens the owner's event stream and returns its body.
+    async fn events(&self, token: &str) -> TestResult<Body> {
+        let req = Request::builder()
+            .uri("/api/session-keys/events")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())?;
+        let res = self.app.clone().oneshot(req).await?;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+        Ok(res.into_body())
+    }
+
+    /// Creates a key for `owner` with a server-generated key pair; returns its address.
+    async fn create_key(&self, owner: &SigningKey, token: &str) -> TestResult<Address> {
+        let body = json!({ "limit": "5000000", "validUntil": now() + 3600 });
+        let (_, prepared) = self.call("POST", "/api/session-keys/prepare", token, Some(body)).await?;
+        let message = &prepared["typedData"]["message"];
+        let signature = owner.sign_digest(&self.domain.digest(&registration(message)?)).to_string();
+        let (status, _) = self
+            .call("POST", "/api/session-keys", token, Some(json!({ "message": message, "signature": signature })))
+            .await?;
+        assert_eq!(status, StatusCode::CREATED);
+        Ok(prepared["sessionKey"].as_str().ok_or("sessionKey")?.parse()?)
+    }
+
+    async fn sign_in(&self, owner: &SigningKey) -> TestResult<String> {
+        let (_, nonce) = self.call("GET", "/api/auth/nonce", "", None).await?;
+        let nonce = nonce["nonce"].as_str().ok_or("nonce")?;
+        let text = SiweMessage::compose(
+            "localhost:8402",
+            "http://localhost:8402",
+            owner.address(),
+            31337,
+            nonce,
+            now(),
+            now() + 60,
+        );
+        let signature = owner.sign_digest(&opentab_core::eip191_hash_message(&text)).to_string();
+        let (status, body) =
+            self.call("POST", "/api/auth/login", "", Some(json!({ "message": text, "signature": signature }))).await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        Ok(body["token"].as_str().ok_or("token")?.to_owned())
+    }
+
+    /// Signs a key action's typed data the way a wallet would, from the JSON the API gave.
+    fn sign_action(&self, owner: &SigningKey, typed: &Value) -> TestResult<Value> {
+        let m = &typed["message"];
+        let key: Address = m["sessionKey"].as_str().ok_or("sessionKey")?.parse()?;
+        let nonce = U256::from_str_radix(m["nonce"].as_str().ok_or("nonce")?, 10)?;
+        let deadline = m["deadline"].as_u64().ok_or("deadline")?;
+        let d = U256::from(deadline);
+        let digest = match typed["primaryType"].as_str() {
+            Some("FreezeSessionKey") => self.domain.digest(&FreezeSessionKey { sessionKey: key, nonce, deadline: d }),
+            Some("UnfreezeSessionKey") => {
+                self.domain.digest(&UnfreezeSessionKey { sessionKey: key, nonce, deadline: d })
+            }
+            Some("RevokeSessionKey") => self.domain.digest(&RevokeSessionKey { sessionKey: key, nonce, deadline: d }),
+            other => return Err(format!("unexpected primary type {other:?}").into()),
+        };
+        Ok(
+            json!({ "nonce": nonce.to_string(), "deadline": deadline, "signature": owner.sign_digest(&digest).to_string() }),
+        )
+    }
+}
+
+fn registration(m: &Value) -> TestResult<RegisterSessionKey> {
+    let addr = |f: &str| -> TestResult<Address> { Ok(m[f].as_str().ok_or(f.to_owned())?.parse()?) };
+    let num = |f: &str| -> TestResult<u64> { m[f].as_u64().ok_or_else(|| f.to_owned().into()) };
+    Ok(RegisterSessionKey {
+        owner: addr("owner")?,
+        sessionKey: addr("sessionKey")?,
+        payee: addr("payee")?,
+        limit: m["limit"].as_str().ok_or("limit")?.parse()?,
+        validAfter: alloy::primitives::Uint::from(num("validAfter")?),
+        validUntil: alloy::primitives::Uint::from(num("validUntil")?),
+        nonce: U256::from_str_radix(m["nonce"].as_str().ok_or("nonce")?, 10)?,
+        deadline: U256::from(num("deadline")?),
+    })
+}
+
+#[tokio::test]
+async fn an_owner_creates_freezes_unfreezes_and_deletes_a_key_without_gas() -> TestResult {
+    let mut w = world().await?;
+    let owner = SigningKey::random(); // holds no ETH at all: the relayer pays
+    let token = w.sign_in(&owner).await?;
+
+    // Create: opentab generates the key pair and shows the private key once.
+    let (status, prepared) = w
+        .call(
+            "POST",
+            "/api/session-keys/prepare",
+            &token,
+            Some(json!({ "limit": "25000000", "validUntil": now() + 3600 })),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{prepared}");
+    let private_key = prepared["privateKey"].as_str().ok_or("private key shown once")?;
+    let session_key: Address = prepared["sessionKey"].as_str().ok_or("sessionKey")?.parse()?;
+    assert_eq!(private_key.parse::<SigningKey>()?.address(), session_key);
+    let message = &prepared["typedData"]["message"];
+    assert_eq!(message["payee"], format!("{:#x}", w.payee), "the service's only payee");
+    let signature = owner.sign_digest(&w.domain.digest(&registration(message)?)).to_string();
+    let (status, created) = w
+        .call("POST", "/api/session-keys", &token, Some(json!({ "message": message, "signature": signature })))
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["txStatus"], "mined");
+    assert_eq!(created["key"]["status"], "pending", "until the listener confirms the event");
+    w.listener.catch_up().await?;
+    let uri = format!("/api/session-keys/{session_key:#x}");
+    let (_, key) = w.call("GET", &uri, &token, None).await?;
+    assert_eq!((key["status"].as_str(), key["limit"].as_str()), (Some("active"), Some("25000000")));
+
+    // Freeze: off-chain at once, on-chain once relayed and seen.
+    let (_, typed) = w.call("GET", &format!("{uri}/freeze"), &token, None).await?;
+    let freeze = w.sign_action(&owner, &typed)?;
+    let (status, frozen) = w.call("POST", &format!("{uri}/freeze"), &token, Some(freeze.clone())).await?;
+    assert_eq!(status, StatusCode::OK, "{frozen}");
+    assert_eq!(frozen["key"]["status"], "frozen");
+    w.listener.catch_up().await?;
+
+    // Replaying the same signed freeze is refused (its nonce is spent).
+    let (status, problem) = w.call("POST", &format!("{uri}/freeze"), &token, Some(freeze)).await?;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("stale_nonce")),
+        "{problem}"
+    );
+
+    // Owner B can neither see nor act on A's key.
+    let stranger = SigningKey::random();
+    let token_b = w.sign_in(&stranger).await?;
+    let (status, _) = w.call("GET", &format!("{uri}/unfreeze"), &token_b, None).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let forged = w.sign_action(&stranger, &typed)?;
+    for (method, path) in
+        [("POST", format!("{uri}/unfreeze")), ("POST", format!("{uri}/freeze")), ("DELETE", uri.clone())]
+    {
+        let (status, _) = w.call(method, &path, &token_b, Some(forged.clone())).await?;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path} by owner B");
+    }
+
+    // Unfreeze.
+    let (_, typed) = w.call("GET", &format!("{uri}/unfreeze"), &token, None).await?;
+    let (status, body) =
+        w.call("POST", &format!("{uri}/unfreeze"), &token, Some(w.sign_action(&owner, &typed)?)).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    w.listener.catch_up().await?;
+    let (_, key) = w.call("GET", &uri, &token, None).await?;
+    assert_eq!(key["status"], "active");
+
+    // Delete: revoked on-chain, gone from the default list, still listed on request.
+    let (_, typed) = w.call("GET", &format!("{uri}/delete"), &token, None).await?;
+    let (status, body) = w.call("DELETE", &uri, &token, Some(w.sign_action(&owner, &typed)?)).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    w.listener.catch_up().await?;
+    let (_, list) = w.call("GET", "/api/session-keys", &token, None).await?;
+    assert_eq!(list, json!([]));
+    let (_, list) = w.call("GET", "/api/session-keys?includeDeleted=true", &token, None).await?;
+    assert_eq!(list[0]["status"], "revoked");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_create_requests_are_refused_and_leave_nothing_behind() -> TestResult {
+    let w = world().await?;
+    let owner = SigningKey::random();
+    let token = w.sign_in(&owner).await?;
+    for (body, field) in [
+        (json!({ "limit": "0", "validUntil": now() + 60 }), "limit"),
+        (json!({ "limit": "1000", "validUntil": now() - 60 }), "validUntil"),
+        (json!({ "limit": "1000", "validUntil": now() + 60, "validAfter": now() + 120 }), "validAfter"),
+    ] {
+        let (status, problem) = w.call("POST", "/api/session-keys/prepare", &token, Some(body)).await?;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some(field)), "{problem}");
+    }
+
+    // The agent made its own key: no private key is returned.
+    let agent = SigningKey::random();
+    let body = json!({ "limit": "1000", "validUntil": now() + 600, "sessionKey": agent.address() });
+    let (_, prepared) = w.call("POST", "/api/session-keys/prepare", &token, Some(body)).await?;
+    assert!(prepared.get("privateKey").is_none(), "{prepared}");
+    let message = prepared["typedData"]["message"].clone();
+
+    // Signed by someone else: the contract refuses, and no pending key is left behind.
+    let forged = SigningKey::random().sign_digest(&w.domain.digest(&registration(&message)?)).to_string();
+    let (status, problem) =
+        w.call("POST", "/api/session-keys", &token, Some(json!({ "message": message, "signature": forged }))).await?;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_signature")),
+        "{problem}"
+    );
+    let (_, list) = w.call("GET", "/api/session-keys?includeDeleted=true", &token, None).await?;
+    assert_eq!(list, json!([]));
+
+    // Another payee than the service's is refused before anything is sent.
+    let mut other_payee = message.clone();
+    other_payee["payee"] = json!(Address::repeat_byte(0x99));
+    let sig = owner.sign_digest(&w.domain.digest(&registration(&other_payee)?)).to_string();
+    let (status, problem) =
+        w.call("POST", "/api/session-keys", &token, Some(json!({ "message": other_payee, "signature": sig }))).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("message.payee")), "{problem}");
+    Ok(())
+}
+
+/// Reads SSE frames until one whose text satisfies `want`, or `wait` passes.
+async fn next_event(
+    body: &mut Body,
+    wait: std::time::Duration,
+    want: impl Fn(&str) -> bool,
+) -> TestResult<Option<String>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Ok(None),
+            Ok(None) => return Ok(None),
+            Ok(Some(frame)) => frame?,
+        };
+        if let Ok(data) = frame.into_data() {
+            let text = String::from_utf8_lossy(&data).into_owned();
+            if want(&text) {
+                return Ok(Some(text));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn live_events_reach_their_owner_and_no_one_else() -> TestResult {
+    let mut w = world().await?;
+    let (alice, bob) = (SigningKey::random(), SigningKey::random());
+    let (token_a, token_b) = (w.sign_in(&alice).await?, w.sign_in(&bob).await?);
+    let mut stream_a = w.events(&token_a).await?;
+    let mut stream_b = w.events(&token_b).await?;
+    let second = std::time::Duration::from_secs(1);
+    assert!(next_event(&mut stream_a, second, |t| t.contains("event: ready")).await?.is_some());
+    assert!(next_event(&mut stream_b, second, |t| t.contains("event: ready")).await?.is_some());
+
+    let key = w.create_key(&alice, &token_a).await?;
+    w.listener.catch_up().await?;
+    let address = format!("{key:#x}");
+    let seen = next_event(&mut stream_a, std::time::Duration::from_secs(5), |t| {
+        t.contains("event: key") && t.contains(&address) && t.contains("\"status\":\"active\"")
+    })
+    .await?;
+    assert!(seen.is_some(), "alice sees her key become active");
+    let leaked = next_event(&mut stream_b, std::time::Duration::from_millis(300), |t| t.contains(&address)).await?;
+    assert_eq!(leaked, None, "bob sees nothing of alice's key");
+    Ok(())
+}

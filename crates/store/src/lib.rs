@@ -1,0 +1,28 @@
+//! opentab's storage: one repository over PostgreSQL (production) or SQLite (the embedded
+//! default), through sqlx's `Any` driver so both run the same queries.
+//!
+//! - owners, session keys (on-chain state mirrored from events, plus opentab's own pending /
+//!   off-chain-freeze / deleted marks), escrows, the chain events and listener cursor, and an
+//!   append-only audit log, the usage ledger, settlement intents and the webhook outbox;
+//! - versioned migrations per backend under `migrations/{postgres,sqlite}`, embedded in the
+//!   binary and applied by [`Store::connect`].
+//!
+//! Feature `test-utils`: [`testing`], fresh PostgreSQL and SQLite databases for tests.
+//!
+//! Chain events are stored in order and the mirrored rows are folded from them with the core's
+//! pure folds, so undoing a reorg is: delete the orphaned events, fold again.
+
+mod alerts;
+mod error;
+mod migrations;
+mod rows;
+mod settlements;
+mod store;
+#[cfg(feature = "test-utils")]
+pub mod testing;
+
+pub use alerts::{Alert, NewAlert};
+pub use error::{Error, Result};
+pub use rows::{AuditEntry, ChainStatus, KeyRecord, KeyUsage, NewKey, StoredEvent, UsageEntry, UsageKind, UsageTotal};
+pub use settlements::{NewSettlement, NewWebhook, OutboxEntry, Owed, Settlement, SettlementStatus};
+pub use store::{Backend, Store, Touched};

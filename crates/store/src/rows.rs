@@ -1,0 +1,145 @@
+//! What the store reads and writes, as typed records.
+
+use opentab_core::{Address, B256, SessionKey, Signature, U256, Usdc, ValidatorEvent};
+use serde::Serialize;
+
+/// Whether the chain has confirmed a key's registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainStatus {
+    /// Requested through opentab; the registration is not (or no longer) confirmed.
+    Pending,
+    /// The registration event is confirmed.
+    Registered,
+}
+
+impl ChainStatus {
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Registered => "registered",
+        }
+    }
+}
+
+/// A key opentab is about to register (before the chain confirms it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewKey {
+    /// The key's address.
+    pub address: Address,
+    /// Its owner.
+    pub owner: Address,
+    /// Its only payee.
+    pub payee: Address,
+    /// Its spend limit.
+    pub limit: Usdc,
+    /// Served from (unix seconds).
+    pub valid_after: u64,
+    /// Served until (unix seconds).
+    pub valid_until: u64,
+}
+
+/// A session key as stored: the mirrored on-chain state and opentab's own marks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRecord {
+    /// On-chain state (as requested, while pending).
+    #[serde(flatten)]
+    pub key: SessionKey,
+    /// Whether the registration is confirmed.
+    pub chain_status: ChainStatus,
+    /// When an off-chain freeze took effect (before or without a mined transaction).
+    pub frozen_offchain_at: Option<u64>,
+    /// When the owner deleted it from the default list.
+    pub deleted_at: Option<u64>,
+    /// When opentab first stored it.
+    pub created_at: u64,
+    /// When it last changed.
+    pub updated_at: u64,
+}
+
+/// A confirmed validator event with its position in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Block number.
+    pub block_number: u64,
+    /// Index of the log in the block.
+    pub log_index: u64,
+    /// Block hash.
+    pub block_hash: B256,
+    /// Emitting transaction.
+    pub tx_hash: B256,
+    /// The event.
+    pub event: ValidatorEvent,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// Unix seconds.
+    pub at: u64,
+    /// Who acted: an owner address, `chain`, `rules`, …
+    pub actor: String,
+    /// What was done: `key.create`, `key.freeze`, `chain.registered`, …
+    pub action: String,
+    /// What it was done to (usually a key address).
+    pub subject: String,
+    /// Free-form detail (JSON).
+    pub detail: String,
+}
+
+/// Whether a ledger row charged or voided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageKind {
+    /// A call was charged.
+    Charge,
+    /// A charge was voided (the handler answered an error).
+    Void,
+}
+
+/// One row of the usage ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEntry {
+    /// Unix seconds.
+    pub at: u64,
+    /// The paying key.
+    pub session_key: Address,
+    /// Its owner.
+    pub owner: Address,
+    /// Charge or void.
+    pub kind: UsageKind,
+    /// The price charged or voided.
+    pub amount: Usdc,
+    /// `METHOD /pattern` of the route.
+    pub route: String,
+    /// The request it belongs to.
+    pub request_id: String,
+    /// The voucher presented (charges).
+    pub voucher: U256,
+    /// Its signature (charges).
+    pub signature: Option<Signature>,
+}
+
+/// A key's running usage (kept with the ledger, cheap to read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// Charges less voids.
+    pub served: Usdc,
+    /// When it was last charged or voided (unix seconds).
+    pub last_at: Option<u64>,
+}
+
+/// A key's usage as the ledger has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageTotal {
+    /// The key.
+    pub session_key: Address,
+    /// Its owner.
+    pub owner: Address,
+    /// Charges less voids.
+    pub served: Usdc,
+    /// The highest voucher presented.
+    pub best: U256,
+    /// Its signature.
+    pub best_signature: Option<Signature>,
+}

@@ -1,0 +1,768 @@
+//! The repository: every query opentab runs, written once for both backends.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use opentab_core::{Address, B256, Escrow, SessionKey, U256, Usdc, ValidatorEvent};
+use sqlx::AnyConnection;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::rows::{
+    AuditEntry, ChainStatus, KeyRecord, KeyUsage, NewKey, StoredEvent, UsageEntry, UsageKind, UsageTotal,
+};
+use crate::{Error, Result};
+
+/// What a chain update touched (see [`Store::apply_chain_update`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Owners whose escrow or keys may have changed.
+    pub owners: Vec<Address>,
+    /// Keys whose state may have changed.
+    pub keys: Vec<Address>,
+}
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL: production.
+    Postgres,
+    /// SQLite: the embedded default.
+    Sqlite,
+}
+
+impl Backend {
+    /// The backend a database URL names.
+    pub fn of_url(url: &str) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else {
+            Err(Error::UnsupportedUrl(url.to_owned()))
+        }
+    }
+}
+
+/// The repository. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) pool: AnyPool,
+    backend: Backend,
+}
+
+pub(crate) const KEY_COLUMNS: &str = "address, owner, payee, limit_units, valid_after, valid_until, chain_status, frozen_at, \
+     revoked_at, settled_units, frozen_offchain_at, deleted_at, created_at, updated_at";
+
+impl Store {
+    /// Connects to `url` (`postgres://…` or `sqlite://path`, created if missing) and applies
+    /// the migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let backend = Backend::of_url(url)?;
+        sqlx::any::install_default_drivers();
+        let (url, max) = match backend {
+            Backend::Postgres => (url.to_owned(), 10),
+            // One writer at a time is all SQLite allows; an in-memory database exists once per
+            // connection, so it gets exactly one.
+            Backend::Sqlite if url.contains(":memory:") => (url.to_owned(), 1),
+            Backend::Sqlite if url.contains("mode=") => (url.to_owned(), 4),
+            Backend::Sqlite => (format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' }), 4),
+        };
+        // Fail fast when the database is away: callers fail closed rather than wait.
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(&url)
+            .await?;
+        crate::migrations::migrator(backend).await?.run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// The backend in use.
+    pub const fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Answers when the database does (for `/readyz`).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections in use.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ------------------------------------------------------------------ owners
+
+    /// Records `owner` if new.
+    pub async fn upsert_owner(&self, owner: Address, now: u64) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        upsert_owner(&mut conn, owner, now).await
+    }
+
+    // ------------------------------------------------------------ session keys
+
+    /// Stores a key opentab is registering, as pending. Refuses an address already stored.
+    pub async fn insert_pending_key(&self, key: &NewKey, now: u64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        upsert_owner(&mut tx, key.owner, now).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO session_keys (address, owner, payee, limit_units, valid_after, valid_until, chain_status, \
+             settled_units, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8) \
+             ON CONFLICT (address) DO NOTHING",
+        )
+        .bind(hex(key.address))
+        .bind(hex(key.owner))
+        .bind(hex(key.payee))
+        .bind(units(key.limit)?)
+        .bind(secs(key.valid_after)?)
+        .bind(secs(key.valid_until)?)
+        .bind(ChainStatus::Pending.as_str())
+        .bind(secs(now)?)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(Error::KeyExists(key.address));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets a key whose registration never reached the chain. Registered keys stay.
+    pub async fn delete_pending_key(&self, address: Address) -> Result<()> {
+        sqlx::query("DELETE FROM session_keys WHERE address = $1 AND chain_status = $2")
+            .bind(hex(address))
+            .bind(ChainStatus::Pending.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// One key, whoever owns it (callers check ownership).
+    pub async fn key(&self, address: Address) -> Result<Option<KeyRecord>> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM session_keys WHERE address = $1"))
+            .bind(hex(address))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(key_record).transpose()
+    }
+
+    /// An owner's keys, newest first; deleted ones only when asked.
+    pub async fn keys_of(&self, owner: Address, include_deleted: bool) -> Result<Vec<KeyRecord>> {
+        let filter = if include_deleted { "" } else { " AND deleted_at IS NULL" };
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM session_keys WHERE owner = $1{filter} ORDER BY created_at DESC, address"
+        ))
+        .bind(hex(owner))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_record).collect()
+    }
+
+    /// Marks a key frozen off-chain at `now` (the gateway stops serving it at once). Returns
+    /// false if the key is unknown.
+    pub async fn freeze_offchain(&self, address: Address, now: u64) -> Result<bool> {
+        let mut conn = self.pool.acquire().await?;
+        freeze_offchain(&mut conn, address, now).await
+    }
+
+    /// Lifts an off-chain freeze. Returns false if the key is unknown.
+    pub async fn unfreeze_offchain(&self, address: Address, now: u64) -> Result<bool> {
+        let done = sqlx::query("UPDATE session_keys SET frozen_offchain_at = NULL, updated_at = $2 WHERE address = $1")
+            .bind(hex(address))
+            .bind(secs(now)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Hides a key from its owner's default list. Returns false if the key is unknown.
+    pub async fn mark_deleted(&self, address: Address, now: u64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE session_keys SET deleted_at = COALESCE(deleted_at, $2), updated_at = $2 WHERE address = $1",
+        )
+        .bind(hex(address))
+        .bind(secs(now)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The owner's escrow as folded from confirmed events (zero if none).
+    pub async fn escrow(&self, owner: Address) -> Result<Escrow> {
+        Ok(self.escrow_and_settled(owner, None).await?.0)
+    }
+
+    /// `owner`'s escrow and what the chain has settled across its keys that pay `payee`, in one
+    /// read: together they bound what the gateway may serve (see `opentab_core::charge`), so
+    /// they must come from the same moment.
+    pub async fn gateway_budget(&self, owner: Address, payee: Address) -> Result<(Escrow, Usdc)> {
+        self.escrow_and_settled(owner, Some(payee)).await
+    }
+
+    async fn escrow_and_settled(&self, owner: Address, payee: Option<Address>) -> Result<(Escrow, Usdc)> {
+        // No escrow row means nothing was ever deposited, so nothing can have been settled.
+        let row = sqlx::query(
+            "SELECT balance_units, withdrawal_units, withdrawal_ready_at, guardian, \
+             (SELECT CAST(COALESCE(SUM(settled_units), 0) AS BIGINT) FROM session_keys \
+              WHERE owner = $1 AND payee = $2) AS settled \
+             FROM escrows WHERE owner = $1",
+        )
+        .bind(hex(owner))
+        .bind(payee.map(hex).unwrap_or_default())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok((Escrow::default(), Usdc::ZERO)) };
+        let withdrawal = match (opt_u64(&row, "withdrawal_units")?, opt_u64(&row, "withdrawal_ready_at")?) {
+            (Some(amount), Some(at)) => Some((Usdc::from_base_units(amount), at)),
+            _ => None,
+        };
+        let guardian: Option<String> = row.try_get("guardian")?;
+        let escrow = Escrow {
+            balance: Usdc::from_base_units(get_u64(&row, "balance_units")?),
+            pending_withdrawal: withdrawal,
+            guardian: guardian.map(|g| address(&g, "guardian")).transpose()?,
+        };
+        Ok((escrow, Usdc::from_base_units(get_u64(&row, "settled")?)))
+    }
+
+    // ----------------------------------------------------------------- chain
+
+    /// Applies one update of the chain listener in a single transaction: undoes events after
+    /// `rollback_to`, stores `events` (replays are ignored), folds every touched key and escrow
+    /// again, and saves the listener's `cursor` (opaque JSON). Returns the owners and keys whose
+    /// state may have changed.
+    pub async fn apply_chain_update(
+        &self,
+        validator: Address,
+        rollback_to: Option<u64>,
+        events: &[StoredEvent],
+        cursor: &str,
+        now: u64,
+    ) -> Result<Touched> {
+        let mut tx = self.pool.begin().await?;
+        let mut keys = BTreeSet::new();
+        let mut owners = BTreeSet::new();
+
+        if let Some(block) = rollback_to {
+            let orphaned = sqlx::query("SELECT owner, session_key FROM chain_events WHERE block_number > $1")
+                .bind(secs(block)?)
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in &orphaned {
+                owners.insert(row.try_get::<String, _>("owner")?);
+                if let Some(key) = row.try_get::<Option<String>, _>("session_key")? {
+                    keys.insert(key);
+                }
+            }
+            sqlx::query("DELETE FROM chain_events WHERE block_number > $1")
+                .bind(secs(block)?)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(block, orphaned = orphaned.len(), "rolled back chain events after a reorg");
+        }
+
+        for stored in events {
+            let event = &stored.event;
+            let payload =
+                serde_json::to_string(event).map_err(|e| Error::Corrupt { column: "payload", value: e.to_string() })?;
+            sqlx::query(
+                "INSERT INTO chain_events (block_number, log_index, block_hash, tx_hash, kind, owner, session_key, payload) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (block_number, log_index) DO NOTHING",
+            )
+            .bind(secs(stored.block_number)?)
+            .bind(secs(stored.log_index)?)
+            .bind(format!("{:#x}", stored.block_hash))
+            .bind(format!("{:#x}", stored.tx_hash))
+            .bind(event.kind())
+            .bind(hex(event.owner()))
+            .bind(event.session_key().map(hex))
+            .bind(payload)
+            .execute(&mut *tx)
+            .await?;
+            owners.insert(hex(event.owner()));
+            if let Some(key) = event.session_key() {
+                keys.insert(hex(key));
+            }
+            if let Some(webhook) = key_webhook(stored, now) {
+                crate::settlements::enqueue(&mut tx, &webhook, now).await?;
+            }
+        }
+
+        for owner in &owners {
+            upsert_owner(&mut tx, address(owner, "owner")?, now).await?;
+            refold_escrow(&mut tx, owner, now).await?;
+        }
+        for key in &keys {
+            refold_key(&mut tx, key, now).await?;
+        }
+
+        sqlx::query(
+            "INSERT INTO chain_cursor (validator, cursor, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (validator) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+        )
+        .bind(hex(validator))
+        .bind(cursor)
+        .bind(secs(now)?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Touched {
+            owners: owners.iter().map(|o| address(o, "owner")).collect::<Result<_>>()?,
+            keys: keys.iter().map(|k| address(k, "session_key")).collect::<Result<_>>()?,
+        })
+    }
+
+    /// The listener's saved cursor for `validator` (opaque JSON), if any.
+    pub async fn chain_cursor(&self, validator: Address) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT cursor FROM chain_cursor WHERE validator = $1")
+            .bind(hex(validator))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("cursor")).transpose()?)
+    }
+
+    /// The confirmed events of one key, in chain order.
+    pub async fn key_events(&self, key: Address) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT block_number, log_index, block_hash, tx_hash, payload FROM chain_events \
+             WHERE session_key = $1 ORDER BY block_number, log_index",
+        )
+        .bind(hex(key))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let hash = |col: &'static str| -> Result<B256> {
+                    let text: String = row.try_get(col)?;
+                    B256::from_str(&text).map_err(|_| Error::Corrupt { column: col, value: text })
+                };
+                Ok(StoredEvent {
+                    block_number: get_u64(row, "block_number")?,
+                    log_index: get_u64(row, "log_index")?,
+                    block_hash: hash("block_hash")?,
+                    tx_hash: hash("tx_hash")?,
+                    event: payload(row)?,
+                })
+            })
+            .collect()
+    }
+
+    // ------------------------------------------------------------------- usage
+
+    /// Appends one charge or void to the usage ledger and moves the key's served total, in one
+    /// transaction committed when this returns.
+    pub async fn record_usage(&self, entry: &UsageEntry) -> Result<()> {
+        let amount = units(entry.amount)?;
+        let delta = match entry.kind {
+            UsageKind::Charge => amount,
+            UsageKind::Void => -amount,
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO usage_ledger (at, session_key, owner, kind, amount, route, request_id, voucher, signature) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(secs(entry.at)?)
+        .bind(hex(entry.session_key))
+        .bind(hex(entry.owner))
+        .bind(match entry.kind {
+            UsageKind::Charge => "charge",
+            UsageKind::Void => "void",
+        })
+        .bind(amount)
+        .bind(&entry.route)
+        .bind(&entry.request_id)
+        .bind(format!("{:0>78}", entry.voucher))
+        .bind(entry.signature.map(|s| s.to_string()).unwrap_or_default())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO key_usage (session_key, owner, served, last_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (session_key) DO UPDATE SET served = key_usage.served + excluded.served, \
+             last_at = excluded.last_at",
+        )
+        .bind(hex(entry.session_key))
+        .bind(hex(entry.owner))
+        .bind(delta)
+        .bind(secs(entry.at)?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every key's usage according to the ledger: served (charges less voids) and the best
+    /// voucher with its signature. What the gateway's counters are rebuilt from.
+    pub async fn usage_totals(&self) -> Result<Vec<UsageTotal>> {
+        self.totals(None).await
+    }
+
+    /// One key's usage according to the ledger (zero if it was never charged): what the
+    /// gateway rebuilds that key's counters from when Redis lost them.
+    pub async fn usage_total(&self, key: Address) -> Result<Option<UsageTotal>> {
+        Ok(self.totals(Some(key)).await?.pop())
+    }
+
+    /// What the gateway served all of `owner`'s keys (charges less voids).
+    pub async fn owner_served(&self, owner: Address) -> Result<Usdc> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN served > 0 THEN served ELSE 0 END), 0) AS BIGINT) AS served \
+             FROM key_usage WHERE owner = $1",
+        )
+        .bind(hex(owner))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Usdc::from_base_units(get_u64(&row, "served")?))
+    }
+
+    async fn totals(&self, key: Option<Address>) -> Result<Vec<UsageTotal>> {
+        let rows = sqlx::query(
+            "SELECT session_key, owner, \
+             CAST(SUM(CASE WHEN kind = 'charge' THEN amount ELSE 0 END) AS BIGINT) AS charged, \
+             CAST(SUM(CASE WHEN kind = 'void' THEN amount ELSE 0 END) AS BIGINT) AS voided, \
+             MAX(voucher) AS best FROM usage_ledger WHERE ($1 = '' OR session_key = $1) \
+             GROUP BY session_key, owner ORDER BY session_key",
+        )
+        .bind(key.map(hex).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut totals = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let key: String = row.try_get("session_key")?;
+            let best: String = row.try_get("best")?;
+            let signature: Option<String> =
+                sqlx::query("SELECT signature FROM usage_ledger WHERE session_key = $1 AND voucher = $2 AND signature <> '' LIMIT 1")
+                    .bind(&key)
+                    .bind(&best)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|r| r.try_get("signature"))
+                    .transpose()?;
+            let corrupt = |column: &'static str, value: &str| Error::Corrupt { column, value: value.to_owned() };
+            let served = get_u64(row, "charged")?.saturating_sub(get_u64(row, "voided")?);
+            totals.push(UsageTotal {
+                session_key: address(&key, "session_key")?,
+                owner: address(&row.try_get::<String, _>("owner")?, "owner")?,
+                served: Usdc::from_base_units(served),
+                best: U256::from_str_radix(&best, 10).map_err(|_| corrupt("voucher", &best))?,
+                best_signature: signature.map(|s| s.parse().map_err(|_| corrupt("signature", &s))).transpose()?,
+            });
+        }
+        Ok(totals)
+    }
+
+    /// What the gateway served each of `owner`'s keys (charges less voids) and when, by key.
+    pub async fn usage_by_key(&self, owner: Address) -> Result<std::collections::HashMap<Address, KeyUsage>> {
+        let rows = sqlx::query("SELECT session_key, served, last_at FROM key_usage WHERE owner = $1")
+            .bind(hex(owner))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((address(&row.try_get::<String, _>("session_key")?, "session_key")?, key_usage(row)?)))
+            .collect()
+    }
+
+    /// What the gateway served one key, and when it last did.
+    pub async fn key_usage(&self, key: Address) -> Result<KeyUsage> {
+        let row = sqlx::query("SELECT served, last_at FROM key_usage WHERE session_key = $1")
+            .bind(hex(key))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(key_usage).transpose().map(Option::unwrap_or_default)
+    }
+
+    /// What the gateway served one key.
+    pub async fn served(&self, key: Address) -> Result<Usdc> {
+        Ok(self.key_usage(key).await?.served)
+    }
+
+    // -------------------------------------------------------------------- auth
+
+    /// Records a freshly issued sign-in nonce.
+    pub async fn issue_nonce(&self, nonce: &str, now: u64) -> Result<()> {
+        sqlx::query("INSERT INTO siwe_nonces (nonce, created_at) VALUES ($1, $2)")
+            .bind(nonce)
+            .bind(secs(now)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Spends a nonce issued at or after `issued_after`. False if unknown, used or too old: a
+    /// nonce signs in once.
+    pub async fn consume_nonce(&self, nonce: &str, issued_after: u64, now: u64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE siwe_nonces SET used_at = $3 WHERE nonce = $1 AND used_at IS NULL AND created_at >= $2",
+        )
+        .bind(nonce)
+        .bind(secs(issued_after)?)
+        .bind(secs(now)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Opens a session for `owner` under a token hash.
+    pub async fn create_session(&self, token_hash: &str, owner: Address, now: u64, expires_at: u64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        upsert_owner(&mut tx, owner, now).await?;
+        sqlx::query("INSERT INTO sessions (token_hash, owner, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash)
+            .bind(hex(owner))
+            .bind(secs(now)?)
+            .bind(secs(expires_at)?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The owner of an unexpired session.
+    pub async fn session_owner(&self, token_hash: &str, now: u64) -> Result<Option<Address>> {
+        let row = sqlx::query("SELECT owner FROM sessions WHERE token_hash = $1 AND expires_at > $2")
+            .bind(token_hash)
+            .bind(secs(now)?)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| address(&r.try_get::<String, _>("owner")?, "owner")).transpose()
+    }
+
+    /// Ends a session.
+    pub async fn delete_session(&self, token_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(token_hash).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------- audit
+
+    /// Appends to the audit log.
+    pub async fn audit(&self, entry: &AuditEntry) -> Result<()> {
+        sqlx::query("INSERT INTO audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)")
+            .bind(secs(entry.at)?)
+            .bind(&entry.actor)
+            .bind(&entry.action)
+            .bind(&entry.subject)
+            .bind(&entry.detail)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The audit log of one subject, oldest first.
+    pub async fn audit_of(&self, subject: &str) -> Result<Vec<AuditEntry>> {
+        let rows =
+            sqlx::query("SELECT at, actor, action, subject, detail FROM audit_log WHERE subject = $1 ORDER BY id")
+                .bind(subject)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    at: get_u64(row, "at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    subject: row.try_get("subject")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+}
+
+async fn upsert_owner(conn: &mut AnyConnection, owner: Address, now: u64) -> Result<()> {
+    sqlx::query("INSERT INTO owners (address, created_at) VALUES ($1, $2) ON CONFLICT (address) DO NOTHING")
+        .bind(hex(owner))
+        .bind(secs(now)?)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Folds one key's events into its row (inserting the row for keys registered outside opentab).
+async fn refold_key(conn: &mut AnyConnection, key: &str, now: u64) -> Result<()> {
+    let rows = sqlx::query("SELECT payload FROM chain_events WHERE session_key = $1 ORDER BY block_number, log_index")
+        .bind(key)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut state = None;
+    for row in &rows {
+        state = SessionKey::apply(state, &payload(row)?);
+    }
+    let Some(k) = state else {
+        // The registration itself was rolled back: the key is pending again (its transaction
+        // may be mined anew), with nothing of the orphaned branch left.
+        sqlx::query(
+            "UPDATE session_keys SET chain_status = $2, frozen_at = NULL, revoked_at = NULL, settled_units = 0, \
+             updated_at = $3 WHERE address = $1",
+        )
+        .bind(key)
+        .bind(ChainStatus::Pending.as_str())
+        .bind(secs(now)?)
+        .execute(&mut *conn)
+        .await?;
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO session_keys (address, owner, payee, limit_units, valid_after, valid_until, chain_status, \
+         frozen_at, revoked_at, settled_units, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+         ON CONFLICT (address) DO UPDATE SET owner = excluded.owner, payee = excluded.payee, \
+         limit_units = excluded.limit_units, valid_after = excluded.valid_after, valid_until = excluded.valid_until, \
+         chain_status = excluded.chain_status, frozen_at = excluded.frozen_at, revoked_at = excluded.revoked_at, \
+         settled_units = excluded.settled_units, updated_at = excluded.updated_at",
+    )
+    .bind(key)
+    .bind(hex(k.owner))
+    .bind(hex(k.payee))
+    .bind(units(k.limit)?)
+    .bind(secs(k.valid_after)?)
+    .bind(secs(k.valid_until)?)
+    .bind(ChainStatus::Registered.as_str())
+    .bind(k.frozen_at.map(secs).transpose()?)
+    .bind(k.revoked_at.map(secs).transpose()?)
+    .bind(units(k.settled)?)
+    .bind(secs(now)?)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Folds one owner's events into its escrow row.
+async fn refold_escrow(conn: &mut AnyConnection, owner: &str, now: u64) -> Result<()> {
+    let rows = sqlx::query("SELECT payload FROM chain_events WHERE owner = $1 ORDER BY block_number, log_index")
+        .bind(owner)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut escrow = Escrow::default();
+    for row in &rows {
+        escrow = escrow.apply(&payload(row)?);
+    }
+    let (withdrawal, ready_at) = match escrow.pending_withdrawal {
+        Some((amount, at)) => (Some(units(amount)?), Some(secs(at)?)),
+        None => (None, None),
+    };
+    sqlx::query(
+        "INSERT INTO escrows (owner, balance_units, withdrawal_units, withdrawal_ready_at, guardian, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (owner) DO UPDATE SET balance_units = excluded.balance_units, \
+         withdrawal_units = excluded.withdrawal_units, withdrawal_ready_at = excluded.withdrawal_ready_at, \
+         guardian = excluded.guardian, updated_at = excluded.updated_at",
+    )
+    .bind(owner)
+    .bind(units(escrow.balance)?)
+    .bind(withdrawal)
+    .bind(ready_at)
+    .bind(escrow.guardian.map(hex))
+    .bind(secs(now)?)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) fn key_record(row: &AnyRow) -> Result<KeyRecord> {
+    let text = |col: &'static str| -> Result<String> { Ok(row.try_get(col)?) };
+    let chain_status = match text("chain_status")?.as_str() {
+        "pending" => ChainStatus::Pending,
+        "registered" => ChainStatus::Registered,
+        other => return Err(Error::Corrupt { column: "chain_status", value: other.to_owned() }),
+    };
+    Ok(KeyRecord {
+        key: SessionKey {
+            address: address(&text("address")?, "address")?,
+            owner: address(&text("owner")?, "owner")?,
+            payee: address(&text("payee")?, "payee")?,
+            limit: Usdc::from_base_units(get_u64(row, "limit_units")?),
+            valid_after: get_u64(row, "valid_after")?,
+            valid_until: get_u64(row, "valid_until")?,
+            frozen_at: opt_u64(row, "frozen_at")?,
+            revoked_at: opt_u64(row, "revoked_at")?,
+            settled: Usdc::from_base_units(get_u64(row, "settled_units")?),
+        },
+        chain_status,
+        frozen_offchain_at: opt_u64(row, "frozen_offchain_at")?,
+        deleted_at: opt_u64(row, "deleted_at")?,
+        created_at: get_u64(row, "created_at")?,
+        updated_at: get_u64(row, "updated_at")?,
+    })
+}
+
+fn payload(row: &AnyRow) -> Result<ValidatorEvent> {
+    let text: String = row.try_get("payload")?;
+    serde_json::from_str(&text).map_err(|_| Error::Corrupt { column: "payload", value: text })
+}
+
+/// The webhook announcing a confirmed key freeze, unfreeze or revocation. Its id is the log's
+/// place in the chain, so a replayed event announces nothing new.
+fn key_webhook(stored: &StoredEvent, now: u64) -> Option<crate::NewWebhook> {
+    let (event_type, owner, key) = match stored.event {
+        ValidatorEvent::Frozen { owner, session_key, .. } => ("key.frozen", owner, session_key),
+        ValidatorEvent::Unfrozen { owner, session_key } => ("key.unfrozen", owner, session_key),
+        ValidatorEvent::Revoked { owner, session_key, .. } => ("key.revoked", owner, session_key),
+        _ => return None,
+    };
+    let payload = serde_json::json!({
+        "type": event_type,
+        "timestamp": opentab_core::format_rfc3339(now),
+        "data": {
+            "sessionKey": key,
+            "owner": owner,
+            "txHash": stored.tx_hash,
+            "blockNumber": stored.block_number,
+        },
+    });
+    Some(crate::NewWebhook {
+        event_id: format!("msg_{:x}_{}", stored.block_hash, stored.log_index),
+        event_type: event_type.to_owned(),
+        payload: payload.to_string(),
+    })
+}
+
+fn key_usage(row: &AnyRow) -> Result<KeyUsage> {
+    // A stray void can take the sum below zero; served never is.
+    let served = u64::try_from(row.try_get::<i64, _>("served")?).unwrap_or(0);
+    Ok(KeyUsage { served: Usdc::from_base_units(served), last_at: opt_u64(row, "last_at")? })
+}
+
+/// Marks a key frozen off-chain (keeping an earlier freeze's time), inside `conn`'s transaction
+/// if it has one. Returns false if the key is unknown.
+pub(crate) async fn freeze_offchain(conn: &mut AnyConnection, address: Address, now: u64) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE session_keys SET frozen_offchain_at = COALESCE(frozen_offchain_at, $2), updated_at = $2 \
+         WHERE address = $1",
+    )
+    .bind(hex(address))
+    .bind(secs(now)?)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Addresses are stored as lowercase `0x` hex.
+pub(crate) fn hex(address: Address) -> String {
+    format!("{address:#x}")
+}
+
+pub(crate) fn address(text: &str, column: &'static str) -> Result<Address> {
+    Address::from_str(text).map_err(|_| Error::Corrupt { column, value: text.to_owned() })
+}
+
+/// Amounts and times live in BIGINT columns (i64): checked on the way in and out.
+pub(crate) fn units(amount: Usdc) -> Result<i64> {
+    i64::try_from(amount.base_units()).map_err(|_| Error::OutOfRange("amount"))
+}
+
+pub(crate) fn secs(value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::OutOfRange("integer"))
+}
+
+pub(crate) fn get_u64(row: &AnyRow, column: &'static str) -> Result<u64> {
+    let value: i64 = row.try_get(column)?;
+    u64::try_from(value).map_err(|_| Error::Corrupt { column, value: value.to_string() })
+}
+
+pub(crate) fn opt_u64(row: &AnyRow, column: &'static str) -> Result<Option<u64>> {
+    let value: Option<i64> = row.try_get(column)?;
+    value.map(|v| u64::try_from(v).map_err(|_| Error::Corrupt { column, value: v.to_string() })).transpose()
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs every test of opentab: the forge suite (unit, fuzz, invariant, gas snapshot), the check
+# that the committed contract artifacts are current, the Rust suite (real anvil chains, a real
+# PostgreSQL and Redis — the local ones, or ones of its own — and SQLite, and schemathesis
+# against the live API's OpenAPI document), the TypeScript packages (the Express middleware and
+# the paying client against a real `opentab dev`), and the web UI (component tests, then the
+# whole owner journey in Debian's Chromium against a real `opentab dev`).
+# Installs what it needs first. Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+trap 'stop_postgres; stop_redis; print_timings' EXIT
+
+stage "toolchains, npm and PyPI packages"
+ensure_toolchains
+ensure_contract_tools
+ensure_package_tools
+ensure_web_tools
+ensure_chromium
+ensure_schemathesis
+
+stage "contracts: build + artifacts"
+(cd contracts && ./node_modules/.bin/forge build --quiet && node tools/export-artifacts.mjs --check)
+
+stage "contracts: forge test"
+(cd contracts && ./node_modules/.bin/forge test)
+
+stage "contracts: gas snapshot"
+(cd contracts && ./node_modules/.bin/forge snapshot --match-contract GasTest --check)
+# forge test rewrote contracts/snapshots/: a difference means the committed gas figures are stale.
+if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet -- contracts/snapshots; then
+  git diff -- contracts/snapshots
+  echo "gas per operation changed: commit contracts/snapshots/ and update the README's gas table" >&2
+  exit 1
+fi
+
+stage "rust: fmt"
+cargo fmt --all --check
+
+stage "rust: lint (clippy, warnings are errors)"
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+
+stage "rust: build"
+cargo build --workspace --all-targets --locked
+
+stage "rust: tests (real anvil, PostgreSQL, SQLite, Redis)"
+ensure_postgres
+ensure_redis
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  echo "(cargo-nextest not installed: using cargo test; 'cargo install cargo-nextest' makes this faster)"
+  cargo test --workspace --locked --no-fail-fast
+fi
+
+stage "typescript: typecheck"
+(cd packages && npm run --silent typecheck)
+
+stage "typescript: tests (Express middleware, paying client, against opentab dev)"
+(cd packages && OPENTAB_BIN="${CARGO_TARGET_DIR:-$PWD/../target}/debug/opentab" ./node_modules/.bin/vitest run)
+
+stage "web: typecheck + build"
+npm --prefix web run --silent build
+
+stage "web: component tests (Vitest, Testing Library)"
+(cd web && ./node_modules/.bin/vitest run)
+
+stage "web: browser end-to-end (Chromium, opentab dev)"
+(cd web && OPENTAB_BIN="${CARGO_TARGET_DIR:-$PWD/../target}/debug/opentab" ./node_modules/.bin/vitest run -c vitest.e2e.config.ts)

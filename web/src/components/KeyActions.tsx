@@ -1,0 +1,119 @@
+import { useState } from "react";
+import { useSWRConfig } from "swr";
+import { Button } from "@/components/ui/button";
+import {
+  Dialog,
+  DialogClose,
+  DialogContent,
+  DialogDescription,
+  DialogFooter,
+  DialogHeader,
+  DialogTitle,
+} from "@/components/ui/dialog";
+import { api, type KeyDetail, type KeyStatus, type KeyView, type Relayed, type TypedData } from "@/lib/api";
+import type { Wallet } from "@/lib/wallet";
+
+type Action = "freeze" | "unfreeze" | "delete";
+
+const COPY: Record<Action, { title: string; body: string; confirm: string; optimistic: KeyStatus }> = {
+  freeze: {
+    title: "Freeze this key?",
+    body: "Calls paid with it are refused at once, before the transaction is mined. You can unfreeze it later.",
+    confirm: "Freeze",
+    optimistic: "frozen",
+  },
+  unfreeze: {
+    title: "Unfreeze this key?",
+    body: "It can pay again once the unfreeze is confirmed on-chain, within seconds.",
+    confirm: "Unfreeze",
+    optimistic: "active",
+  },
+  delete: {
+    title: "Delete this key for good?",
+    body: "It is revoked on-chain and can never pay again; what it owes is still settled. This cannot be undone.",
+    confirm: "Delete",
+    optimistic: "revoked",
+  },
+};
+
+/** Freeze, unfreeze and delete, each signed by the owner and confirmed first. The key's status
+ * changes on screen at once and goes back, with the server's reason, if opentab refuses. */
+export function KeyActions({
+  keyView,
+  wallet,
+  onDeleted,
+  onMessage,
+}: {
+  keyView: KeyView;
+  wallet: () => Promise<Wallet>;
+  onDeleted: () => void;
+  onMessage: (message: { kind: "ok" | "error"; text: string }) => void;
+}) {
+  const { mutate } = useSWRConfig();
+  const [open, setOpen] = useState<Action | null>(null);
+  const [busy, setBusy] = useState(false);
+  const path = `/api/session-keys/${keyView.address}`;
+
+  const setStatus = (status: KeyStatus) => {
+    void mutate<KeyDetail>(path, (k) => (k ? { ...k, status } : k), { revalidate: false });
+    void mutate<KeyView[]>(
+      "/api/session-keys",
+      (keys) => keys?.map((k) => (k.address === keyView.address ? { ...k, status } : k)),
+      { revalidate: false },
+    );
+  };
+
+  const run = async (action: Action) => {
+    setOpen(null);
+    setBusy(true);
+    const before = keyView.status;
+    setStatus(COPY[action].optimistic);
+    try {
+      const signer = await wallet();
+      const typed = await api<TypedData>(`${path}/${action}`);
+      const signature = await signer.signTypedData(typed);
+      const body = { nonce: String(typed.message.nonce), deadline: Number(typed.message.deadline), signature };
+      const relayed =
+        action === "delete"
+          ? await api<Relayed>(path, { method: "DELETE", json: body })
+          : await api<Relayed>(`${path}/${action}`, { method: "POST", json: body });
+      onMessage({ kind: "ok", text: `Key ${action === "delete" ? "deleted" : `${action === "freeze" ? "frozen" : "unfrozen"}`} (transaction ${relayed.txStatus}).` });
+      if (action === "delete") onDeleted();
+    } catch (err) {
+      setStatus(before);
+      onMessage({ kind: "error", text: `Could not ${action} the key: ${(err as Error).message}` });
+    } finally {
+      setBusy(false);
+      void mutate((key) => typeof key === "string" && key.startsWith("/api/session-keys"));
+    }
+  };
+
+  const canFreeze = keyView.status === "active" || keyView.status === "not_yet_valid";
+  const canUnfreeze = keyView.status === "frozen" && keyView.revokedAt === null;
+  const canDelete = keyView.status !== "revoked";
+  return (
+    <div className="flex flex-wrap gap-2">
+      {canFreeze && <Button variant="outline" disabled={busy} onClick={() => setOpen("freeze")}>Freeze</Button>}
+      {canUnfreeze && <Button variant="outline" disabled={busy} onClick={() => setOpen("unfreeze")}>Unfreeze</Button>}
+      {canDelete && <Button variant="destructive" disabled={busy} onClick={() => setOpen("delete")}>Delete</Button>}
+      <Dialog open={open !== null} onOpenChange={(o) => !o && setOpen(null)}>
+        {open && (
+          <DialogContent>
+            <DialogHeader>
+              <DialogTitle>{COPY[open].title}</DialogTitle>
+              <DialogDescription>{COPY[open].body}</DialogDescription>
+            </DialogHeader>
+            <DialogFooter>
+              <DialogClose asChild>
+                <Button variant="outline">Cancel</Button>
+              </DialogClose>
+              <Button variant={open === "delete" ? "destructive" : "default"} onClick={() => void run(open)}>
+                {COPY[open].confirm}
+              </Button>
+            </DialogFooter>
+          </DialogContent>
+        )}
+      </Dialog>
+    </div>
+  );
+}

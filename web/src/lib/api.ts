@@ -1,0 +1,124 @@
+/** The session-key service's REST API (same origin; the session cookie authenticates). */
+
+import type { Address, Hex } from "viem";
+
+/** Key status as the API reports it. */
+export type KeyStatus = "pending" | "active" | "not_yet_valid" | "frozen" | "revoked" | "expired";
+
+/** Amounts are USDC base units as decimal strings. */
+export interface Usage {
+  served: string;
+  settled: string;
+  pending: string;
+  remaining: string;
+  percentUsed: number;
+}
+
+export interface KeyView {
+  address: Address;
+  owner: Address;
+  payee: Address;
+  status: KeyStatus;
+  limit: string;
+  validAfter: number;
+  validUntil: number;
+  frozenAt: number | null;
+  revokedAt: number | null;
+  deletedAt: number | null;
+  usage: Usage;
+  createdAt: number;
+  lastActivityAt: number | null;
+}
+
+export interface Settlement {
+  amount: string;
+  cumulative: string;
+  txHash: Hex;
+  blockNumber: number;
+}
+
+/** A rule engine alert: which rule, why (with the numbers), and whether it froze the key. */
+export interface RuleAlert {
+  rule: "spike" | "rate" | "low_balance";
+  mode: "enforce" | "shadow";
+  reason: string;
+  froze: boolean;
+  firedAt: number;
+  recoveredAt: number | null;
+}
+
+export interface KeyDetail extends KeyView {
+  settlements: Settlement[];
+  alerts: RuleAlert[];
+}
+
+export interface Escrow {
+  owner: Address;
+  balance: string;
+  available: string;
+  pendingWithdrawal: string | null;
+  withdrawalReadyAt: number | null;
+  depositTo: Address;
+}
+
+/** EIP-712 typed data as the API hands it out (numbers may be decimal strings). */
+export interface TypedData {
+  domain: { name: string; version: string; chainId: number; verifyingContract: Address };
+  types: Record<string, { name: string; type: string }[]>;
+  primaryType: string;
+  message: Record<string, unknown>;
+}
+
+export interface PreparedKey {
+  sessionKey: Address;
+  privateKey: Hex | null;
+  typedData: TypedData;
+}
+
+export interface Relayed {
+  key: KeyView;
+  txHash: Hex | null;
+  txStatus: "mined" | "pending";
+}
+
+/** A refusal of the API (`application/problem+json`), or a network failure (status 0). */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    readonly detail: string,
+    readonly field?: string,
+  ) {
+    super(detail);
+    this.name = "ApiError";
+  }
+}
+
+export async function api<T>(path: string, init?: RequestInit & { json?: unknown }): Promise<T> {
+  const headers = new Headers(init?.headers);
+  let body = init?.body;
+  if (init?.json !== undefined) {
+    headers.set("content-type", "application/json");
+    body = JSON.stringify(init.json);
+  }
+  let res: Response;
+  try {
+    res = await fetch(path, { ...init, headers, body, credentials: "same-origin" });
+  } catch {
+    throw new ApiError(0, "network", "opentab cannot be reached; check that it is running");
+  }
+  const text = await res.text();
+  if (!res.ok) {
+    let problem: { code?: string; detail?: string; field?: string } = {};
+    try {
+      problem = JSON.parse(text) as typeof problem;
+    } catch {
+      // not JSON: keep the status
+    }
+    throw new ApiError(res.status, problem.code ?? `http_${res.status}`, problem.detail ?? (text || res.statusText), problem.field);
+  }
+  return (text ? JSON.parse(text) : undefined) as T;
+}
+
+/** SWR's fetcher. */
+export const fetcher = <T,>(path: string) => api<T>(path);

@@ -1,0 +1,55 @@
+/** Amounts and times for people. Amounts stay bigint base units (6 decimals) until shown. */
+
+const UNITS = 1_000_000n;
+
+/** `12500000` → `12.5`. */
+export function usdc(baseUnits: string | bigint): string {
+  const value = BigInt(baseUnits);
+  const whole = value / UNITS;
+  const frac = (value % UNITS).toString().padStart(6, "0").replace(/0+$/, "");
+  return frac ? `${whole}.${frac}` : whole.toString();
+}
+
+/** Parses what a person typed (`25`, `0.5`, `$1.25`) into base units, or says what is wrong. */
+export function parseUsdc(text: string): { ok: true; value: bigint } | { ok: false; error: string } {
+  const trimmed = text.trim().replace(/^\$/, "");
+  if (trimmed === "") return { ok: false, error: "Enter an amount in USDC, like 25 or 0.5." };
+  const match = /^(\d+)(?:\.(\d+))?$/.exec(trimmed);
+  if (!match) return { ok: false, error: "Use digits and at most one decimal point, like 25 or 0.5." };
+  if ((match[2] ?? "").length > 6) return { ok: false, error: "USDC has 6 decimals at most." };
+  const value = BigInt(match[1]!) * UNITS + BigInt((match[2] ?? "").padEnd(6, "0"));
+  if (value === 0n) return { ok: false, error: "The amount must be more than zero." };
+  return { ok: true, value };
+}
+
+/** `in 6d 23h`, `3m ago`, `just now`. */
+export function relative(at: number, now: number = Date.now() / 1000): string {
+  const delta = Math.round(at - now);
+  const span = Math.abs(delta);
+  if (span < 45) return "just now";
+  const units: [number, string][] = [
+    [86_400, "d"],
+    [3_600, "h"],
+    [60, "m"],
+  ];
+  const parts: string[] = [];
+  let rest = span;
+  for (const [size, name] of units) {
+    if (rest >= size && parts.length < 2) {
+      parts.push(`${Math.floor(rest / size)}${name}`);
+      rest %= size;
+    }
+  }
+  const text = parts.join(" ") || `${span}s`;
+  return delta >= 0 ? `in ${text}` : `${text} ago`;
+}
+
+/** `2026-11-24 22:31 UTC`. */
+export function utc(at: number): string {
+  return new Date(at * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC";
+}
+
+/** `0x1234…abcd`. */
+export function short(hex: string): string {
+  return hex.length > 12 ? `${hex.slice(0, 6)}…${hex.slice(-4)}` : hex;
+}
