@@ -93,21 +93,26 @@ it("an owner creates, watches, freezes, unfreezes and deletes a key", async () =
   console.log(`the usage bar showed the paid calls ${Date.now() - paidAt} ms after the last one was answered`);
   await shot("5-detail-live");
 
-  // Freeze: the next paid call is refused at once.
+  // Freeze: the badge turns at once (optimistically); once opentab has answered, the very next
+  // paid call is refused, before any block is awaited by the gateway.
   await page.getByRole("button", { name: "Freeze" }).click();
   await page.getByRole("dialog").getByRole("button", { name: "Freeze" }).click();
   await expect.poll(() => status.textContent()).toBe("frozen");
-  await expect.poll(async () => (await call()).status, { timeout: 10_000 }).toBe(402);
+  await page.getByText(/Key frozen \(transaction/).waitFor({ timeout: 15_000 });
   const refused = await call();
+  expect(refused.status).toBe(402);
   expect(((await refused.json()) as { error: string }).error).toBe("key_frozen");
   await shot("6-frozen");
 
   // Unfreeze: paid calls work again once the chain confirms it.
   await page.getByRole("button", { name: "Unfreeze" }).click();
   await page.getByRole("dialog").getByRole("button", { name: "Unfreeze" }).click();
+  await page.getByText(/Key unfrozen \(transaction/).waitFor({ timeout: 15_000 });
   await expect.poll(() => status.textContent(), { timeout: 15_000 }).toBe("active");
+  // The gateway serves again when the chain listener has seen the unfreeze (a moment later).
   await expect.poll(async () => (await call()).status, { timeout: 10_000 }).toBe(200);
   const paid = await call();
+  expect(paid.status, paid.status === 200 ? "" : await paid.text()).toBe(200);
   expect(receiptOf(paid)?.receipt.sessionKey.toLowerCase()).toBe(address.toLowerCase());
   expect(receiptOf(paid)?.receipt.remaining).toBe("500");
 
