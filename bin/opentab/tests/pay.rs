@@ -2,7 +2,8 @@
 //! demo API with the demo session key; a freeze stops payments at once and settles what the
 //! key owes (announced by signed webhooks to a real receiver); the client's signed total
 //! survives a restart of the client, and what was served survives a restart of the server
-//! (the usage ledger).
+//! (the usage ledger). The Rust client, as a `reqwest_middleware` middleware, pays requests
+//! of any shape, concurrently, and reports refusals and its cap as typed errors.
 
 mod common;
 
@@ -153,6 +154,81 @@ async fn paying_freezing_and_resuming_through_the_gateway() -> TestResult {
     assert_eq!(restarted["sessionKey"]["address"].as_str(), Some(key.as_str()), "the demo key is reused");
     let out = opentab(&["pay", "--demo", &demo])?;
     assert!(text(&out).contains("served 0.012 USDC"), "{}", text(&out));
+    drop(dev);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_reqwest_middleware_pays_whatever_the_client_sends() -> TestResult {
+    use opentab_client::{Error, Payer, PaymentMiddleware, receipt_of, refusal_of};
+    use opentab_core::{SigningKey, U256, Usdc};
+
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let dev = Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
+    let demo: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("demo.json"))?)?;
+    let url = format!("{}/v1/chat/completions", demo["url"].as_str().ok_or("url")?);
+    let payee: opentab_core::Address = demo["payee"].as_str().ok_or("payee")?.parse()?;
+    let key: SigningKey = demo["sessionKey"]["privateKey"].as_str().ok_or("key")?.parse()?;
+    let totals = dir.path().join("totals.json");
+    let client = |key: SigningKey, cap: &str, file: &std::path::Path| -> TestResult<_> {
+        let payer = Payer::new(key, Usdc::parse_decimal(cap)?, Some(file.to_owned()))?;
+        Ok(reqwest_middleware::ClientBuilder::new(common::client()).with(PaymentMiddleware::new(payer)).build())
+    };
+    let agent = client(key.clone(), "1", &totals)?;
+
+    // A plain request, built as with reqwest: the body reaches the API on the paid retry.
+    let response = agent
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"messages":[{"role":"user","content":"hello"}]}"#)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let receipt = receipt_of(&response).ok_or("a paid call has a receipt")?.receipt;
+    assert_eq!((receipt.charged, receipt.served), (Usdc::from_base_units(2_000), Usdc::from_base_units(2_000)));
+    let answer = response.text().await?;
+    assert!(answer.contains("You said 5 characters"), "{answer}");
+
+    // Eight at once: each signs its own total, they reach the gateway in any order, and every
+    // one is served exactly once.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        calls.spawn(agent.post(&url).body("{}").header("content-type", "application/json").send());
+    }
+    let mut served = Vec::new();
+    while let Some(response) = calls.join_next().await {
+        let response = response??;
+        assert_eq!(response.status(), 200);
+        served.push(receipt_of(&response).ok_or("receipt")?.receipt.served.base_units());
+    }
+    served.sort_unstable();
+    assert_eq!(served, (2..=9).map(|n| n * 2_000).collect::<Vec<_>>());
+
+    // A free route is passed through, nothing signed.
+    let health = agent.get(format!("{}/healthz", demo["url"].as_str().ok_or("url")?)).send().await?;
+    assert_eq!((health.status().as_u16(), receipt_of(&health).is_none()), (200, true));
+
+    // A restarted agent reads its total back and continues above it.
+    drop(agent);
+    let agent = client(key.clone(), "1", &totals)?;
+    let response = agent.post(&url).body("{}").send().await?;
+    assert_eq!(receipt_of(&response).ok_or("receipt")?.receipt.served.base_units(), 20_000);
+
+    // The cap: nothing is signed past it, and the error says why.
+    drop(agent);
+    let capped = client(key.clone(), "0.021", &totals)?;
+    let err = Error::from(capped.post(&url).body("{}").send().await.err().ok_or("the cap must refuse")?);
+    assert!(matches!(err, Error::CapExceeded { total, .. } if total == U256::from(22_000)), "{err}");
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&totals)?)?;
+    let slot = format!("{:#x}->{payee:#x}", key.address());
+    assert_eq!(saved[&slot], "20000", "a refused cap raises nothing: {saved}");
+
+    // A key the service does not know: the gateway's refusal comes back as a readable 402.
+    let stranger = client(SigningKey::random(), "1", &dir.path().join("stranger.json"))?;
+    let response = stranger.post(&url).body("{}").send().await?;
+    let (code, message) = refusal_of(&response).ok_or("a refusal")?;
+    assert_eq!(code, "unknown_key", "{message}");
     drop(dev);
     Ok(())
 }

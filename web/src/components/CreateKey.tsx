@@ -262,7 +262,7 @@ function CreatedPanel({ created, onDone }: { created: Created; onDone: () => voi
     ? `import { wrapFetchWithPayment } from "@opentab/client";\n\nconst pay = wrapFetchWithPayment(fetch, {\n  privateKey: "${created.privateKey}",\n  cap: "${usdc(created.limit)}",\n  statePath: "./opentab-totals.json",\n});\nconst res = await pay("${origin}/v1/chat/completions", { method: "POST", body: "{}" });`
     : "";
   const rust = created.privateKey
-    ? `use opentab_client::PayingClient;\nuse opentab_core::Usdc;\n\nlet key = "${created.privateKey}".parse()?;\nlet client = PayingClient::new(key, Usdc::parse_decimal("${usdc(created.limit)}")?, Some("opentab-totals.json".into()))?;\nlet paid = client.send(reqwest::Method::POST, "${origin}/v1/chat/completions", None).await?;`
+    ? `use opentab_client::{receipt_of, Payer, PaymentMiddleware};\nuse opentab_core::Usdc;\n\nlet key = "${created.privateKey}".parse()?;\nlet payer = Payer::new(key, Usdc::parse_decimal("${usdc(created.limit)}")?, Some("opentab-totals.json".into()))?;\nlet client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(PaymentMiddleware::new(payer)).build();\nlet res = client.post("${origin}/v1/chat/completions").body("{}").send().await?;\nprintln!("{:?}", receipt_of(&res));`
     : "";
   return (
     <Card>
