@@ -65,6 +65,8 @@ it("an owner creates, watches, freezes, unfreezes and deletes a key", async () =
   await page.getByRole("button", { name: /Use the dev wallet/ }).click();
   await page.getByRole("heading", { name: "Session keys" }).waitFor();
   await page.getByTestId("escrow-balance").waitFor();
+  // The demo owner chose opentab's rule guardian: bursts are frozen on-chain too.
+  expect(await page.getByTestId("escrow-guardian").textContent()).toContain("frozen on-chain too");
   await shot("2-keys");
 
   // Create a key generated in the browser; the form checks its fields first.

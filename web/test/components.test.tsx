@@ -3,6 +3,7 @@ import userEvent from "@testing-library/user-event";
 import useSWR, { SWRConfig } from "swr";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { CreateKey, validateCreate, type CreateForm } from "@/components/CreateKey";
+import { guardianText } from "@/components/EscrowPanel";
 import { KeyActions } from "@/components/KeyActions";
 import { KeyCard } from "@/components/KeyList";
 import type { KeyView } from "@/lib/api";
@@ -122,5 +123,16 @@ describe("key actions", () => {
     await waitFor(() => expect(messages).toEqual(["error: Could not freeze the key: the chain cannot be reached"]));
     expect(screen.getByTestId("shown")).toHaveTextContent("active");
     expect(wallet.signTypedData).not.toHaveBeenCalled();
+  });
+});
+
+describe("the escrow's guardian", () => {
+  const rules = "0x90f79bf6eb2c4f870365e785982e1f101e93b906";
+  it("says whether the rule engine can freeze on-chain, and how to let it", () => {
+    // Addresses compare case-insensitively (checksummed or not).
+    expect(guardianText({ guardian: "0x90F79bf6EB2c4f870365E785982E1f101E93b906", ruleGuardian: rules })).toContain("frozen on-chain too");
+    expect(guardianText({ guardian: null, ruleGuardian: rules })).toContain("opentab escrow guardian");
+    expect(guardianText({ guardian: "0x1111111111111111111111111111111111111111", ruleGuardian: rules })).toMatch(/^0x1111.*may freeze/);
+    expect(guardianText({ guardian: null, ruleGuardian: null })).toBe("none");
   });
 });

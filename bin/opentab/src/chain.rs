@@ -87,6 +87,9 @@ struct Account {
     private_key: String,
 }
 
+/// The anvil account the dev rule engine freezes keys on-chain with (the demo owner's guardian).
+pub(crate) const GUARDIAN_ACCOUNT: usize = 3;
+
 impl DevChain {
     /// Starts anvil on the data directory's state, deploys (or reuses) the contracts, funds the
     /// demo owner on first start and writes `<data-dir>/chain.json`.
@@ -132,10 +135,16 @@ impl DevChain {
                 tracing::info!(owner = %owner.address(), "funding the demo owner: {} USDC minted, {} deposited", mint.display(), deposit.display());
                 let validator = Validator::connect(provider.clone(), deployment.validator).await?;
                 validator.mint_test_usdc(owner.address(), mint).await?;
+                let as_owner = validator.with_provider(signing_provider(&rpc, opentab_chain::tx_signer(&owner)?)?);
                 if deposit > Usdc::ZERO {
-                    let as_owner = validator.with_provider(signing_provider(&rpc, opentab_chain::tx_signer(&owner)?)?);
                     as_owner.deposit(deposit).await.context("depositing into the demo owner's escrow")?;
                 }
+                // The demo owner lets the rule engine's guardian freeze its keys on-chain (an
+                // owner's own choice: `opentab escrow guardian --clear` takes it back).
+                as_owner
+                    .set_guardian(anvil.signer(GUARDIAN_ACCOUNT)?.address())
+                    .await
+                    .context("choosing a guardian")?;
                 deployment
             }
         };

@@ -13,7 +13,9 @@ use opentab_core::rules::RuleConfig;
 use opentab_core::{Address, SigningKey, Usdc};
 use opentab_gateway::pricing::Pricing;
 use opentab_gateway::{Gateway, GatewayConfig, InProcessCounters, PaymentLayer, charge_api};
-use opentab_service::{Mailer, Notifier, RuleEngine, RuledLedger, StoreDirectory, StoreLedger, restore_counters};
+use opentab_service::{
+    Guardian, Mailer, Notifier, RuleEngine, RuledLedger, StoreDirectory, StoreLedger, restore_counters,
+};
 use opentab_store::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -140,6 +142,7 @@ pub(crate) async fn demo_api(
     notifier: Notifier,
     gateway_secret: &str,
     mailer: Option<Mailer>,
+    guardian: Guardian,
 ) -> anyhow::Result<Router> {
     let counters = InProcessCounters::default();
     let restored =
@@ -160,7 +163,7 @@ pub(crate) async fn demo_api(
         counters,
         ledger: RuledLedger::new(
             StoreLedger::new(store.clone(), notifier.clone()),
-            Arc::new(RuleEngine::new(store.clone(), RuleConfig::default(), notifier, mailer)),
+            Arc::new(RuleEngine::new(store.clone(), RuleConfig::default(), notifier, mailer).with_guardian(guardian)),
         ),
     };
     let layer = PaymentLayer::new(gateway);

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Args;
 use opentab_accumulator::{SettlementConfig, SettlementWorker, WebhookConfig, WebhookSecret, WebhookSender};
 use opentab_service::api::{ApiConfig, AppState, ChainAccess, router};
-use opentab_service::{ChainListener, ListenerConfig, Metrics, Ops, with_ops};
+use opentab_service::{ChainListener, Guardian, ListenerConfig, Metrics, Ops, with_ops};
 use opentab_store::Store;
 
 use crate::chain::{ChainArgs, DevChain};
@@ -63,7 +63,15 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding 127.0.0.1:{} (is another opentab running? try --port)", args.port))?;
     let addr = listener.local_addr()?;
 
-    let config = ApiConfig::new(addr.to_string(), chain.deployment.chain_id, chain.deployment.validator);
+    // The rule engine freezes on-chain as anvil account #3, for owners who chose it as their
+    // guardian (the demo owner did, on first start).
+    let guardian_signer = chain.anvil.signer(crate::chain::GUARDIAN_ACCOUNT)?;
+    let guardian = Guardian::new(
+        chain.relayer.with_provider(opentab_chain::signing_provider(&chain.anvil.endpoint(), guardian_signer.clone())?),
+        guardian_signer.address(),
+    );
+    let mut config = ApiConfig::new(addr.to_string(), chain.deployment.chain_id, chain.deployment.validator);
+    config.rule_guardian = Some(guardian.address());
     let state = AppState::new(store.clone(), config)
         .with_chain(ChainAccess { relayer: chain.relayer.clone(), payee: chain.payee });
     let metrics = Arc::new(Metrics::default());
@@ -123,7 +131,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         (Some(url), Some(to)) => Some(opentab_service::Mailer::new(url, "opentab <opentab@localhost>", to)?),
         _ => None,
     };
-    let demo_api = crate::demo::demo_api(&chain, &store, state.notifier().clone(), &gateway_secret, mailer).await?;
+    let demo_api =
+        crate::demo::demo_api(&chain, &store, state.notifier().clone(), &gateway_secret, mailer, guardian.clone())
+            .await?;
     let dev_wallet = dev_wallet(&chain);
     let app =
         with_ops(router(state).merge(demo_api).merge(dev_wallet), Ops::new(store.clone(), Some(provider), metrics))
@@ -152,6 +162,11 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  charge API          POST http://{addr}/gateway/v1/charge|void (secret in demo.json; packages/express)"
     )?;
     writeln!(out, "  database            {}", db.display())?;
+    writeln!(
+        out,
+        "  rule guardian       {} (freezes on-chain when a spike or burst rule fires, for owners who chose it)",
+        guardian.address()
+    )?;
     writeln!(
         out,
         "  settlement          every {} USDC owed, or at once when a key stops; `opentab settlements list`",

@@ -1,6 +1,6 @@
-//! `opentab escrow show|deposit|withdraw`: the owner's escrow. `show` asks opentab's REST API;
-//! deposits and withdrawals are the owner's own transactions (the owner pays their gas), sent
-//! straight to the SessionKeyValidator.
+//! `opentab escrow show|deposit|withdraw|guardian`: the owner's escrow. `show` asks opentab's
+//! REST API; deposits, withdrawals and the choice of a guardian are the owner's own
+//! transactions (the owner pays their gas), sent straight to the SessionKeyValidator.
 
 use std::io::Write;
 
@@ -46,6 +46,17 @@ enum EscrowCommand {
         #[command(subcommand)]
         command: WithdrawCommand,
     },
+    /// Choose who may freeze this owner's keys on-chain (never unfreeze them). Without an
+    /// address: opentab's rule engine, so a key that breaks a spike or burst rule is frozen
+    /// on-chain too, not only at the gateway.
+    Guardian {
+        /// The guardian's address (default: the rule guardian opentab names).
+        #[arg(conflicts_with = "clear")]
+        address: Option<Address>,
+        /// Remove the guardian.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +82,8 @@ struct EscrowView {
     pending_withdrawal: Option<Usdc>,
     withdrawal_ready_at: Option<u64>,
     deposit_to: Address,
+    guardian: Option<Address>,
+    rule_guardian: Option<Address>,
 }
 
 pub(crate) async fn run(args: EscrowArgs) -> anyhow::Result<()> {
@@ -100,6 +113,33 @@ pub(crate) async fn run(args: EscrowArgs) -> anyhow::Result<()> {
             let validator = connect(&args.owner, &args.chain, &owner).await?;
             withdraw(&validator, owner.address(), command).await
         }
+        EscrowCommand::Guardian { address, clear } => {
+            let guardian = match (address, clear) {
+                (_, true) => Address::ZERO,
+                (Some(address), false) => address,
+                (None, false) => {
+                    let api = Api::sign_in(&args.owner.url, &owner).await?;
+                    let escrow: EscrowView = api.call(Method::GET, "/api/escrow", None::<&()>).await?;
+                    escrow.rule_guardian.context(
+                        "this opentab names no rule guardian (its rules freeze at the gateway only): give an address",
+                    )?
+                }
+            };
+            let validator = connect(&args.owner, &args.chain, &owner).await?;
+            let tx = validator.set_guardian(guardian).await.map_err(refusal).context("setting the guardian")?;
+            let mut out = std::io::stdout().lock();
+            if guardian == Address::ZERO {
+                writeln!(out, "{} has no guardian now: only the owner can freeze its keys on-chain", owner.address())?;
+            } else {
+                writeln!(
+                    out,
+                    "{guardian} may now freeze the keys of {} on-chain (never unfreeze them)",
+                    owner.address()
+                )?;
+            }
+            writeln!(out, "  tx                  {} (block {}, gas {})", tx.tx_hash, tx.block_number, tx.gas_used)?;
+            Ok(())
+        }
     }
 }
 
@@ -124,6 +164,20 @@ async fn show(args: &OwnerArgs, owner: &SigningKey, json: bool) -> anyhow::Resul
         _ => writeln!(out, "  pending withdrawal  none")?,
     }
     writeln!(out, "  deposit to          {} (`opentab escrow deposit AMOUNT`)", escrow.deposit_to)?;
+    match (escrow.guardian, escrow.rule_guardian) {
+        (Some(g), Some(rules)) if g == rules => {
+            writeln!(
+                out,
+                "  guardian            {g}: opentab's rule engine, which freezes on-chain when a rule fires"
+            )?;
+        }
+        (Some(g), _) => writeln!(out, "  guardian            {g} (may freeze your keys on-chain)")?,
+        (None, Some(_)) => writeln!(
+            out,
+            "  guardian            none; rules freeze at the gateway only (`opentab escrow guardian` lets them freeze on-chain)"
+        )?,
+        (None, None) => writeln!(out, "  guardian            none")?,
+    }
     Ok(())
 }
 

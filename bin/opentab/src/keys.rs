@@ -463,6 +463,9 @@ async fn wait_for_unfrozen(api: &Api, segment: &str, mut status: String) -> anyh
 fn write_tx(out: &mut impl Write, tx_hash: Option<B256>, status: &str) -> std::io::Result<()> {
     match tx_hash {
         Some(tx) => writeln!(out, "  tx         {tx} ({status})"),
+        None if status == "not_needed" => {
+            writeln!(out, "  tx         none needed: the key was frozen at the gateway only, not on-chain")
+        }
         None => writeln!(out, "  tx         {status}: not mined yet; `opentab keys list` shows when it is"),
     }
 }

@@ -3,6 +3,10 @@
 //! forwarded and voided when the upstream answers >= 400 (or fails, or times out); everything
 //! else passes through. Bodies stream both ways; hop-by-hop and payment headers stay here.
 //!
+//! With `OPENTAB_GUARDIAN_KEY` set, a key that breaks a spike or burst rule is frozen on-chain
+//! too (as that account), for owners who made it their guardian; set serve's `rule_guardian`
+//! to its address so owners are shown it.
+//!
 //! With `OPENTAB_GATEWAY_SECRET` set it also serves the charge API (`/gateway/v1/charge` and
 //! `/void`) that `packages/express` calls, on the same counters; `--upstream` is then optional.
 //!
@@ -46,7 +50,8 @@ use clap::Args;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use opentab_chain::{Address, Validator, read_provider};
+use opentab_chain::{Address, Validator, read_provider, signing_provider, tx_signer};
+use opentab_core::SigningKey;
 use opentab_core::rules::{RuleConfig, RuleMode};
 use opentab_gateway::pricing::Pricing;
 use opentab_gateway::protocol::{PAYMENT_SIGNATURE, X_PAYMENT};
@@ -55,7 +60,7 @@ use opentab_gateway::{
     charge_api,
 };
 use opentab_service::{
-    Notifier, RuleEngine, RuledLedger, StoreCounterSource, StoreDirectory, StoreLedger, restore_counters,
+    Guardian, Notifier, RuleEngine, RuledLedger, StoreCounterSource, StoreDirectory, StoreLedger, restore_counters,
 };
 use opentab_store::Store;
 use serde::Deserialize;
@@ -85,6 +90,10 @@ pub(crate) struct ProxyArgs {
     /// Serve the charge API (`/gateway/v1/…`) to apps holding this secret.
     #[arg(long, env = "OPENTAB_GATEWAY_SECRET", hide_env_values = true)]
     gateway_secret: Option<String>,
+    /// The private key the rule engine freezes keys on-chain with (owners choose it as their
+    /// guardian). Without it rules freeze at the gateway only.
+    #[arg(long, env = "OPENTAB_GUARDIAN_KEY", hide_env_values = true)]
+    guardian_key: Option<String>,
 }
 
 /// The settings the proxy reads from serve's file; the rest of it is serve's business.
@@ -94,6 +103,8 @@ struct File {
     rpc_url: String,
     validator: Address,
     payee: Address,
+    #[serde(default)]
+    rule_guardian: Option<Address>,
     #[serde(default)]
     proxy: Section,
 }
@@ -191,8 +202,17 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         RulesMode::Enforce => RuleMode::Enforce,
         RulesMode::Shadow => RuleMode::Shadow,
     };
-    let engine =
+    let mut engine =
         RuleEngine::new(store.clone(), RuleConfig { mode, ..RuleConfig::default() }, Notifier::default(), None);
+    if let Some(key) = &args.guardian_key {
+        let key: SigningKey = key.parse().context("OPENTAB_GUARDIAN_KEY is not a private key")?;
+        let signer = tx_signer(&key)?;
+        if file.rule_guardian != Some(signer.address()) {
+            tracing::warn!(guardian = %signer.address(), "OPENTAB_GUARDIAN_KEY is not the file's rule_guardian: owners are shown another guardian");
+        }
+        let as_guardian = validator.with_provider(signing_provider(&rpc_url, signer.clone())?);
+        engine = engine.with_guardian(Guardian::new(as_guardian, signer.address()));
+    }
     let ledger = RuledLedger::new(StoreLedger::new(store.clone(), Notifier::default()), Arc::new(engine));
     let forward = upstream.clone().map(|u| Forward::new(u, Duration::from_secs(section.timeout_secs)));
     let secret = args.gateway_secret.as_deref();

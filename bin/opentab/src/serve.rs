@@ -16,6 +16,9 @@
 //! secure_cookies = true                      # default false; set it behind HTTPS
 //! webhook_url = "https://hooks.example.com/opentab"   # optional; needs OPENTAB_WEBHOOK_SECRET
 //! settle_every_secs = 2                      # default
+//! rule_guardian = "0x…"                      # optional: the account `opentab proxy` freezes
+//!                                            # keys on-chain with (OPENTAB_GUARDIAN_KEY there);
+//!                                            # shown to owners so they can choose it
 //! ```
 //!
 //! The settlement worker runs when `OPENTAB_SETTLER_KEY` is set (the account that sends
@@ -89,6 +92,8 @@ struct Config {
     webhook_url: Option<String>,
     #[serde(default = "default_settle_every")]
     settle_every_secs: u64,
+    #[serde(default)]
+    rule_guardian: Option<Address>,
     /// `opentab proxy`'s settings: checked here too, read by the proxy.
     #[serde(default, rename = "proxy")]
     _proxy: Option<crate::proxy::Section>,
@@ -144,6 +149,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut api_config = ApiConfig::new(config.domain.clone(), chain_id, config.validator);
     api_config.secure_cookies = config.secure_cookies;
+    api_config.rule_guardian = config.rule_guardian;
     let mut state = AppState::new(store.clone(), api_config);
     if let Some(relayer) = relayer {
         state = state.with_chain(ChainAccess { relayer, payee: config.payee });

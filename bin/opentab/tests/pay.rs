@@ -232,3 +232,98 @@ async fn the_reqwest_middleware_pays_whatever_the_client_sends() -> TestResult {
     drop(dev);
     Ok(())
 }
+
+/// Reads whether `key` is frozen on-chain, every 100 ms for up to 20 s, until it reads `want`.
+async fn frozen_on_chain(demo: &serde_json::Value, key: &str, want: bool) -> TestResult<bool> {
+    let rpc = demo["rpcUrl"].as_str().ok_or("rpcUrl")?;
+    let validator = opentab_chain::Validator::connect(
+        opentab_chain::read_provider(rpc)?,
+        demo["validator"].as_str().ok_or("validator")?.parse()?,
+    )
+    .await?;
+    let key = key.parse()?;
+    let mut frozen = false;
+    for _ in 0..200 {
+        frozen = validator.session_key(key).await?.ok_or("the key is registered")?.frozen_at.is_some();
+        if frozen == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(frozen)
+}
+
+#[tokio::test]
+async fn a_burst_is_frozen_on_chain_by_the_guardian_the_owner_chose() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let dev = Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
+    let url = dev.field("url").ok_or("no url")?;
+    let demo_path = dir.path().join("demo.json").to_string_lossy().into_owned();
+    let demo: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&demo_path)?)?;
+    let key = demo["sessionKey"]["address"].as_str().ok_or("demo key")?.to_owned();
+    let owner_args = ["--url", url.as_str(), "--data-dir", data_dir.as_str()];
+
+    // The demo owner chose opentab's rule guardian on first start.
+    let out = opentab(&[&["escrow", "show"][..], &owner_args[..]].concat())?;
+    assert!(text(&out).contains("opentab's rule engine, which freezes on-chain"), "{}", text(&out));
+
+    // 101 calls within a minute break the burst rule: the key is frozen at the gateway at once
+    // (call 102 is refused) and on-chain by the guardian.
+    let out = opentab(&["pay", "--demo", &demo_path, "--count", "102"])?;
+    let printed = text(&out);
+    assert!(printed.contains("call 101: HTTP 200") && printed.contains("key_frozen"), "{printed}");
+    assert!(frozen_on_chain(&demo, &key, true).await?, "the guardian froze the key on-chain");
+    let shown = opentab(&[&["keys", "show", key.as_str(), "--json"][..], &owner_args[..]].concat())?;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout)?;
+    assert_eq!((shown["status"].as_str(), shown["alerts"][0]["rule"].as_str()), (Some("frozen"), Some("rate")));
+
+    // Only the owner restarts spending: a relayed unfreeze on-chain.
+    let out = opentab(&[&["keys", "unfreeze", key.as_str()][..], &owner_args[..]].concat())?;
+    assert!(out.status.success() && text(&out).contains("(mined)"), "{}", text(&out));
+    assert!(!frozen_on_chain(&demo, &key, false).await?);
+    let out = opentab(&["pay", "--demo", &demo_path])?;
+    assert!(out.status.success(), "{}", text(&out));
+    drop(dev);
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_a_guardian_rules_freeze_at_the_gateway_and_unfreezing_needs_no_transaction() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let dev = Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
+    let url = dev.field("url").ok_or("no url")?;
+    let demo_path = dir.path().join("demo.json").to_string_lossy().into_owned();
+    let demo: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&demo_path)?)?;
+    let key = demo["sessionKey"]["address"].as_str().ok_or("demo key")?.to_owned();
+    let owner_args = ["--url", url.as_str(), "--data-dir", data_dir.as_str()];
+
+    let out = opentab(&[&["escrow", "guardian", "--clear"][..], &owner_args[..]].concat())?;
+    assert!(text(&out).contains("has no guardian now"), "{}", text(&out));
+    eventually("opentab sees the guardian go", || {
+        let out = opentab(&[&["escrow", "show"][..], &owner_args[..]].concat())?;
+        Ok(text(&out).contains("rules freeze at the gateway only"))
+    })
+    .await?;
+
+    let out = opentab(&["pay", "--demo", &demo_path, "--count", "102"])?;
+    assert!(text(&out).contains("key_frozen"), "{}", text(&out));
+    // Give a (wrongly) spawned guardian transaction the time to be mined before looking.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(!frozen_on_chain(&demo, &key, false).await?, "nobody may freeze it on-chain but its owner");
+
+    // The contract would refuse an unfreeze of a key it never froze: lifting the gateway's
+    // freeze is all it takes, and paying works again at once.
+    let out = opentab(&[&["keys", "unfreeze", key.as_str()][..], &owner_args[..]].concat())?;
+    let printed = text(&out);
+    assert!(out.status.success() && printed.contains("none needed") && printed.contains("active"), "{printed}");
+    let out = opentab(&["pay", "--demo", &demo_path])?;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Choosing the rule guardian again takes its address from opentab.
+    let out = opentab(&[&["escrow", "guardian"][..], &owner_args[..]].concat())?;
+    assert!(text(&out).contains("may now freeze the keys of"), "{}", text(&out));
+    drop(dev);
+    Ok(())
+}

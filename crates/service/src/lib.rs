@@ -7,8 +7,9 @@
 //!   Sign-In with Ethereum; every route serves the signed-in owner's data only.
 //! - [`StoreDirectory`], [`StoreLedger`], [`restore_counters`]: the gateway's key lookups,
 //!   durable usage ledger and counter rebuild, backed by storage.
-//! - [`RuleEngine`], [`RuledLedger`]: the rule engine behind the gateway's ledger (spike and
-//!   burst freeze a key at once; low balance warns; webhooks and email).
+//! - [`RuleEngine`], [`RuledLedger`], [`Guardian`]: the rule engine behind the gateway's
+//!   ledger (spike and burst freeze a key at once, on-chain too through a guardian; low
+//!   balance warns; webhooks and email).
 //! - [`with_ops`]: `/healthz`, `/readyz` and Prometheus `/metrics` beside the API.
 
 pub mod api;
@@ -24,4 +25,4 @@ pub use error::{Error, Result};
 pub use listener::{ChainListener, ListenerConfig};
 pub use notify::{Change, Notifier};
 pub use ops::{Metrics, Ops, with_ops};
-pub use rules::{Mailer, RuleEngine, RuledLedger};
+pub use rules::{Guardian, Mailer, RuleEngine, RuledLedger};

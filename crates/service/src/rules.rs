@@ -1,7 +1,8 @@
 //! The rule engine (DESIGN §4): watches every charge the gateway records and applies the rules
 //! of `opentab_core::rules`. A spike or a burst freezes the key off-chain at once (in
-//! `enforce` mode); every crossing is recorded with its numbers, announced by webhook
-//! (`key.alert`, `key.alert_recovered`) and, with a mailer, by email.
+//! `enforce` mode) and, when the owner made this service's [`Guardian`] their guardian, on-chain
+//! too; every crossing is recorded with its numbers, announced by webhook (`key.alert`,
+//! `key.alert_recovered`) and, with a mailer, by email.
 //!
 //! [`RuledLedger`] wraps the gateway's usage ledger: the charge is recorded first, then the
 //! rules run (an engine failure is logged; it never fails a charge that is already durable).
@@ -13,10 +14,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use opentab_chain::Validator;
 use opentab_core::rules::{Activity, Rule, RuleConfig, Transition, evaluate, transitions};
 use opentab_core::{Address, Usdc};
 use opentab_gateway::{Unavailable, UsageKind, UsageLedger, UsageRecord};
-use opentab_store::{NewAlert, NewWebhook, Store};
+use opentab_store::{AuditEntry, NewAlert, NewWebhook, Store};
 use serde_json::json;
 use tokio::sync::Mutex;
 
@@ -66,6 +68,59 @@ impl Mailer {
     }
 }
 
+/// The account the rule engine freezes keys on-chain with, for the owners who chose it as
+/// their guardian (`setGuardian`). The contract lets a guardian freeze, never unfreeze: the
+/// owner stays the only one who can restart spending.
+#[derive(Debug, Clone)]
+pub struct Guardian {
+    validator: Validator,
+    address: Address,
+}
+
+impl Guardian {
+    /// `validator` must send from `address` (a provider signing with the guardian's key).
+    pub const fn new(validator: Validator, address: Address) -> Self {
+        Self { validator, address }
+    }
+
+    /// The guardian's account.
+    pub const fn address(&self) -> Address {
+        self.address
+    }
+
+    /// Sends `freeze(key)` in the background: the charge that broke the rule does not wait for
+    /// a block. The gateway's own freeze already holds; a failure here is logged and audited.
+    fn freeze_in_background(&self, store: Store, key: Address, rule: Rule) {
+        let (validator, guardian) = (self.validator.clone(), self.address);
+        tokio::spawn(async move {
+            let (action, detail) = match validator.freeze(key).await {
+                Ok(outcome) => {
+                    tracing::warn!(%key, tx = %outcome.tx_hash, rule = rule.as_str(), "guardian froze the key on-chain");
+                    ("key.guardian_freeze", json!({ "rule": rule.as_str(), "tx": outcome.tx_hash }))
+                }
+                Err(err) => {
+                    tracing::warn!(%key, error = %err, "the guardian could not freeze the key on-chain; the gateway's freeze holds");
+                    ("key.guardian_freeze_failed", json!({ "rule": rule.as_str(), "error": err.to_string() }))
+                }
+            };
+            let entry = AuditEntry {
+                at: now(),
+                actor: format!("{guardian:#x}"),
+                action: action.to_owned(),
+                subject: format!("{key:#x}"),
+                detail: detail.to_string(),
+            };
+            if let Err(err) = store.audit(&entry).await {
+                tracing::warn!(%key, error = %err, "could not audit the guardian's freeze");
+            }
+        });
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
 #[derive(Debug)]
 struct KeyStats {
     owner: Address,
@@ -84,13 +139,21 @@ pub struct RuleEngine {
     config: RuleConfig,
     notifier: Notifier,
     mailer: Option<Mailer>,
+    guardian: Option<Guardian>,
     keys: std::sync::Mutex<HashMap<Address, Arc<Mutex<Option<KeyStats>>>>>,
 }
 
 impl RuleEngine {
     /// An engine recording to `store`, announcing changes through `notifier`.
     pub fn new(store: Store, config: RuleConfig, notifier: Notifier, mailer: Option<Mailer>) -> Self {
-        Self { store, config, notifier, mailer, keys: std::sync::Mutex::default() }
+        Self { store, config, notifier, mailer, guardian: None, keys: std::sync::Mutex::default() }
+    }
+
+    /// Freezes on-chain with `guardian` too, for owners who made it their guardian.
+    #[must_use]
+    pub fn with_guardian(mut self, guardian: Guardian) -> Self {
+        self.guardian = Some(guardian);
+        self
     }
 
     /// Applies the rules to `record`, which the ledger holds already; returns what changed.
@@ -177,6 +240,10 @@ impl RuleEngine {
         now: u64,
     ) -> crate::Result<()> {
         let froze = rule.freezes() && self.config.mode == opentab_core::rules::RuleMode::Enforce;
+        let guardian = match &self.guardian {
+            Some(g) if froze && self.store.escrow(owner).await?.guardian == Some(g.address) => Some(g),
+            _ => None,
+        };
         let inputs = json!({
             "charge": activity.charge,
             "callsBefore": activity.calls_before,
@@ -196,7 +263,7 @@ impl RuleEngine {
         };
         let data = json!({
             "sessionKey": record.key, "owner": owner, "rule": rule.as_str(), "mode": self.config.mode.as_str(),
-            "reason": reason, "froze": froze, "inputs": inputs,
+            "reason": reason, "froze": froze, "frozeOnChain": guardian.is_some(), "inputs": inputs,
         });
         let webhook = webhook("key.alert", record.key, rule, now, data);
         if !self.store.fire_alert(&alert, &webhook, now).await? {
@@ -204,6 +271,9 @@ impl RuleEngine {
         }
         if froze {
             tracing::warn!(key = %record.key, rule = rule.as_str(), reason, "rule engine froze the key");
+            if let Some(guardian) = guardian {
+                guardian.freeze_in_background(self.store.clone(), record.key, rule);
+            }
         } else {
             tracing::info!(key = %record.key, rule = rule.as_str(), reason, "rule alert");
         }
@@ -214,10 +284,14 @@ impl RuleEngine {
                 "Session key {:#x} (owner {owner:#x}) broke the {} rule: {reason}.\n{}\n",
                 record.key,
                 rule.as_str(),
-                if froze {
-                    "The key is frozen: no call is served with it until its owner unfreezes it."
-                } else {
-                    "No action was taken."
+                match (froze, guardian) {
+                    (true, Some(_)) =>
+                        "The key is frozen, at the gateway and on-chain through your guardian: \
+                                        no call is served with it until its owner unfreezes it.",
+                    (true, None) =>
+                        "The key is frozen at the gateway: no call is served with it until its owner \
+                                     unfreezes it.",
+                    (false, _) => "No action was taken.",
                 }
             );
             if let Err(err) = mailer.send(&subject, body).await {

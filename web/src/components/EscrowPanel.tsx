@@ -3,6 +3,17 @@ import { Card, CardContent, CardDescription, CardHeader, CardTitle } from "@/com
 import { fetcher, type Escrow } from "@/lib/api";
 import { relative, short, usdc } from "@/lib/format";
 
+/** Who may freeze the owner's keys on-chain, and what that means for the rule engine. */
+export function guardianText(escrow: Pick<Escrow, "guardian" | "ruleGuardian">): string {
+  const { guardian, ruleGuardian } = escrow;
+  if (guardian && ruleGuardian && guardian.toLowerCase() === ruleGuardian.toLowerCase()) {
+    return "opentab's rule engine: a key that breaks a spike or burst rule is frozen on-chain too";
+  }
+  if (guardian) return `${short(guardian)} may freeze your keys on-chain`;
+  if (ruleGuardian) return "none: rules freeze keys at the gateway only (opentab escrow guardian lets them freeze on-chain)";
+  return "none";
+}
+
 export function EscrowPanel() {
   const { data, error, isLoading } = useSWR<Escrow>("/api/escrow", fetcher, { refreshInterval: 10_000 });
   return (
@@ -37,6 +48,10 @@ export function EscrowPanel() {
               <dd className="font-mono text-xs break-all" title={data.depositTo}>
                 {short(data.depositTo)} (opentab escrow deposit AMOUNT)
               </dd>
+            </div>
+            <div className="col-span-2 sm:col-span-3">
+              <dt className="text-muted-foreground">Guardian</dt>
+              <dd data-testid="escrow-guardian">{guardianText(data)}</dd>
             </div>
           </dl>
         )}

@@ -77,7 +77,10 @@ export function KeyActions({
         action === "delete"
           ? await api<Relayed>(path, { method: "DELETE", json: body })
           : await api<Relayed>(`${path}/${action}`, { method: "POST", json: body });
-      onMessage({ kind: "ok", text: `Key ${action === "delete" ? "deleted" : `${action === "freeze" ? "frozen" : "unfrozen"}`} (transaction ${relayed.txStatus}).` });
+      const done = action === "delete" ? "deleted" : action === "freeze" ? "frozen" : "unfrozen";
+      const how =
+        relayed.txStatus === "not_needed" ? "no transaction needed: it was frozen at the gateway only" : `transaction ${relayed.txStatus}`;
+      onMessage({ kind: "ok", text: `Key ${done} (${how}).` });
       if (action === "delete") onDeleted();
     } catch (err) {
       setStatus(before);

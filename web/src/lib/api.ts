@@ -59,6 +59,10 @@ export interface Escrow {
   pendingWithdrawal: string | null;
   withdrawalReadyAt: number | null;
   depositTo: Address;
+  /** Who may freeze the owner's keys on-chain. */
+  guardian: Address | null;
+  /** The account opentab's rule engine freezes with, if it has one. */
+  ruleGuardian: Address | null;
 }
 
 /** EIP-712 typed data as the API hands it out (numbers may be decimal strings). */
@@ -78,7 +82,7 @@ export interface PreparedKey {
 export interface Relayed {
   key: KeyView;
   txHash: Hex | null;
-  txStatus: "mined" | "pending";
+  txStatus: "mined" | "pending" | "not_needed";
 }
 
 /** A refusal of the API (`application/problem+json`), or a network failure (status 0). */

@@ -106,7 +106,8 @@ pub struct Relayed {
     /// The relayed transaction.
     #[schema(value_type = Option<String>)]
     pub tx_hash: Option<B256>,
-    /// `mined`, or `pending` if it was not mined within the wait (poll the key).
+    /// `mined`; `pending` if it was not mined within the wait (poll the key); `not_needed` when
+    /// the key was frozen at the gateway only and unfreezing it took no transaction.
     #[schema(value_type = String, example = "mined")]
     pub tx_status: &'static str,
 }
@@ -272,9 +273,23 @@ async fn signed_action(
     body: SignedAction,
 ) -> Result<Relayed, ApiError> {
     let chain = state.chain()?;
-    owned_key(state, owner, key).await?;
+    let record = owned_key(state, owner, key).await?;
     let nonce = parse_u256(&body.nonce, "nonce")?;
     let now = now();
+    // A key the rule engine froze only at the gateway (its owner chose no guardian) is not
+    // frozen on-chain: the contract would refuse an unfreeze. Lifting the gateway's freeze is
+    // then all there is to do, and the signed-in owner may do that. The chain is asked, not the
+    // database: a guardian's freeze mined a moment ago may not be mirrored yet.
+    if action == KeyAction::Unfreeze
+        && record.frozen_offchain_at.is_some()
+        && chain.relayer.session_key(key).await.map_err(chain_error)?.is_some_and(|k| k.frozen_at.is_none())
+    {
+        state.store.unfreeze_offchain(key, now).await?;
+        state.notifier.publish(crate::Change { owner, key: Some(key) });
+        audit(state, owner, "key.unfreeze", key, json!({ "offchainOnly": true })).await?;
+        let key = view(state, &owned_key(state, owner, key).await?, now).await?;
+        return Ok(Relayed { key, tx_hash: None, tx_status: "not_needed" });
+    }
     // The gateway must stop serving the moment the signed-in owner asks, not when a block is
     // mined. Should the relay then fail, the key stays frozen off-chain: the safe direction.
     if action == KeyAction::Freeze {

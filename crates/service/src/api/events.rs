@@ -52,9 +52,7 @@ async fn render(state: &AppState, owner: Address, change: Change) -> Event {
             _ => return resync(),
         },
         None => match state.store.escrow(owner).await {
-            Ok(escrow) => {
-                Event::default().event("escrow").json_data(EscrowView::of(owner, &escrow, state.config.validator))
-            }
+            Ok(escrow) => Event::default().event("escrow").json_data(EscrowView::of(owner, &escrow, &state.config)),
             Err(_) => return resync(),
         },
     };

@@ -255,6 +255,14 @@ pub struct EscrowView {
     /// The validator to deposit into (approve USDC for it, then call `deposit(amount)`).
     #[schema(value_type = String, example = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8")]
     pub deposit_to: Address,
+    /// The owner's guardian on-chain (may freeze the owner's keys), if any.
+    #[schema(value_type = Option<String>)]
+    pub guardian: Option<Address>,
+    /// The account this service's rule engine freezes keys on-chain with. An owner who makes
+    /// it their guardian (`setGuardian`; `opentab escrow guardian`) has keys that break a
+    /// spike or rate rule frozen on-chain too, not only at the gateway.
+    #[schema(value_type = Option<String>)]
+    pub rule_guardian: Option<Address>,
 }
 
 #[utoipa::path(get, path = "/api/escrow", tag = "escrow", security(("bearer" = []), ("cookie" = [])),
@@ -264,18 +272,20 @@ pub(super) async fn escrow(
     SignedIn(owner): SignedIn,
 ) -> Result<Json<EscrowView>, ApiError> {
     let escrow = state.store.escrow(owner).await?;
-    Ok(Json(EscrowView::of(owner, &escrow, state.config.validator)))
+    Ok(Json(EscrowView::of(owner, &escrow, &state.config)))
 }
 
 impl EscrowView {
-    pub(super) fn of(owner: Address, escrow: &opentab_core::Escrow, validator: Address) -> Self {
+    pub(super) fn of(owner: Address, escrow: &opentab_core::Escrow, config: &super::ApiConfig) -> Self {
         Self {
             owner,
             balance: escrow.balance,
             available: escrow.available(),
             pending_withdrawal: escrow.pending_withdrawal.map(|(amount, _)| amount),
             withdrawal_ready_at: escrow.pending_withdrawal.map(|(_, at)| at),
-            deposit_to: validator,
+            deposit_to: config.validator,
+            guardian: escrow.guardian,
+            rule_guardian: config.rule_guardian,
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct ApiConfig {
     pub nonce_ttl_secs: u64,
     /// Mark the session cookie `Secure` (serve over HTTPS).
     pub secure_cookies: bool,
+    /// The account the rule engine freezes keys on-chain with, for owners who chose it as
+    /// their guardian (`None`: rules freeze off-chain only).
+    pub rule_guardian: Option<Address>,
 }
 
 impl ApiConfig {
@@ -55,6 +58,7 @@ impl ApiConfig {
             session_ttl_secs: 7 * 24 * 3600,
             nonce_ttl_secs: 600,
             secure_cookies: false,
+            rule_guardian: None,
         }
     }
 }
