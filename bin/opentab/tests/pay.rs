@@ -229,6 +229,20 @@ async fn the_reqwest_middleware_pays_whatever_the_client_sends() -> TestResult {
     let response = stranger.post(&url).body("{}").send().await?;
     let (code, message) = refusal_of(&response).ok_or("a refusal")?;
     assert_eq!(code, "unknown_key", "{message}");
+
+    // A retry under the same idempotency key is refused (409), not charged, and still is
+    // after a restart: the in-process counters come back from the ledger with the key.
+    let agent = client(key, "1", &totals)?;
+    let job = |url: String| agent.post(url).header("idempotency-key", "job-7").body("{}").send();
+    assert_eq!(job(url.clone()).await?.status(), 200);
+    assert_eq!(job(url.clone()).await?.status(), 409);
+    assert!(dev.stop("INT")?.success());
+    let dev = Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
+    let url = format!("{}/v1/chat/completions", dev.field("url").ok_or("no url")?);
+    let retry = job(url.clone()).await?;
+    assert_eq!(retry.status(), 409, "{}", retry.text().await?);
+    let next = agent.post(&url).body("{}").send().await?;
+    assert_eq!(receipt_of(&next).ok_or("receipt")?.receipt.served.base_units(), 24_000, "job-7 was paid once");
     drop(dev);
     Ok(())
 }

@@ -7,6 +7,9 @@
 //! the highest signed voucher (replays buy exactly the calls signed for but voided, no more),
 //! one settlement per key happened, the payee holds exactly what was served less what is
 //! still pending (under the threshold), and no voided call was paid.
+//!
+//! And: a request retried under the same idempotency key is not charged twice, even when
+//! Redis lost everything between the two tries (the ledger keeps the key with the charge).
 
 mod common;
 
@@ -272,6 +275,53 @@ async fn the_proxy_forwards_faithfully_and_voids_what_the_upstream_fails_to_answ
     assert_eq!(send(t.url.clone(), "work", 2 * PRICE, vec![]).await?.status(), 200, "voided, so it pays again");
     let usage = t.store.usage_total(key.address()).await?.ok_or("no usage")?;
     assert_eq!(usage.served, Usdc::from_base_units(2 * PRICE), "only the two answered calls are paid");
+    Ok(())
+}
+
+/// A paid `POST /v1/{path}` with key 0 of `t`, voucher `voucher`, under `idempotency`.
+async fn paid_call(t: &Topology, path: &str, voucher: u64, idempotency: &str) -> TestResult<reqwest::Response> {
+    let key = &t.keys[0];
+    let domain = opentab_core::ContractDomain::opentab(t.deployment.chain_id, t.deployment.validator);
+    let amount = U256::from(voucher);
+    let signature = key.sign_digest(&domain.digest(&Voucher::new(key.address(), t.payee, amount)));
+    let payment = PaymentPayload {
+        x402_version: X402_VERSION,
+        accepted: t.accepted.clone(),
+        payload: SessionPayload { session_key: key.address(), cumulative_amount: amount, signature },
+        extensions: None,
+    };
+    Ok(t.client
+        .post(format!("{}/v1/{path}", t.url))
+        .header(PAYMENT_SIGNATURE, encode_header(&payment))
+        .header("idempotency-key", idempotency)
+        .body("{}")
+        .send()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_not_charged_twice_even_after_redis_lost_everything() -> TestResult {
+    let redis = OwnRedis::start()?;
+    let t = topology(1, Some(&redis), 10).await?;
+    let served = || async { TestResult::Ok(t.store.usage_total(t.keys[0].address()).await?.map(|u| u.served)) };
+
+    assert_eq!(paid_call(&t, "work", PRICE, "order-1").await?.status(), 200);
+    // The API fails this one: voided, so its key is free again.
+    assert_eq!(paid_call(&t, "fail", 2 * PRICE, "order-2").await?.status(), 500);
+    let retry = paid_call(&t, "work", PRICE, "order-1").await?;
+    assert_eq!(retry.status(), 409, "a retry of a paid call is refused while Redis remembers it");
+
+    redis.flushall().await?;
+    let retry = paid_call(&t, "work", PRICE, "order-1").await?;
+    assert_eq!(retry.status(), 409, "and still after Redis lost it: the ledger kept the key");
+    assert!(retry.text().await?.contains("duplicate_payment"));
+    assert_eq!(served().await?, Some(Usdc::from_base_units(PRICE)), "charged once");
+
+    // The failed call's retry is charged (its void freed the key), on rebuilt counters.
+    let retried = paid_call(&t, "work", 2 * PRICE, "order-2").await?;
+    assert_eq!(retried.status(), 200);
+    assert_eq!(served().await?, Some(Usdc::from_base_units(2 * PRICE)));
+    assert_eq!(paid_call(&t, "work", 2 * PRICE, "order-2").await?.status(), 409);
     Ok(())
 }
 

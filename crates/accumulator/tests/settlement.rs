@@ -88,6 +88,7 @@ impl World {
                 request_id: format!("req-{voucher}-{kind:?}"),
                 voucher: U256::from(voucher),
                 signature: (kind == UsageKind::Charge).then(|| key.sign_digest(&digest)),
+                idempotency: None,
             })
             .await?;
         Ok(())

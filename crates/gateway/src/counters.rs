@@ -52,6 +52,15 @@ impl InProcessCounters {
         Ok(())
     }
 
+    /// Restores an idempotency key whose charge stands (from the durable ledger on start),
+    /// refused as a duplicate until `expires` (Unix seconds).
+    pub fn restore_idempotency(&self, id: B256, expires: u64) -> Result<(), Unavailable> {
+        let mut state = self.lock()?;
+        let slot = state.idempotency.entry(id).or_default();
+        *slot = (*slot).max(expires);
+        Ok(())
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, Unavailable> {
         // A poisoned lock means a panic mid-charge: refuse rather than guess the counters.
         self.state.lock().map_err(|_| Unavailable("in-process counters are poisoned".into()))

@@ -112,6 +112,9 @@ pub struct UsageRecord {
     pub voucher: opentab_core::U256,
     /// Its signature (charges).
     pub signature: Option<opentab_core::Signature>,
+    /// The request's hashed idempotency key ([`idempotency_hash`]), if it had one: kept so
+    /// counters rebuilt from the ledger still refuse a retry that was charged.
+    pub idempotency: Option<B256>,
 }
 
 /// The durable usage ledger: every charge is recorded before the call is served, so a crash

@@ -294,6 +294,7 @@ fn record(charge: &Charge, kind: UsageKind) -> UsageRecord {
         request_id: charge.request_id.clone(),
         voucher: paid.voucher,
         signature: (kind == UsageKind::Charge).then_some(paid.signature),
+        idempotency: paid.idempotency,
     }
 }
 

@@ -28,4 +28,4 @@ pub use gateway::{
     UsageKind, UsageLedger, UsageRecord, decide, idempotency_hash,
 };
 pub use layer::{Answer, Authorized, Charge, Gateway, PaymentHeaders, PaymentLayer, PaymentService};
-pub use redis_counters::{CounterSource, RedisCounters, SourceFuture};
+pub use redis_counters::{CounterSource, RedisCounters, Restored, SourceFuture};

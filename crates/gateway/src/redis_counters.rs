@@ -6,7 +6,9 @@
 //! or its owner's total is missing. With a [`CounterSource`] (the durable usage ledger) the
 //! charge script then refuses to guess: the counters are rebuilt from the source (set only
 //! where still absent, so concurrent rebuilders agree) and the charge runs again. Nothing
-//! served is lost, and a replayed voucher still buys nothing, because `served` comes back.
+//! served is lost, and a replayed voucher still buys nothing, because `served` comes back; the
+//! key's idempotency keys whose charges stand come back with it, so a retried request is not
+//! charged twice either.
 //!
 //! Lua numbers are doubles: amounts stay exact below 2^53 base units (9 billion USDC), so
 //! limits and escrow are clamped there (nothing can be served past it anyway) and numbers are
@@ -61,13 +63,16 @@ return {'ok', string.format('%d', needed), string.format('%d', limit - needed)}
 ";
 
 /// Rebuild: sets the key's counters and the owner's total from the durable source, each only if
-/// still absent. ARGV: served, best (78 digits), signature ('' if none), owner served.
+/// still absent. ARGV: served, best (78 digits), signature ('' if none), owner served. KEYS[3..]
+/// are the key's standing idempotency keys, restored with the key's counters (only then: they
+/// were lost together) for ARGV[5..] seconds each.
 /// Returns 1 if it set anything (0: another gateway rebuilt them first).
 const RESTORE: &str = r"
 local set = 0
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'served', ARGV[1], 'best', ARGV[2])
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'sig', ARGV[3]) end
+  for i = 3, #KEYS do redis.call('SET', KEYS[i], '1', 'EX', ARGV[i + 2], 'NX') end
   set = 1
 end
 if redis.call('SET', KEYS[2], ARGV[4], 'NX') then set = 1 end
@@ -92,12 +97,24 @@ return 1
 
 /// What counters are rebuilt from when Redis lost them: the durable usage ledger.
 pub trait CounterSource: Send + Sync + 'static {
-    /// `key`'s counters and its owner's served total, as the ledger has them.
+    /// `key`'s counters, its owner's served total and its standing idempotency keys, as the
+    /// ledger has them.
     fn counters(&self, key: Address, owner: Address) -> SourceFuture<'_>;
 }
 
+/// What a key's counters are rebuilt from.
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    /// The key's counters.
+    pub counters: KeyCounters,
+    /// What its owner's keys were served in all.
+    pub owner_served: Usdc,
+    /// Hashed idempotency keys whose charges stand, with when each expires (Unix seconds).
+    pub idempotency: Vec<(B256, u64)>,
+}
+
 /// The future of [`CounterSource::counters`].
-pub type SourceFuture<'a> = Pin<Box<dyn Future<Output = Result<(KeyCounters, Usdc), Unavailable>> + Send + 'a>>;
+pub type SourceFuture<'a> = Pin<Box<dyn Future<Output = Result<Restored, Unavailable>> + Send + 'a>>;
 
 /// Counters in Redis (see the module docs).
 #[derive(Clone)]
@@ -145,22 +162,28 @@ impl RedisCounters {
     /// Rebuilds `key`'s and `owner`'s counters from the source where Redis lacks them.
     async fn rebuild(&self, key: Address, owner: Address) -> Result<(), Unavailable> {
         let Some(source) = &self.source else { return Ok(()) };
-        let (counters, owner_served) = source.counters(key, owner).await?;
+        let Restored { counters, owner_served, idempotency } = source.counters(key, owner).await?;
         let (hash, total) = self.names(key, owner);
         let mut conn = self.conn.clone();
-        let set: i64 = self
-            .restore
-            .key(&hash)
-            .key(&total)
+        let mut invocation = self.restore.key(&hash);
+        invocation.key(&total);
+        let now = crate::gateway::unix_now();
+        let live: Vec<(B256, u64)> =
+            idempotency.into_iter().filter(|&(_, expires)| expires > now).map(|(id, e)| (id, e - now)).collect();
+        for (id, _) in &live {
+            invocation.key(self.idempotency_name(owner, *id));
+        }
+        invocation
             .arg(counters.served.base_units())
             .arg(format!("{:0>78}", counters.best))
             .arg(counters.best_signature.map(|s| s.to_string()).unwrap_or_default())
-            .arg(owner_served.base_units())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .arg(owner_served.base_units());
+        for (_, ttl) in &live {
+            invocation.arg(*ttl);
+        }
+        let set: i64 = invocation.invoke_async(&mut conn).await.map_err(unavailable)?;
         if set == 1 {
-            tracing::warn!(%key, %owner, served = %counters.served, "gateway counters were missing in Redis: rebuilt from the usage ledger");
+            tracing::warn!(%key, %owner, served = %counters.served, idempotency_keys = live.len(), "gateway counters were missing in Redis: rebuilt from the usage ledger");
         }
         Ok(())
     }

@@ -82,6 +82,7 @@ fn record(n: u64, sig: opentab_core::Signature) -> UsageRecord {
         request_id: format!("bench-{n}"),
         voucher: U256::from(n),
         signature: Some(sig),
+        idempotency: None,
     }
 }
 

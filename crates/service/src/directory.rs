@@ -1,13 +1,14 @@
 //! The gateway's ports backed by storage: its view of keys (known once the registration is
 //! confirmed on-chain; escrow available = confirmed escrow less pending withdrawal), its
-//! durable usage ledger, and rebuilding the in-process counters from that ledger on start.
+//! durable usage ledger, and rebuilding the counters (and the idempotency keys whose charges
+//! stand) from that ledger: the in-process ones on start, Redis's when it lost them.
 
 use opentab_core::Address;
 use opentab_core::Usdc;
 use opentab_core::charge::KeyCounters;
 use opentab_gateway::{
-    CounterSource, InProcessCounters, KeyDirectory, KeyInfo, SourceFuture, Unavailable, UsageKind, UsageLedger,
-    UsageRecord,
+    CounterSource, IDEMPOTENCY_TTL_SECS, InProcessCounters, KeyDirectory, KeyInfo, Restored, SourceFuture, Unavailable,
+    UsageKind, UsageLedger, UsageRecord,
 };
 use opentab_store::{ChainStatus, Store, UsageEntry};
 
@@ -75,6 +76,7 @@ impl UsageLedger for StoreLedger {
             request_id: record.request_id,
             voucher: record.voucher,
             signature: record.signature,
+            idempotency: record.idempotency,
         };
         self.store.record_usage(&entry).await.map_err(|e| Unavailable(e.to_string()))?;
         self.notifier.publish(Change { owner: entry.owner, key: Some(entry.session_key) });
@@ -105,7 +107,8 @@ impl CounterSource for StoreCounterSource {
             let counters = total
                 .map(|t| KeyCounters { served: t.served, best: t.best, best_signature: t.best_signature })
                 .unwrap_or_default();
-            Ok((counters, owner_served))
+            let idempotency = standing_idempotency(&self.store, Some(key)).await.map_err(unavailable)?;
+            Ok(Restored { counters, owner_served, idempotency })
         })
     }
 }
@@ -120,5 +123,23 @@ pub async fn restore_counters(store: &Store, counters: &InProcessCounters) -> cr
             .restore(total.session_key, total.owner, key)
             .map_err(|e| crate::Error::Store(opentab_store::Error::Corrupt { column: "usage_ledger", value: e.0 }))?;
     }
+    for (id, expires) in standing_idempotency(store, None).await? {
+        counters
+            .restore_idempotency(id, expires)
+            .map_err(|e| crate::Error::Store(opentab_store::Error::Corrupt { column: "usage_ledger", value: e.0 }))?;
+    }
     Ok(totals.len())
+}
+
+/// The idempotency keys (of `key`, or of every key) whose charges stand, with when each
+/// expires: a retry within the window must still be refused after counters are rebuilt.
+async fn standing_idempotency(
+    store: &Store,
+    key: Option<Address>,
+) -> Result<Vec<(opentab_core::B256, u64)>, opentab_store::Error> {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let since = now.saturating_sub(IDEMPOTENCY_TTL_SECS);
+    let live = store.live_idempotency(key, since).await?;
+    Ok(live.into_iter().map(|l| (l.id, l.charged_at + IDEMPOTENCY_TTL_SECS)).collect())
 }

@@ -113,6 +113,7 @@ impl World {
             request_id: format!("r{voucher}"),
             voucher: U256::from(voucher),
             signature: Some(SigningKey::random().sign_digest(&B256::repeat_byte(1))),
+            idempotency: None,
         };
         self.ledger.record(record).await?;
         Ok(())
@@ -212,6 +213,7 @@ async fn shadow_mode_alerts_without_freezing_and_a_new_engine_remembers_what_fir
                 request_id: format!("r{n}"),
                 voucher: U256::from(n),
                 signature: Some(SigningKey::random().sign_digest(&B256::repeat_byte(1))),
+                idempotency: None,
             })
             .await?;
     }

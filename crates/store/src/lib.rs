@@ -23,6 +23,9 @@ pub mod testing;
 
 pub use alerts::{Alert, NewAlert};
 pub use error::{Error, Result};
-pub use rows::{AuditEntry, ChainStatus, KeyRecord, KeyUsage, NewKey, StoredEvent, UsageEntry, UsageKind, UsageTotal};
+pub use rows::{
+    AuditEntry, ChainStatus, KeyRecord, KeyUsage, LiveIdempotency, NewKey, StoredEvent, UsageEntry, UsageKind,
+    UsageTotal,
+};
 pub use settlements::{NewSettlement, NewWebhook, OutboxEntry, Owed, Settlement, SettlementStatus};
 pub use store::{Backend, Store, Touched};

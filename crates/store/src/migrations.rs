@@ -17,10 +17,12 @@ type Embedded = &'static [(i64, &'static str, &'static str)];
 
 const POSTGRES: Embedded = embed!("postgres":
     1 "0001_owners", 2 "0002_session_keys", 3 "0003_escrows", 4 "0004_chain", 5 "0005_audit_log",
-    6 "0006_auth", 7 "0007_usage_ledger", 8 "0008_key_usage", 9 "0009_settlements", 10 "0010_webhook_outbox", 11 "0011_key_last_activity", 12 "0012_rule_alerts");
+    6 "0006_auth", 7 "0007_usage_ledger", 8 "0008_key_usage", 9 "0009_settlements", 10 "0010_webhook_outbox",
+    11 "0011_key_last_activity", 12 "0012_rule_alerts", 13 "0013_usage_idempotency");
 const SQLITE: Embedded = embed!("sqlite":
     1 "0001_owners", 2 "0002_session_keys", 3 "0003_escrows", 4 "0004_chain", 5 "0005_audit_log",
-    6 "0006_auth", 7 "0007_usage_ledger", 8 "0008_key_usage", 9 "0009_settlements", 10 "0010_webhook_outbox", 11 "0011_key_last_activity", 12 "0012_rule_alerts");
+    6 "0006_auth", 7 "0007_usage_ledger", 8 "0008_key_usage", 9 "0009_settlements", 10 "0010_webhook_outbox",
+    11 "0011_key_last_activity", 12 "0012_rule_alerts", 13 "0013_usage_idempotency");
 
 #[derive(Debug)]
 struct Source(Embedded);
@@ -46,4 +48,29 @@ pub(crate) async fn migrator(backend: Backend) -> Result<Migrator, sqlx::migrate
         Backend::Sqlite => SQLITE,
     }))
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file under `migrations/<backend>` is embedded, in order, with its number: a file
+    /// added without its line here would silently never run.
+    #[test]
+    fn every_migration_file_is_embedded_in_order() {
+        for (dir, embedded) in [("postgres", POSTGRES), ("sqlite", SQLITE)] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dir);
+            let mut files: Vec<String> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".sql").to_owned())
+                .collect();
+            files.sort();
+            let names: Vec<&str> = embedded.iter().map(|&(_, name, _)| name).collect();
+            assert_eq!(names, files, "migrations/{dir}");
+            for (i, &(version, name, _)) in embedded.iter().enumerate() {
+                assert_eq!(version, i as i64 + 1, "{name}");
+                assert!(name.starts_with(&format!("{version:04}_")), "{name} is numbered {version}");
+            }
+        }
+    }
 }

@@ -118,6 +118,20 @@ pub struct UsageEntry {
     pub voucher: U256,
     /// Its signature (charges).
     pub signature: Option<Signature>,
+    /// The request's idempotency key, hashed with the session key (the gateway's
+    /// `idempotency_hash`), if it had one.
+    pub idempotency: Option<B256>,
+}
+
+/// An idempotency key whose charge stands (not voided): a retry must still be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveIdempotency {
+    /// The session key it was charged to.
+    pub session_key: Address,
+    /// The hashed idempotency key.
+    pub id: B256,
+    /// When it was last charged (Unix seconds).
+    pub charged_at: u64,
 }
 
 /// A key's running usage (kept with the ledger, cheap to read).

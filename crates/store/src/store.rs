@@ -9,7 +9,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::rows::{
-    AuditEntry, ChainStatus, KeyRecord, KeyUsage, NewKey, StoredEvent, UsageEntry, UsageKind, UsageTotal,
+    AuditEntry, ChainStatus, KeyRecord, KeyUsage, LiveIdempotency, NewKey, StoredEvent, UsageEntry, UsageKind,
+    UsageTotal,
 };
 use crate::{Error, Result};
 
@@ -362,8 +363,8 @@ impl Store {
         };
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO usage_ledger (at, session_key, owner, kind, amount, route, request_id, voucher, signature) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO usage_ledger (at, session_key, owner, kind, amount, route, request_id, voucher, signature, \
+             idempotency) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(secs(entry.at)?)
         .bind(hex(entry.session_key))
@@ -377,6 +378,7 @@ impl Store {
         .bind(&entry.request_id)
         .bind(format!("{:0>78}", entry.voucher))
         .bind(entry.signature.map(|s| s.to_string()).unwrap_or_default())
+        .bind(entry.idempotency.map(|id| format!("{id:#x}")))
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -404,6 +406,31 @@ impl Store {
     /// gateway rebuilds that key's counters from when Redis lost them.
     pub async fn usage_total(&self, key: Address) -> Result<Option<UsageTotal>> {
         Ok(self.totals(Some(key)).await?.pop())
+    }
+
+    /// The idempotency keys charged since `since` (Unix seconds) and not voided, of one key
+    /// or (with `None`) of every key: what rebuilt counters must still refuse to charge again.
+    pub async fn live_idempotency(&self, key: Option<Address>, since: u64) -> Result<Vec<LiveIdempotency>> {
+        let rows = sqlx::query(
+            "SELECT session_key, idempotency, MAX(at) AS charged_at FROM usage_ledger \
+             WHERE idempotency IS NOT NULL AND at >= $1 AND ($2 = '' OR session_key = $2) \
+             GROUP BY session_key, idempotency \
+             HAVING SUM(CASE WHEN kind = 'charge' THEN 1 ELSE -1 END) > 0",
+        )
+        .bind(secs(since)?)
+        .bind(key.map(hex).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("idempotency")?;
+                Ok(LiveIdempotency {
+                    session_key: address(&row.try_get::<String, _>("session_key")?, "session_key")?,
+                    id: B256::from_str(&id).map_err(|_| Error::Corrupt { column: "idempotency", value: id })?,
+                    charged_at: get_u64(row, "charged_at")?,
+                })
+            })
+            .collect()
     }
 
     /// What the gateway served all of `owner`'s keys (charges less voids).

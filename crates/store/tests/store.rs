@@ -46,6 +46,7 @@ on_both_backends!(
     the_audit_log_keeps_order,
     nonces_sign_in_once_and_sessions_expire,
     the_usage_ledger_sums_charges_less_voids_and_keeps_the_best_voucher,
+    idempotency_keys_stand_while_their_charges_outnumber_their_voids,
     settlement_intents_are_leased_once_and_announce_every_change,
     key_changes_are_announced_once_even_when_replayed,
 );
@@ -245,6 +246,7 @@ async fn the_usage_ledger_sums_charges_less_voids_and_keeps_the_best_voucher(sto
         request_id: format!("r{voucher}"),
         voucher: opentab_core::U256::from(voucher),
         signature: (kind == UsageKind::Charge).then(|| key.sign_digest(&B256::with_last_byte(voucher as u8))),
+        idempotency: None,
     };
     // 9 and 10 digits: the best voucher must be chosen by number, not by text.
     store.record_usage(&entry(UsageKind::Charge, 2_000, 999_999_999)).await?;
@@ -262,6 +264,47 @@ async fn the_usage_ledger_sums_charges_less_voids_and_keeps_the_best_voucher(sto
     assert_eq!(usage.get(&key.address()).map(|u| u.served), Some(Usdc::from_base_units(4_000)));
     assert_eq!(usage.get(&key.address()).and_then(|u| u.last_at), Some(1), "last activity is the latest row's time");
     assert_eq!(store.served(Address::repeat_byte(0x42)).await?, Usdc::ZERO);
+    Ok(())
+}
+
+async fn idempotency_keys_stand_while_their_charges_outnumber_their_voids(store: Store) -> TestResult {
+    let (a, b) = (opentab_core::SigningKey::random(), opentab_core::SigningKey::random());
+    let id = |n: u8| B256::repeat_byte(n);
+    let entry = |key: &opentab_core::SigningKey, at: u64, kind, idempotency: Option<B256>| UsageEntry {
+        at,
+        session_key: key.address(),
+        owner: OWNER_A,
+        kind,
+        amount: Usdc::from_base_units(2),
+        route: "POST /v1/chat".into(),
+        request_id: format!("r{at}"),
+        voucher: opentab_core::U256::from(at),
+        signature: (kind == UsageKind::Charge).then(|| key.sign_digest(&B256::with_last_byte(at as u8))),
+        idempotency,
+    };
+    // Key a: 1 charged and standing; 2 charged then voided; 3 charged, voided, charged again
+    // (a retry of a failed call); 4 charged too long ago; one call without a key.
+    for (at, kind, n) in [
+        (100, UsageKind::Charge, Some(1)),
+        (101, UsageKind::Charge, Some(2)),
+        (102, UsageKind::Void, Some(2)),
+        (103, UsageKind::Charge, Some(3)),
+        (104, UsageKind::Void, Some(3)),
+        (105, UsageKind::Charge, Some(3)),
+        (10, UsageKind::Charge, Some(4)),
+        (106, UsageKind::Charge, None),
+    ] {
+        store.record_usage(&entry(&a, at, kind, n.map(id))).await?;
+    }
+    store.record_usage(&entry(&b, 107, UsageKind::Charge, Some(id(5)))).await?;
+
+    let mut of_a = store.live_idempotency(Some(a.address()), 50).await?;
+    of_a.sort_by_key(|l| l.charged_at);
+    let seen: Vec<_> = of_a.iter().map(|l| (l.session_key, l.id, l.charged_at)).collect();
+    assert_eq!(seen, [(a.address(), id(1), 100), (a.address(), id(3), 105)]);
+    let all = store.live_idempotency(None, 50).await?;
+    assert_eq!(all.len(), 3, "every key's: {all:?}");
+    assert!(all.iter().any(|l| l.session_key == b.address() && l.id == id(5)));
     Ok(())
 }
 
@@ -289,6 +332,7 @@ async fn settlement_intents_are_leased_once_and_announce_every_change(store: Sto
                 voucher: opentab_core::U256::from(voucher),
                 signature: (kind == UsageKind::Charge)
                     .then(|| signer.sign_digest(&B256::with_last_byte(voucher as u8))),
+                idempotency: None,
             })
             .await?;
     }
