@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use opentab_core::x402::{PAYMENT_SIGNATURE, PaymentResponse, encode_header};
 use opentab_core::{Address, SigningKey, U256, Usdc};
-use opentab_gateway::protocol::{PAYMENT_SIGNATURE, PaymentResponse, encode_header};
 use reqwest::header::HeaderValue;
 use reqwest::{Request, Response, StatusCode};
 use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};

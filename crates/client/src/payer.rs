@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use base64::Engine;
-use opentab_core::{Address, ContractDomain, SigningKey, U256, Usdc, Voucher};
-use opentab_gateway::protocol::{
+use opentab_core::x402::{
     PAYMENT_REQUIRED, PAYMENT_RESPONSE, PaymentPayload, PaymentRequired, PaymentResponse, SCHEME, SessionPayload,
     X402_VERSION,
 };
+use opentab_core::{Address, ContractDomain, SigningKey, U256, Usdc, Voucher};
 
 use crate::Error;
 

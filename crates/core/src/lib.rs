@@ -15,6 +15,8 @@
 //! - [`settlement`]: when a key is settled (threshold, or at once when it stops) and how
 //!   failed settlements back off.
 //! - [`signature`]: secp256k1 signing and recovery through libsecp256k1 (the gateway's hot path).
+//! - [`x402`]: the HTTP 402 wire format (x402 v2, `session` scheme) shared by the gateway and
+//!   the paying clients.
 //!
 //! Nothing here touches a network, a clock or a database: callers pass `now` and state in.
 
@@ -28,6 +30,7 @@ mod session_key;
 pub mod settlement;
 pub mod signature;
 pub mod siwe;
+pub mod x402;
 
 pub use alloy_primitives::{Address, B256, U256, address, eip191_hash_message, keccak256};
 pub use amount::{SETTLEMENT_THRESHOLD, Usdc, UsdcDisplay};

@@ -18,7 +18,8 @@ mod counters;
 mod gateway;
 mod layer;
 pub mod pricing;
-pub mod protocol;
+/// The x402 wire format, from the core (clients use it without the gateway).
+pub use opentab_core::x402 as protocol;
 mod redis_counters;
 
 pub use api::charge_api;

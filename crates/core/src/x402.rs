@@ -1,11 +1,12 @@
-//! The x402 v2 HTTP transport with opentab's `session` scheme (DESIGN §3).
+//! The x402 v2 HTTP transport with opentab's `session` scheme (DESIGN §3): the wire types and
+//! header codecs the gateway and every paying client share (plain data, no I/O).
 //!
 //! Headers carry base64 (standard alphabet, padded) of JSON. Amounts are decimal strings of
 //! USDC base units; `cumulativeAmount` is a decimal string of up to 256 bits.
 
+use crate::{Address, Signature, U256, Usdc};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use opentab_core::{Address, Signature, U256, Usdc};
 use serde::{Deserialize, Serialize};
 
 /// The x402 protocol version opentab speaks.
@@ -282,7 +283,7 @@ fn decode_base64(header: &str) -> Result<Vec<u8>, Malformed> {
 
 /// `U256` as a decimal string (alloy's own serde writes hex).
 mod decimal_u256 {
-    use opentab_core::U256;
+    use crate::U256;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(value: &U256, serializer: S) -> Result<S::Ok, S::Error> {
@@ -301,7 +302,7 @@ mod decimal_u256 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentab_core::SigningKey;
+    use crate::SigningKey;
 
     fn requirements() -> Requirements {
         Requirements {
@@ -320,7 +321,7 @@ mod tests {
 
     fn payment(amount: &str) -> serde_json::Value {
         let key = SigningKey::random();
-        let sig = key.sign_digest(&opentab_core::keccak256(b"x"));
+        let sig = key.sign_digest(&crate::keccak256(b"x"));
         serde_json::json!({
             "x402Version": 2,
             "accepted": requirements(),
