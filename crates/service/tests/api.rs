@@ -170,6 +170,21 @@ async fn owner_b_cannot_see_owner_a_keys() -> TestResult {
 }
 
 #[tokio::test]
+async fn asking_for_a_nonce_forgets_expired_sessions_and_nonces() -> TestResult {
+    let api = api().await?;
+    let owner = SigningKey::random();
+    let now = now();
+    api.store.create_session("expired-session", owner.address(), now - 7_200, now - 3_600).await?;
+    api.store.issue_nonce("stale-nonce-0001", now - 3_600).await?;
+    let live = api.nonce().await?;
+    // Read as if it were long ago: the rows themselves are gone, not merely expired.
+    assert_eq!(api.store.session_owner("expired-session", 0).await?, None);
+    assert!(!api.store.consume_nonce("stale-nonce-0001", 0, now).await?);
+    assert!(api.store.consume_nonce(&live, now - 60, now).await?, "the nonce just issued stays");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_nonce_signs_in_once() -> TestResult {
     let api = api().await?;
     let owner = SigningKey::random();

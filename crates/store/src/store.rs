@@ -563,6 +563,18 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets nonces issued before `issued_before` (used or not: none can sign in any more)
+    /// and sessions expired by `now`. Returns how many of each went.
+    pub async fn purge_auth(&self, issued_before: u64, now: u64) -> Result<(u64, u64)> {
+        let nonces = sqlx::query("DELETE FROM siwe_nonces WHERE created_at < $1")
+            .bind(secs(issued_before)?)
+            .execute(&self.pool)
+            .await?;
+        let sessions =
+            sqlx::query("DELETE FROM sessions WHERE expires_at <= $1").bind(secs(now)?).execute(&self.pool).await?;
+        Ok((nonces.rows_affected(), sessions.rows_affected()))
+    }
+
     // ------------------------------------------------------------------- audit
 
     /// Appends to the audit log.

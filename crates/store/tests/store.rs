@@ -231,6 +231,16 @@ async fn nonces_sign_in_once_and_sessions_expire(store: Store) -> TestResult {
     assert_eq!(store.session_owner("hash-2", 250).await?, None, "unknown");
     store.delete_session("hash-1").await?;
     assert_eq!(store.session_owner("hash-1", 250).await?, None, "signed out");
+
+    // Purging forgets what can no longer sign in, and nothing that still can.
+    store.issue_nonce("nonce-0002", 400).await?;
+    store.issue_nonce("nonce-0003", 500).await?;
+    store.create_session("hash-3", OWNER_A, 400, 450).await?;
+    store.create_session("hash-4", OWNER_A, 400, 900).await?;
+    assert_eq!(store.purge_auth(450, 500).await?, (2, 1), "nonce-0001 and -0002, session hash-3");
+    assert!(store.consume_nonce("nonce-0003", 450, 501).await?, "a fresh nonce survives");
+    assert_eq!(store.session_owner("hash-4", 501).await?, Some(OWNER_A), "a live session survives");
+    assert_eq!(store.purge_auth(450, 500).await?, (0, 0));
     Ok(())
 }
 

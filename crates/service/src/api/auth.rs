@@ -54,8 +54,26 @@ pub struct LoginResponse {
     responses((status = 200, body = NonceResponse), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
 pub(super) async fn nonce(State(state): State<AppState>) -> Result<Json<NonceResponse>, ApiError> {
     let nonce = alloy_hex(&rand::random::<[u8; 16]>());
-    state.store.issue_nonce(&nonce, now()).await?;
+    let now = now();
+    state.store.issue_nonce(&nonce, now).await?;
+    purge_now_and_then(&state, now).await;
     Ok(Json(NonceResponse { nonce, domain: state.config.domain.clone(), chain_id: state.config.chain_id }))
+}
+
+/// Every sign-in leaves a nonce and a session behind; at most once a minute, whoever asks for
+/// a nonce also forgets those that can no longer sign in. A failure only waits for the next.
+async fn purge_now_and_then(state: &AppState, now: u64) {
+    use std::sync::atomic::Ordering;
+    let last = state.purged_at.load(Ordering::Relaxed);
+    if now < last + 60 || state.purged_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        return;
+    }
+    let issued_before = now.saturating_sub(state.config.nonce_ttl_secs);
+    match state.store.purge_auth(issued_before, now).await {
+        Ok((0, 0)) => {}
+        Ok((nonces, sessions)) => tracing::debug!(nonces, sessions, "purged expired sign-in nonces and sessions"),
+        Err(err) => tracing::warn!(error = %err, "could not purge expired sign-in nonces and sessions"),
+    }
 }
 
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,

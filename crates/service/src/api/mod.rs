@@ -70,12 +70,14 @@ pub struct AppState {
     config: Arc<ApiConfig>,
     chain: Option<Arc<ChainAccess>>,
     notifier: Notifier,
+    /// When expired nonces and sessions were last purged (Unix seconds).
+    purged_at: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AppState {
     /// State over `store` with `config`; on-chain actions answer 503 until [`Self::with_chain`].
     pub fn new(store: Store, config: ApiConfig) -> Self {
-        Self { store, config: Arc::new(config), chain: None, notifier: Notifier::default() }
+        Self { store, config: Arc::new(config), chain: None, notifier: Notifier::default(), purged_at: Arc::default() }
     }
 
     /// Enables on-chain actions through `chain`'s relayer.
