@@ -4,8 +4,10 @@
 //!
 //! - `counters_in_process` / `counters_redis`: the atomic charge (Redis: one Lua script round
 //!   trip; skipped when `OPENTAB_TEST_REDIS`, default 127.0.0.1:6379, does not answer);
-//! - `ledger_sqlite` / `ledger_postgres`: one ledger row committed (PostgreSQL from
-//!   `OPENTAB_TEST_POSTGRES`, skipped when it does not answer).
+//! - `ledger_sqlite` / `ledger_postgres`: one ledger row committed, one call at a time
+//!   (PostgreSQL from `OPENTAB_TEST_POSTGRES`, skipped when it does not answer);
+//! - `ledger_*_64_at_once`: 64 calls recorded concurrently, as under load: the ledger's group
+//!   commit puts the rows that queue up meanwhile into one transaction (time per 64 rows).
 //!
 //! `cargo bench -p opentab-service --bench accumulation`
 
@@ -86,29 +88,57 @@ fn record(n: u64, sig: opentab_core::Signature) -> UsageRecord {
     }
 }
 
-fn bench_ledger(bencher: Bencher, rt: &tokio::runtime::Runtime, store: opentab_store::Store) {
-    let ledger = StoreLedger::new(store, Notifier::default());
+fn bench_ledger(bencher: Bencher, rt: &tokio::runtime::Runtime, store: opentab_store::Store, at_once: u64) {
+    // The writer task lives on this runtime (driven by each block_on below).
+    let ledger = rt.block_on(async { StoreLedger::new(store, Notifier::default()) });
     let (sig, n) = (signature(), AtomicU64::new(0));
-    bencher.bench_local(|| {
-        let n = n.fetch_add(1, Ordering::Relaxed) + 1;
-        rt.block_on(ledger.record(record(n, sig))).is_ok()
+    bencher.counter(divan::counter::ItemsCount::new(at_once)).bench_local(|| {
+        let first = n.fetch_add(at_once, Ordering::Relaxed) + 1;
+        let calls = (first..first + at_once).map(|i| ledger.record(record(i, sig)));
+        rt.block_on(futures_util::future::join_all(calls)).iter().all(Result::is_ok)
     });
+}
+
+fn sqlite_store(rt: &tokio::runtime::Runtime) -> (opentab_store::Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let store = rt.block_on(opentab_store::testing::fresh_sqlite(dir.path())).unwrap_or_else(|e| panic!("sqlite: {e}"));
+    (store, dir)
+}
+
+fn postgres_store(rt: &tokio::runtime::Runtime, bench: &str) -> Option<opentab_store::Store> {
+    let store = rt.block_on(opentab_store::testing::fresh_postgres()).ok();
+    if store.is_none() {
+        eprintln!("{bench}: no PostgreSQL at {}; skipped", opentab_store::testing::postgres_admin_url());
+    }
+    store
 }
 
 #[divan::bench]
 fn ledger_sqlite(bencher: Bencher) {
     let rt = runtime();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let store = rt.block_on(opentab_store::testing::fresh_sqlite(dir.path())).unwrap_or_else(|e| panic!("sqlite: {e}"));
-    bench_ledger(bencher, &rt, store);
+    let (store, _dir) = sqlite_store(&rt);
+    bench_ledger(bencher, &rt, store, 1);
+}
+
+#[divan::bench]
+fn ledger_sqlite_64_at_once(bencher: Bencher) {
+    let rt = runtime();
+    let (store, _dir) = sqlite_store(&rt);
+    bench_ledger(bencher, &rt, store, 64);
 }
 
 #[divan::bench]
 fn ledger_postgres(bencher: Bencher) {
     let rt = runtime();
-    let Ok(store) = rt.block_on(opentab_store::testing::fresh_postgres()) else {
-        eprintln!("ledger_postgres: no PostgreSQL at {}; skipped", opentab_store::testing::postgres_admin_url());
-        return;
-    };
-    bench_ledger(bencher, &rt, store);
+    if let Some(store) = postgres_store(&rt, "ledger_postgres") {
+        bench_ledger(bencher, &rt, store, 1);
+    }
+}
+
+#[divan::bench]
+fn ledger_postgres_64_at_once(bencher: Bencher) {
+    let rt = runtime();
+    if let Some(store) = postgres_store(&rt, "ledger_postgres_64_at_once") {
+        bench_ledger(bencher, &rt, store, 64);
+    }
 }

@@ -356,42 +356,58 @@ impl Store {
     /// Appends one charge or void to the usage ledger and moves the key's served total, in one
     /// transaction committed when this returns.
     pub async fn record_usage(&self, entry: &UsageEntry) -> Result<()> {
-        let amount = units(entry.amount)?;
-        let delta = match entry.kind {
-            UsageKind::Charge => amount,
-            UsageKind::Void => -amount,
-        };
+        self.record_usage_batch(std::slice::from_ref(entry)).await
+    }
+
+    /// Appends charges and voids to the usage ledger and moves their keys' served totals, all
+    /// in one transaction committed when this returns (the gateway's group commit: one disk
+    /// flush for every call that arrived while the previous batch was committing).
+    pub async fn record_usage_batch(&self, entries: &[UsageEntry]) -> Result<()> {
+        // Per key: the served delta and the latest time, applied once per key.
+        let mut per_key: std::collections::BTreeMap<Address, (Address, i64, u64)> = std::collections::BTreeMap::new();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO usage_ledger (at, session_key, owner, kind, amount, route, request_id, voucher, signature, \
-             idempotency) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(secs(entry.at)?)
-        .bind(hex(entry.session_key))
-        .bind(hex(entry.owner))
-        .bind(match entry.kind {
-            UsageKind::Charge => "charge",
-            UsageKind::Void => "void",
-        })
-        .bind(amount)
-        .bind(&entry.route)
-        .bind(&entry.request_id)
-        .bind(format!("{:0>78}", entry.voucher))
-        .bind(entry.signature.map(|s| s.to_string()).unwrap_or_default())
-        .bind(entry.idempotency.map(|id| format!("{id:#x}")))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO key_usage (session_key, owner, served, last_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (session_key) DO UPDATE SET served = key_usage.served + excluded.served, \
-             last_at = excluded.last_at",
-        )
-        .bind(hex(entry.session_key))
-        .bind(hex(entry.owner))
-        .bind(delta)
-        .bind(secs(entry.at)?)
-        .execute(&mut *tx)
-        .await?;
+        for entry in entries {
+            let amount = units(entry.amount)?;
+            let delta = match entry.kind {
+                UsageKind::Charge => amount,
+                UsageKind::Void => -amount,
+            };
+            sqlx::query(
+                "INSERT INTO usage_ledger (at, session_key, owner, kind, amount, route, request_id, voucher, \
+                 signature, idempotency) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(secs(entry.at)?)
+            .bind(hex(entry.session_key))
+            .bind(hex(entry.owner))
+            .bind(match entry.kind {
+                UsageKind::Charge => "charge",
+                UsageKind::Void => "void",
+            })
+            .bind(amount)
+            .bind(&entry.route)
+            .bind(&entry.request_id)
+            .bind(format!("{:0>78}", entry.voucher))
+            .bind(entry.signature.map(|s| s.to_string()).unwrap_or_default())
+            .bind(entry.idempotency.map(|id| format!("{id:#x}")))
+            .execute(&mut *tx)
+            .await?;
+            let slot = per_key.entry(entry.session_key).or_insert((entry.owner, 0, entry.at));
+            slot.1 += delta;
+            slot.2 = slot.2.max(entry.at);
+        }
+        for (key, (owner, delta, at)) in per_key {
+            sqlx::query(
+                "INSERT INTO key_usage (session_key, owner, served, last_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (session_key) DO UPDATE SET served = key_usage.served + excluded.served, \
+                 last_at = excluded.last_at",
+            )
+            .bind(hex(key))
+            .bind(hex(owner))
+            .bind(delta)
+            .bind(secs(at)?)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

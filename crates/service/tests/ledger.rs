@@ -1,0 +1,92 @@
+//! The usage ledger's group commit on both databases: many calls recorded at once all land,
+//! each exactly once, with idempotency keys kept; when the database is gone every caller is
+//! told (so the gateway undoes each charge) and nothing is half written.
+
+use opentab_core::{Address, B256, SigningKey, U256, Usdc};
+use opentab_gateway::{UsageKind, UsageLedger, UsageRecord};
+use opentab_service::{Notifier, StoreLedger};
+use opentab_store::Store;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+fn record(key: &SigningKey, n: u64, kind: UsageKind) -> UsageRecord {
+    UsageRecord {
+        at: 1_000 + n,
+        key: key.address(),
+        owner: Address::repeat_byte(0xa1),
+        kind,
+        amount: Usdc::from_base_units(10),
+        route: "POST /v1/chat".into(),
+        request_id: format!("r{n}"),
+        voucher: U256::from(n * 10),
+        signature: (kind == UsageKind::Charge).then(|| key.sign_digest(&B256::with_last_byte(n as u8))),
+        idempotency: Some(B256::with_last_byte(n as u8)),
+    }
+}
+
+async fn many_calls_at_once_each_land_once(store: Store) -> TestResult {
+    let ledger = StoreLedger::new(store.clone(), Notifier::default());
+    let (a, b) = (SigningKey::random(), SigningKey::random());
+    // 300 charges over two keys and 30 voids, all in flight together: more than one batch.
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 1..=150 {
+        for key in [&a, &b] {
+            let (ledger, record) = (ledger.clone(), record(key, n, UsageKind::Charge));
+            calls.spawn(async move { ledger.record(record).await });
+        }
+    }
+    for n in 1..=30 {
+        let (ledger, record) = (ledger.clone(), record(&a, n, UsageKind::Void));
+        calls.spawn(async move { ledger.record(record).await });
+    }
+    while let Some(done) = calls.join_next().await {
+        done??;
+    }
+    let total = |key: &SigningKey| {
+        let store = store.clone();
+        let key = key.address();
+        async move { TestResult::Ok(store.usage_total(key).await?.map(|t| t.served)) }
+    };
+    assert_eq!(total(&a).await?, Some(Usdc::from_base_units(120 * 10)));
+    assert_eq!(total(&b).await?, Some(Usdc::from_base_units(150 * 10)));
+    assert_eq!(store.served(a.address()).await?, Usdc::from_base_units(120 * 10), "the running total agrees");
+    let standing = store.live_idempotency(Some(a.address()), 0).await?;
+    assert_eq!(standing.len(), 120, "the voided calls' keys are free again");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_many_calls_at_once_each_land_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    many_calls_at_once_each_land_once(opentab_store::testing::fresh_sqlite(dir.path()).await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_many_calls_at_once_each_land_once() -> TestResult {
+    many_calls_at_once_each_land_once(opentab_store::testing::fresh_postgres().await?).await
+}
+
+#[tokio::test]
+async fn a_database_gone_fails_every_caller_and_writes_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = opentab_store::testing::fresh_sqlite(dir.path()).await?;
+    let ledger = StoreLedger::new(store.clone(), Notifier::default());
+    let key = SigningKey::random();
+    ledger.record(record(&key, 1, UsageKind::Charge)).await?;
+    store.close().await;
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 2..=20 {
+        let (ledger, record) = (ledger.clone(), record(&key, n, UsageKind::Charge));
+        calls.spawn(async move { ledger.record(record).await });
+    }
+    let mut refused = 0;
+    while let Some(done) = calls.join_next().await {
+        let err = done?.err().ok_or("a record was accepted by a closed database")?;
+        assert!(err.0.contains("database") || err.0.contains("closed"), "{err}");
+        refused += 1;
+    }
+    assert_eq!(refused, 19);
+    let reopened = opentab_store::testing::fresh_sqlite(dir.path()).await?;
+    assert_eq!(reopened.served(key.address()).await?, Usdc::from_base_units(10), "only the first call");
+    Ok(())
+}
