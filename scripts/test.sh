@@ -53,6 +53,9 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+stage "rust: doc examples"
+cargo test --workspace --locked --doc --quiet
+
 stage "typescript: typecheck"
 (cd packages && npm run --silent typecheck)
 
