@@ -247,6 +247,37 @@ async fn the_reqwest_middleware_pays_whatever_the_client_sends() -> TestResult {
     Ok(())
 }
 
+/// A fresh `opentab dev` with its demo file read.
+struct Dev {
+    _running: Running,
+    _dir: tempfile::TempDir,
+    data_dir: String,
+    url: String,
+    demo_path: String,
+    demo: serde_json::Value,
+    /// The demo session key's address.
+    key: String,
+}
+
+impl Dev {
+    fn start() -> TestResult<Self> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().to_string_lossy().into_owned();
+        let running =
+            Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
+        let url = running.field("url").ok_or("no url")?;
+        let demo_path = dir.path().join("demo.json").to_string_lossy().into_owned();
+        let demo: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&demo_path)?)?;
+        let key = demo["sessionKey"]["address"].as_str().ok_or("demo key")?.to_owned();
+        Ok(Self { _running: running, _dir: dir, data_dir, url, demo_path, demo, key })
+    }
+
+    /// `--url` and `--data-dir` for the owner commands (`keys`, `escrow`).
+    fn owner_args(&self) -> [&str; 4] {
+        ["--url", &self.url, "--data-dir", &self.data_dir]
+    }
+}
+
 /// Reads whether `key` is frozen on-chain, every 100 ms for up to 20 s, until it reads `want`.
 async fn frozen_on_chain(demo: &serde_json::Value, key: &str, want: bool) -> TestResult<bool> {
     let rpc = demo["rpcUrl"].as_str().ok_or("rpcUrl")?;
@@ -269,14 +300,9 @@ async fn frozen_on_chain(demo: &serde_json::Value, key: &str, want: bool) -> Tes
 
 #[tokio::test]
 async fn a_burst_is_frozen_on_chain_by_the_guardian_the_owner_chose() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let data_dir = dir.path().to_string_lossy().into_owned();
-    let dev = Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
-    let url = dev.field("url").ok_or("no url")?;
-    let demo_path = dir.path().join("demo.json").to_string_lossy().into_owned();
-    let demo: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&demo_path)?)?;
-    let key = demo["sessionKey"]["address"].as_str().ok_or("demo key")?.to_owned();
-    let owner_args = ["--url", url.as_str(), "--data-dir", data_dir.as_str()];
+    let dev = Dev::start()?;
+    let (demo, demo_path, key) = (&dev.demo, dev.demo_path.as_str(), dev.key.as_str());
+    let owner_args = dev.owner_args();
 
     // The demo owner chose opentab's rule guardian on first start.
     let out = opentab(&[&["escrow", "show"][..], &owner_args[..]].concat())?;
@@ -284,34 +310,28 @@ async fn a_burst_is_frozen_on_chain_by_the_guardian_the_owner_chose() -> TestRes
 
     // 101 calls within a minute break the burst rule: the key is frozen at the gateway at once
     // (call 102 is refused) and on-chain by the guardian.
-    let out = opentab(&["pay", "--demo", &demo_path, "--count", "102"])?;
+    let out = opentab(&["pay", "--demo", demo_path, "--count", "102"])?;
     let printed = text(&out);
     assert!(printed.contains("call 101: HTTP 200") && printed.contains("key_frozen"), "{printed}");
-    assert!(frozen_on_chain(&demo, &key, true).await?, "the guardian froze the key on-chain");
-    let shown = opentab(&[&["keys", "show", key.as_str(), "--json"][..], &owner_args[..]].concat())?;
+    assert!(frozen_on_chain(demo, key, true).await?, "the guardian froze the key on-chain");
+    let shown = opentab(&[&["keys", "show", key, "--json"][..], &owner_args[..]].concat())?;
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout)?;
     assert_eq!((shown["status"].as_str(), shown["alerts"][0]["rule"].as_str()), (Some("frozen"), Some("rate")));
 
     // Only the owner restarts spending: a relayed unfreeze on-chain.
-    let out = opentab(&[&["keys", "unfreeze", key.as_str()][..], &owner_args[..]].concat())?;
+    let out = opentab(&[&["keys", "unfreeze", key][..], &owner_args[..]].concat())?;
     assert!(out.status.success() && text(&out).contains("(mined)"), "{}", text(&out));
-    assert!(!frozen_on_chain(&demo, &key, false).await?);
-    let out = opentab(&["pay", "--demo", &demo_path])?;
+    assert!(!frozen_on_chain(demo, key, false).await?);
+    let out = opentab(&["pay", "--demo", demo_path])?;
     assert!(out.status.success(), "{}", text(&out));
-    drop(dev);
     Ok(())
 }
 
 #[tokio::test]
 async fn without_a_guardian_rules_freeze_at_the_gateway_and_unfreezing_needs_no_transaction() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let data_dir = dir.path().to_string_lossy().into_owned();
-    let dev = Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
-    let url = dev.field("url").ok_or("no url")?;
-    let demo_path = dir.path().join("demo.json").to_string_lossy().into_owned();
-    let demo: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&demo_path)?)?;
-    let key = demo["sessionKey"]["address"].as_str().ok_or("demo key")?.to_owned();
-    let owner_args = ["--url", url.as_str(), "--data-dir", data_dir.as_str()];
+    let dev = Dev::start()?;
+    let (demo, demo_path, key) = (&dev.demo, dev.demo_path.as_str(), dev.key.as_str());
+    let owner_args = dev.owner_args();
 
     let out = opentab(&[&["escrow", "guardian", "--clear"][..], &owner_args[..]].concat())?;
     assert!(text(&out).contains("has no guardian now"), "{}", text(&out));
@@ -321,23 +341,22 @@ async fn without_a_guardian_rules_freeze_at_the_gateway_and_unfreezing_needs_no_
     })
     .await?;
 
-    let out = opentab(&["pay", "--demo", &demo_path, "--count", "102"])?;
+    let out = opentab(&["pay", "--demo", demo_path, "--count", "102"])?;
     assert!(text(&out).contains("key_frozen"), "{}", text(&out));
     // Give a (wrongly) spawned guardian transaction the time to be mined before looking.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    assert!(!frozen_on_chain(&demo, &key, false).await?, "nobody may freeze it on-chain but its owner");
+    assert!(!frozen_on_chain(demo, key, false).await?, "nobody may freeze it on-chain but its owner");
 
     // The contract would refuse an unfreeze of a key it never froze: lifting the gateway's
     // freeze is all it takes, and paying works again at once.
-    let out = opentab(&[&["keys", "unfreeze", key.as_str()][..], &owner_args[..]].concat())?;
+    let out = opentab(&[&["keys", "unfreeze", key][..], &owner_args[..]].concat())?;
     let printed = text(&out);
     assert!(out.status.success() && printed.contains("none needed") && printed.contains("active"), "{printed}");
-    let out = opentab(&["pay", "--demo", &demo_path])?;
+    let out = opentab(&["pay", "--demo", demo_path])?;
     assert!(out.status.success(), "{}", text(&out));
 
     // Choosing the rule guardian again takes its address from opentab.
     let out = opentab(&[&["escrow", "guardian"][..], &owner_args[..]].concat())?;
     assert!(text(&out).contains("may now freeze the keys of"), "{}", text(&out));
-    drop(dev);
     Ok(())
 }
