@@ -13,31 +13,34 @@
 //! - `400` / `401` when the app's request itself is wrong (a bug or a bad secret, not the
 //!   client's fault).
 //!
-//! `POST /gateway/v1/void` with `{ "chargeId" }` answers `200 { "status": "voided" }`, or `404`
-//! if the charge is unknown, already voided, or older than ten minutes.
+//! `POST /gateway/v1/void` with `{ "chargeId" }` answers `200 { "status": "voided" }`, `404` if
+//! the charge is unknown, already voided, or older than ten minutes, or `503` if the counter
+//! store cannot record the void (retry).
+//!
+//! Nothing is kept per charge: the charge id is a ticket that carries the charge, sealed with
+//! a keyed hash of the secret, so any gateway node holding the secret can void it (nodes scale
+//! out behind a load balancer). That it is voided once is claimed in the counter store (Redis
+//! across nodes), in the same slot as the owner's counters.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::Deserialize;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use opentab_core::B256;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::gateway::{CounterStore, KeyDirectory, UsageLedger};
+use crate::gateway::{CounterStore, KeyDirectory, UsageLedger, unix_now};
 use crate::layer::{Authorized, Charge, Gateway, PaymentHeaders};
 use crate::pricing::Pricing;
 
-/// How long a charge can be voided: longer than any handler runs. Every successful charge stays
-/// in memory this long, so it is kept short.
-const VOID_WINDOW: Duration = Duration::from_secs(600);
-
-/// How often expired charges are dropped (not on every call: that would scan them all).
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How long a charge can be voided: longer than any handler runs.
+const VOID_WINDOW_SECS: u64 = 600;
 
 /// The charge API's routes (`/gateway/v1/charge`, `/gateway/v1/void`), charging through
 /// `gateway` (share it with any [`PaymentLayer`](crate::PaymentLayer) of the same process, so
@@ -48,11 +51,7 @@ where
     C: CounterStore + 'static,
     L: UsageLedger + 'static,
 {
-    let state = Arc::new(ApiState {
-        gateway,
-        secret: secret.into(),
-        open: Mutex::new(OpenCharges { charges: HashMap::new(), swept: Instant::now() }),
-    });
+    let state = Arc::new(ApiState { gateway, secret: secret.into() });
     Router::new()
         .route("/gateway/v1/charge", post(charge::<D, C, L>))
         .route("/gateway/v1/void", post(void::<D, C, L>))
@@ -62,13 +61,13 @@ where
 struct ApiState<D, C, L> {
     gateway: Arc<Gateway<D, C, L>>,
     secret: String,
-    open: Mutex<OpenCharges>,
 }
 
-/// Charges that may still be voided, by id, with when they were taken.
-struct OpenCharges {
-    charges: HashMap<String, (Charge, Instant)>,
-    swept: Instant,
+/// What a charge id carries: the charge, and when it was taken (Unix seconds).
+#[derive(Debug, Serialize, Deserialize)]
+struct Ticket {
+    charge: Charge,
+    at: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,21 +127,12 @@ where
     match state.gateway.authorize(route, &url, payment).await {
         Authorized::Answer(answer) => answer.into_response(),
         Authorized::Paid(charge) => {
-            let id = charge_id(&state.secret, &charge);
             let body = json!({
                 "status": "paid",
-                "chargeId": id,
                 "paymentResponse": charge.receipt_header(),
                 "receipt": charge.paid.response,
+                "chargeId": seal(&state.secret, &Ticket { charge: *charge, at: unix_now() }),
             });
-            if let Ok(mut open) = state.open.lock() {
-                let now = Instant::now();
-                if now.duration_since(open.swept) >= SWEEP_EVERY {
-                    open.charges.retain(|_, (_, at)| now.duration_since(*at) < VOID_WINDOW);
-                    open.swept = now;
-                }
-                open.charges.insert(id, (*charge, now));
-            }
             Json(body).into_response()
         }
     }
@@ -165,22 +155,27 @@ where
         Ok(req) => req,
         Err(err) => return bad_request(&format!("the void request is not {{\"chargeId\": \"…\"}}: {err}")),
     };
-    // Taken out of the map: a charge is voided once.
-    let open = state.open.lock().ok().and_then(|mut open| open.charges.remove(&req.charge_id));
-    match open {
-        Some((charge, at)) if at.elapsed() < VOID_WINDOW => {
-            state.gateway.void(&charge).await;
-            Json(json!({ "status": "voided", "chargeId": req.charge_id })).into_response()
-        }
-        _ => (
-            StatusCode::NOT_FOUND,
-            Json(json!({
-                "error": "unknown_charge",
-                "message": format!("no open charge {:?}: unknown, voided already, or older than ten minutes", req.charge_id),
-            })),
-        )
-            .into_response(),
+    let unknown = || {
+        let message = format!("no open charge {:?}: unknown, voided already, or older than ten minutes", req.charge_id);
+        (StatusCode::NOT_FOUND, Json(json!({ "error": "unknown_charge", "message": message }))).into_response()
+    };
+    let Some((ticket, seal)) = unseal(&state.secret, &req.charge_id) else { return unknown() };
+    if unix_now().saturating_sub(ticket.at) >= VOID_WINDOW_SECS {
+        return unknown();
     }
+    // Voided once, whichever node is asked (and however often the app retries).
+    match state.gateway.counters.claim(ticket.charge.paid.owner, seal, VOID_WINDOW_SECS).await {
+        Ok(true) => {}
+        Ok(false) => return unknown(),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot record the void: refusing it, the app may retry");
+            let message = "the gateway cannot void right now; retry";
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "unavailable", "message": message })))
+                .into_response();
+        }
+    }
+    state.gateway.void(&ticket.charge).await;
+    Json(json!({ "status": "voided", "chargeId": req.charge_id })).into_response()
 }
 
 fn authenticated(headers: &HeaderMap, secret: &str) -> bool {
@@ -204,12 +199,57 @@ fn bad_request(message: &str) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": "bad_request", "message": message }))).into_response()
 }
 
-/// An id nobody can guess without the secret.
-fn charge_id(secret: &str, charge: &Charge) -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-    let seed = format!("{secret}|{n}|{nanos}|{}|{}", charge.paid.key, charge.request_id);
-    format!("chg_{:x}", opentab_core::keccak256(seed.as_bytes()))
+/// The charge id: `chg_<base64url of the ticket's JSON>.<its seal>`, the seal being a keyed
+/// hash of the secret and the ticket (Keccak-256 over `secret | ticket`: a sponge hash, so no
+/// length extension); nobody can make or alter one without the secret.
+fn seal(secret: &str, ticket: &Ticket) -> String {
+    let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(ticket).unwrap_or_default());
+    format!("chg_{body}.{:x}", seal_of(secret, &body))
+}
+
+/// The ticket of a charge id this gateway's secret sealed, and its seal.
+fn unseal(secret: &str, id: &str) -> Option<(Ticket, B256)> {
+    let (body, given) = id.strip_prefix("chg_")?.split_once('.')?;
+    let expected = seal_of(secret, body);
+    let given: B256 = given.parse().ok()?;
+    // Compared in constant time, like the secret itself.
+    if given.iter().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+        return None;
+    }
+    let json = URL_SAFE_NO_PAD.decode(body).ok()?;
+    Some((serde_json::from_slice(&json).ok()?, expected))
+}
+
+fn seal_of(secret: &str, body: &str) -> B256 {
+    opentab_core::keccak256(format!("opentab-charge-ticket|{secret}|{body}").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentab_core::Address;
+
+    #[test]
+    fn a_charge_id_opens_only_with_its_secret_and_unaltered() {
+        let charge: Charge = serde_json::from_value(json!({
+            "paid": {
+                "voucher": "0x7d0", "signature": format!("0x{}1b", "11".repeat(64)),
+                "key": Address::repeat_byte(1), "owner": Address::repeat_byte(2), "price": "2000",
+                "idempotency": null,
+                "response": { "success": true, "payer": Address::repeat_byte(2), "network": "eip155:1",
+                    "receipt": { "sessionKey": Address::repeat_byte(1), "charged": "2000", "served": "2000", "remaining": "0" } },
+            },
+            "route": "POST /v1/chat", "request_id": "r1",
+        }))
+        .unwrap();
+        let id = seal("s3cret", &Ticket { charge, at: 1_000 });
+        let (ticket, _) = unseal("s3cret", &id).expect("its own secret opens it");
+        assert_eq!((ticket.at, ticket.charge.paid.price.base_units()), (1_000, 2_000));
+        assert!(unseal("other", &id).is_none(), "another secret does not");
+        let (body, mac) = id.split_once('.').unwrap();
+        let forged = format!("{}A.{mac}", body);
+        assert!(unseal("s3cret", &forged).is_none(), "an altered ticket does not");
+        assert!(unseal("s3cret", "chg_nonsense").is_none());
+        assert!(unseal("s3cret", "").is_none());
+    }
 }

@@ -16,6 +16,8 @@ struct State {
     owner_served: HashMap<Address, Usdc>,
     /// Idempotency keys charged, with when they expire.
     idempotency: HashMap<B256, u64>,
+    /// Claimed ids (voids of the charge API), with when they expire.
+    claims: HashMap<B256, u64>,
     /// When expired idempotency keys were last swept.
     swept_at: u64,
 }
@@ -112,5 +114,12 @@ impl CounterStore for InProcessCounters {
         let owner_served = state.owner_served.entry(owner).or_default();
         charge::void(counters, owner_served, price);
         Ok(())
+    }
+
+    async fn claim(&self, _owner: Address, id: B256, ttl_secs: u64) -> Result<bool, Unavailable> {
+        let mut state = self.lock()?;
+        let now = crate::gateway::unix_now();
+        state.claims.retain(|_, expires| *expires > now);
+        Ok(state.claims.insert(id, now + ttl_secs).is_none())
     }
 }

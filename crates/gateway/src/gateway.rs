@@ -53,6 +53,10 @@ pub trait CounterStore: Send + Sync {
         price: Usdc,
         idempotency: Option<B256>,
     ) -> impl Future<Output = Result<(), Unavailable>> + Send;
+
+    /// Marks `id` (in `owner`'s slot) as used for `ttl_secs`: true the first time only. What
+    /// makes a charge API void count once, whichever gateway node it reaches.
+    fn claim(&self, owner: Address, id: B256, ttl_secs: u64) -> impl Future<Output = Result<bool, Unavailable>> + Send;
 }
 
 impl<T: KeyDirectory> KeyDirectory for std::sync::Arc<T> {
@@ -79,6 +83,10 @@ impl<T: CounterStore> CounterStore for std::sync::Arc<T> {
         idempotency: Option<B256>,
     ) -> impl Future<Output = Result<(), Unavailable>> + Send {
         self.as_ref().void(key, owner, price, idempotency)
+    }
+
+    fn claim(&self, owner: Address, id: B256, ttl_secs: u64) -> impl Future<Output = Result<bool, Unavailable>> + Send {
+        self.as_ref().claim(owner, id, ttl_secs)
     }
 }
 
@@ -214,7 +222,7 @@ pub enum Decision {
 }
 
 /// A charge that went through.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Paid {
     /// The voucher that paid, for the ledger.
     pub voucher: opentab_core::U256,

@@ -162,7 +162,7 @@ pub struct PaymentHeaders {
 }
 
 /// A charge taken and recorded: serve the call, then [`Gateway::void`] it if the call fails.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Charge {
     /// What was charged, to whom.
     pub paid: Paid,

@@ -275,6 +275,21 @@ impl CounterStore for RedisCounters {
         }
         Ok(())
     }
+
+    async fn claim(&self, owner: Address, id: B256, ttl_secs: u64) -> Result<bool, Unavailable> {
+        let mut conn = self.conn.clone();
+        let name = format!("{}:{{{owner:#x}}}:claim:{id:x}", self.prefix);
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&name)
+            .arg("1")
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl_secs.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(set.is_some())
+    }
 }
 
 impl RedisCounters {

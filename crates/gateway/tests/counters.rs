@@ -89,7 +89,26 @@ on_both_stores!(
     huge_vouchers_compare_by_number,
     concurrent_out_of_order_vouchers_never_overserve,
     a_replay_storm_buys_one_call,
+    an_id_is_claimed_once,
 );
+
+async fn an_id_is_claimed_once<S: Probe>(s: Arc<S>) -> TestResult {
+    let (a, b) = (B256::repeat_byte(0xa), B256::repeat_byte(0xb));
+    // Many at once (as two gateway nodes voiding the same charge would): exactly one wins.
+    let mut claims = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let s = s.clone();
+        claims.spawn(async move { s.claim(OWNER, a, 60).await });
+    }
+    let mut won = 0;
+    while let Some(claimed) = claims.join_next().await {
+        won += u32::from(claimed??);
+    }
+    assert_eq!(won, 1);
+    assert!(!s.claim(OWNER, a, 60).await?, "claimed already");
+    assert!(s.claim(OWNER, b, 60).await?, "another id is its own");
+    Ok(())
+}
 
 async fn charges_follow_the_rule_and_refusals_change_nothing<S: Probe>(s: Arc<S>) -> TestResult {
     let key = Address::repeat_byte(0xa1);

@@ -454,6 +454,66 @@ async fn the_charge_api_charges_voids_and_refuses_strangers() -> TestResult {
 }
 
 #[tokio::test]
+async fn any_node_voids_a_charge_once_and_nobody_forges_one() -> TestResult {
+    let w = world()?;
+    // A second gateway node: its own process state, the same counter store (Redis in
+    // production), ledger and secret.
+    let other = Arc::new(Gateway {
+        config: w.config.clone(),
+        pricing: Pricing::new([("POST /v1/chat", "0.002")])?,
+        directory: w.directory.clone(),
+        counters: w.counters.clone(),
+        ledger: w.ledger.clone(),
+    });
+    let (node_a, node_b) = (charge_api(w.gateway.clone(), "s3cret-s3cret"), charge_api(other, "s3cret-s3cret"));
+    let call_as = |secret: &'static str, node: &Router, path: &'static str, body: Value| {
+        let node = node.clone();
+        async move {
+            let req = Request::builder()
+                .method("POST")
+                .uri(path)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {secret}"))
+                .body(Body::from(body.to_string()))?;
+            let res = node.oneshot(req).await?;
+            let status = res.status();
+            let bytes = res.into_body().collect().await?.to_bytes();
+            TestResult::Ok((status, serde_json::from_slice::<Value>(&bytes)?))
+        }
+    };
+    let call = |node: &Router, path: &'static str, body: Value| call_as("s3cret-s3cret", node, path, body);
+    let key = w.add_key(1_000_000, 10_000_000)?;
+    let payment = b64(&w.payment(&key, PRICE, "POST /v1/chat")?);
+    let (status, paid) =
+        call(&node_a, "/gateway/v1/charge", json!({ "route": "POST /v1/chat", "price": "0.002", "payment": payment }))
+            .await?;
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    let id = paid["chargeId"].as_str().ok_or("a charge id")?.to_owned();
+
+    // Altered, or sealed with another secret: not a charge of ours.
+    let forged = id.replacen("chg_", "chg_x", 1);
+    assert_eq!(call(&node_b, "/gateway/v1/void", json!({ "chargeId": forged })).await?.0, StatusCode::NOT_FOUND);
+    let stranger = charge_api(w.gateway.clone(), "another-secret");
+    let payment = b64(&w.payment(&key, 2 * PRICE, "POST /v1/chat")?);
+    let charge = json!({ "route": "POST /v1/chat", "price": "0.002", "payment": payment });
+    let (_, theirs) = call_as("another-secret", &stranger, "/gateway/v1/charge", charge).await?;
+    let theirs = json!({ "chargeId": theirs["chargeId"] });
+    assert_eq!(call(&node_b, "/gateway/v1/void", theirs).await?.0, StatusCode::NOT_FOUND);
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::from_base_units(2 * PRICE), "nothing voided yet");
+
+    // Node B voids what node A charged; after that neither node voids it again.
+    let (status, body) = call(&node_b, "/gateway/v1/void", json!({ "chargeId": id })).await?;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("voided")));
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::from_base_units(PRICE));
+    for node in [&node_a, &node_b] {
+        let (status, body) = call(node, "/gateway/v1/void", json!({ "chargeId": id })).await?;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_charge")));
+    }
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::from_base_units(PRICE), "voided once");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_handler_that_panics_is_not_paid_for() -> TestResult {
     let w = world()?;
     let key = w.add_key(1_000_000, 10_000_000)?;
