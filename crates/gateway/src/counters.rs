@@ -18,8 +18,20 @@ struct State {
     idempotency: HashMap<B256, u64>,
     /// Claimed ids (voids of the charge API), with when they expire.
     claims: HashMap<B256, u64>,
-    /// When expired idempotency keys were last swept.
+    /// When expired idempotency keys and claims were last swept.
     swept_at: u64,
+}
+
+impl State {
+    /// Drops expired idempotency keys and claims now and then (not on every call: that would
+    /// scan them all under the lock every charge takes), so the maps hold about a TTL's worth.
+    fn sweep(&mut self, now: u64) {
+        if now >= self.swept_at + 60 {
+            self.idempotency.retain(|_, expires| *expires > now);
+            self.claims.retain(|_, expires| *expires > now);
+            self.swept_at = now;
+        }
+    }
 }
 
 /// Counters held in this process. Lost on exit: the durable ledger rebuilds them.
@@ -89,11 +101,7 @@ impl CounterStore for InProcessCounters {
         let outcome = charge::charge(counters, owner_served, &request);
         if let (Ok(_), Some(id)) = (&outcome, request.idempotency) {
             state.idempotency.insert(id, now + crate::gateway::IDEMPOTENCY_TTL_SECS);
-            // Sweep now and then, so the map holds about a TTL's worth of keys.
-            if now >= state.swept_at + 60 {
-                state.idempotency.retain(|_, expires| *expires > now);
-                state.swept_at = now;
-            }
+            state.sweep(now);
         }
         Ok(outcome)
     }
@@ -119,7 +127,11 @@ impl CounterStore for InProcessCounters {
     async fn claim(&self, _owner: Address, id: B256, ttl_secs: u64) -> Result<bool, Unavailable> {
         let mut state = self.lock()?;
         let now = crate::gateway::unix_now();
-        state.claims.retain(|_, expires| *expires > now);
-        Ok(state.claims.insert(id, now + ttl_secs).is_none())
+        state.sweep(now);
+        if state.claims.get(&id).is_some_and(|&expires| expires > now) {
+            return Ok(false);
+        }
+        state.claims.insert(id, now + ttl_secs);
+        Ok(true)
     }
 }

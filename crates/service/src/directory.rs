@@ -168,9 +168,7 @@ async fn standing_idempotency(
     store: &Store,
     key: Option<Address>,
 ) -> Result<Vec<(opentab_core::B256, u64)>, opentab_store::Error> {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-    let since = now.saturating_sub(IDEMPOTENCY_TTL_SECS);
+    let since = crate::unix_now().saturating_sub(IDEMPOTENCY_TTL_SECS);
     let live = store.live_idempotency(key, since).await?;
     Ok(live.into_iter().map(|l| (l.id, l.charged_at + IDEMPOTENCY_TTL_SECS)).collect())
 }

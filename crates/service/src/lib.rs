@@ -26,3 +26,8 @@ pub use listener::{ChainListener, ListenerConfig};
 pub use notify::{Change, Notifier};
 pub use ops::{Metrics, Ops, with_ops};
 pub use rules::{Guardian, Mailer, RuleEngine, RuledLedger};
+
+/// Unix seconds now: the one clock of this crate (the core takes `now` as an argument).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

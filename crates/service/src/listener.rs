@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use opentab_chain::{Address, Cursor, DynProvider, EventStream, StreamConfig, Update};
 use opentab_store::{Store, StoredEvent};
@@ -130,8 +130,10 @@ impl ChainListener {
             })
             .collect::<Result<Vec<_>>>()?;
         let cursor = serde_json::to_string(&update.cursor).map_err(Error::CorruptCursor)?;
-        let touched =
-            self.store.apply_chain_update(self.validator, update.rollback_to, &events, &cursor, now()).await?;
+        let touched = self
+            .store
+            .apply_chain_update(self.validator, update.rollback_to, &events, &cursor, crate::unix_now())
+            .await?;
         for owner in &touched.owners {
             self.notifier.publish(Change { owner: *owner, key: None });
         }
@@ -152,8 +154,4 @@ async fn saved_cursor(store: &Store, validator: Address, start_block: u64) -> Re
         Some(json) => serde_json::from_str(&json).map_err(Error::CorruptCursor),
         None => Ok(Cursor::starting_at(start_block)),
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }

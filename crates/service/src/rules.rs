@@ -68,6 +68,11 @@ impl Mailer {
     }
 }
 
+const FROZEN_BY_GUARDIAN: &str = "The key is frozen, at the gateway and (through your guardian) on-chain: no \
+                                  call is served with it until its owner unfreezes it.";
+const FROZEN_AT_GATEWAY: &str =
+    "The key is frozen at the gateway: no call is served with it until its owner unfreezes it.";
+
 /// The account the rule engine freezes keys on-chain with, for the owners who chose it as
 /// their guardian (`setGuardian`). The contract lets a guardian freeze, never unfreeze: the
 /// owner stays the only one who can restart spending.
@@ -103,22 +108,12 @@ impl Guardian {
                     ("key.guardian_freeze_failed", json!({ "rule": rule.as_str(), "error": err.to_string() }))
                 }
             };
-            let entry = AuditEntry {
-                at: now(),
-                actor: format!("{guardian:#x}"),
-                action: action.to_owned(),
-                subject: format!("{key:#x}"),
-                detail: detail.to_string(),
-            };
+            let entry = AuditEntry::about_key(crate::unix_now(), guardian, action, key, &detail);
             if let Err(err) = store.audit(&entry).await {
                 tracing::warn!(%key, error = %err, "could not audit the guardian's freeze");
             }
         });
     }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 #[derive(Debug)]
@@ -263,7 +258,7 @@ impl RuleEngine {
         };
         let data = json!({
             "sessionKey": record.key, "owner": owner, "rule": rule.as_str(), "mode": self.config.mode.as_str(),
-            "reason": reason, "froze": froze, "frozeOnChain": guardian.is_some(), "inputs": inputs,
+            "reason": reason, "froze": froze, "guardianFreezeSent": guardian.is_some(), "inputs": inputs,
         });
         let webhook = webhook("key.alert", record.key, rule, now, data);
         if !self.store.fire_alert(&alert, &webhook, now).await? {
@@ -285,12 +280,8 @@ impl RuleEngine {
                 record.key,
                 rule.as_str(),
                 match (froze, guardian) {
-                    (true, Some(_)) =>
-                        "The key is frozen, at the gateway and on-chain through your guardian: \
-                                        no call is served with it until its owner unfreezes it.",
-                    (true, None) =>
-                        "The key is frozen at the gateway: no call is served with it until its owner \
-                                     unfreezes it.",
+                    (true, Some(_)) => FROZEN_BY_GUARDIAN,
+                    (true, None) => FROZEN_AT_GATEWAY,
                     (false, _) => "No action was taken.",
                 }
             );

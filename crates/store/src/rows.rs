@@ -88,6 +88,19 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+impl AuditEntry {
+    /// What `actor` did to session key `key` at `at`, with `detail`.
+    pub fn about_key(at: u64, actor: Address, action: &str, key: Address, detail: &impl std::fmt::Display) -> Self {
+        Self {
+            at,
+            actor: format!("{actor:#x}"),
+            action: action.to_owned(),
+            subject: format!("{key:#x}"),
+            detail: detail.to_string(),
+        }
+    }
+}
+
 /// Whether a ledger row charged or voided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UsageKind {

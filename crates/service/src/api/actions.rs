@@ -405,14 +405,7 @@ fn parse_u256(text: &str, field: &'static str) -> Result<U256, ApiError> {
 }
 
 async fn audit(state: &AppState, owner: Address, action: &str, key: Address, detail: Value) -> Result<(), ApiError> {
-    let entry = AuditEntry {
-        at: now(),
-        actor: format!("{owner:#x}"),
-        action: action.to_owned(),
-        subject: format!("{key:#x}"),
-        detail: detail.to_string(),
-    };
-    Ok(state.store.audit(&entry).await?)
+    Ok(state.store.audit(&AuditEntry::about_key(now(), owner, action, key, &detail)).await?)
 }
 
 fn domain_json(domain: &opentab_core::ContractDomain) -> Value {

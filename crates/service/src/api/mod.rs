@@ -10,7 +10,6 @@ mod openapi;
 pub use openapi::spec as openapi_spec;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
@@ -20,6 +19,7 @@ use opentab_core::Address;
 use opentab_store::Store;
 
 use crate::Notifier;
+use crate::unix_now as now;
 use serde::de::DeserializeOwned;
 
 pub use actions::{ChainAccess, CreateKey, PrepareKey, PreparedKey, RegistrationMessage, Relayed, SignedAction};
@@ -130,8 +130,4 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             })),
         }
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
