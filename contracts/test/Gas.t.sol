@@ -8,7 +8,9 @@ import {Digests} from "./utils/Digests.sol";
 /// @notice One measured call per operation, written to `snapshots/GasTest.json`.
 /// @dev All preparation happens in `setUp`, a transaction of its own, so every measured call
 ///      starts with cold storage as it would on chain. Figures are the callee's gas (no
-///      21,000 base, no calldata).
+///      21,000 base, no calldata). Settlements are sent by `relayer`, a settler each payee
+///      authorised, as opentab's settlement worker sends them; `settle_next_byPayee` is the
+///      same call sent by the payee itself.
 contract GasTest is ValidatorFixture {
     uint256 internal constant BATCH = 10;
     uint256 internal constant BATCH_PK_BASE = 0xBA7C00;
@@ -23,7 +25,13 @@ contract GasTest is ValidatorFixture {
 
     function setUp() public override {
         super.setUp();
-        _deposit(owner, 10_000 * USDC_1);
+        _deposit(owner, payee, 10_000 * USDC_1);
+        _deposit(owner, payeeNext, 10_000 * USDC_1);
+        _deposit(owner, payeeBatch, 10_000 * USDC_1);
+        for (uint256 i; i < 3; ++i) {
+            vm.prank([payee, payeeNext, payeeBatch][i]);
+            validator.setSettler(relayer, true);
+        }
 
         // deposit: a new owner with tokens and an allowance.
         usdc.mint(depositor, 100 * USDC_1);
@@ -34,6 +42,7 @@ contract GasTest is ValidatorFixture {
         _register(owner, key, payee, LIMIT);
         // settle_next: key2 settled once, its payee already holds tokens.
         _register(owner, key2, payeeNext, LIMIT);
+        vm.prank(relayer);
         validator.settle(key2, 5 * USDC_1, _voucher(KEY2_PK, payeeNext, 5 * USDC_1));
         // settleBatch_10keys: ten keys, one payee.
         for (uint256 i; i < BATCH; ++i) {
@@ -46,16 +55,16 @@ contract GasTest is ValidatorFixture {
         validator.freeze(vm.addr(UNFREEZE_PK));
         _register(owner, vm.addr(REVOKE_PK), payee, LIMIT);
         // withdraw: a request made at T0.
-        _deposit(withdrawer, 50 * USDC_1);
+        _deposit(withdrawer, payee, 50 * USDC_1);
         vm.prank(withdrawer);
-        validator.requestWithdrawal(50 * USDC_1);
+        validator.requestWithdrawal(payee, 50 * USDC_1);
     }
 
     function test_gas_deposit() public {
         vm.prank(depositor);
-        validator.deposit(100 * USDC_1);
+        validator.deposit(payee, 100 * USDC_1);
         vm.snapshotGasLastCall("deposit");
-        vm.assertEq(validator.escrowOf(depositor), 100 * USDC_1, "deposited");
+        vm.assertEq(_tab(depositor, payee), 100 * USDC_1, "deposited");
     }
 
     function test_gas_registerSessionKey() public {
@@ -103,13 +112,29 @@ contract GasTest is ValidatorFixture {
         vm.assertLe(gasUsed, 60_000, "settle within budget");
     }
 
+    function test_gas_setSettler() public {
+        vm.prank(payee2);
+        validator.setSettler(relayer, true);
+        vm.snapshotGasLastCall("setSettler");
+        vm.assertTrue(validator.isSettler(payee2, relayer), "authorised");
+    }
+
     function test_gas_settle_next() public {
         bytes memory sig = _voucher(KEY2_PK, payeeNext, 15 * USDC_1);
         vm.prank(relayer);
         validator.settle(key2, 15 * USDC_1, sig);
         uint256 gasUsed = vm.snapshotGasLastCall("settle_next");
         vm.assertEq(usdc.balanceOf(payeeNext), 15 * USDC_1, "paid the delta");
-        vm.assertLe(gasUsed, 60_000, "settle within budget");
+        vm.assertLe(gasUsed, 40_000, "settle within budget");
+    }
+
+    function test_gas_settle_next_byPayee() public {
+        bytes memory sig = _voucher(KEY2_PK, payeeNext, 15 * USDC_1);
+        vm.prank(payeeNext);
+        validator.settle(key2, 15 * USDC_1, sig);
+        uint256 gasUsed = vm.snapshotGasLastCall("settle_next_byPayee");
+        vm.assertEq(usdc.balanceOf(payeeNext), 15 * USDC_1, "paid the delta");
+        vm.assertLe(gasUsed, 40_000, "settle within budget");
     }
 
     function test_gas_settleBatch_10keys() public {
@@ -123,23 +148,24 @@ contract GasTest is ValidatorFixture {
             );
         }
         vm.prank(relayer);
-        validator.settleBatch(claims);
-        vm.snapshotGasLastCall("settleBatch_10keys");
+        validator.settleBatch(payeeBatch, claims);
+        uint256 gasUsed = vm.snapshotGasLastCall("settleBatch_10keys");
         vm.assertEq(usdc.balanceOf(payeeBatch), BATCH * USDC_1, "paid");
+        vm.assertLe(gasUsed, 23_000 * BATCH, "batch within budget per claim");
     }
 
     function test_gas_requestWithdrawal() public {
         vm.prank(owner);
-        validator.requestWithdrawal(1_000 * USDC_1);
+        validator.requestWithdrawal(payee, 1_000 * USDC_1);
         vm.snapshotGasLastCall("requestWithdrawal");
-        (uint208 amount,) = validator.withdrawalOf(owner);
+        (, uint80 amount,) = validator.tabOf(owner, payee);
         vm.assertEq(amount, 1_000 * USDC_1, "requested");
     }
 
     function test_gas_withdraw() public {
-        vm.warp(T0 + GRACE);
+        vm.warp(T0 + GRACE + 1);
         vm.prank(withdrawer);
-        validator.withdraw();
+        validator.withdraw(payee);
         vm.snapshotGasLastCall("withdraw");
         vm.assertEq(usdc.balanceOf(withdrawer), 50 * USDC_1, "withdrawn");
     }

@@ -89,6 +89,9 @@ struct Account {
 
 /// The anvil account the dev rule engine freezes keys on-chain with (the demo owner's guardian).
 pub(crate) const GUARDIAN_ACCOUNT: usize = 3;
+/// The anvil account the dev settlement worker settles with: a settler the payee (#2)
+/// authorised at set-up, as a production payee authorises its worker and keeps its own key cold.
+pub(crate) const SETTLER_ACCOUNT: usize = 4;
 
 impl DevChain {
     /// Starts anvil on the data directory's state, deploys (or reuses) the contracts, funds the
@@ -137,8 +140,19 @@ impl DevChain {
                 validator.mint_test_usdc(owner.address(), mint).await?;
                 let as_owner = validator.with_provider(signing_provider(&rpc, opentab_chain::tx_signer(&owner)?)?);
                 if deposit > Usdc::ZERO {
-                    as_owner.deposit(deposit).await.context("depositing into the demo owner's escrow")?;
+                    as_owner.deposit(payee, deposit).await.context("opening the demo owner's tab with the payee")?;
                 }
+                // The payee lets the settlement worker's account settle for it. Its key would be
+                // kept cold in production, so it only signs; the relayer sends the transaction.
+                let payee_key = SigningKey::from_bytes(anvil.keys().get(2).context("anvil has no account #2")?)?;
+                let (message, signature) = validator
+                    .sign_set_settler(&payee_key, anvil.signer(SETTLER_ACCOUNT)?.address(), true, u64::MAX)
+                    .await
+                    .context("signing the payee's settler authorisation")?;
+                validator
+                    .set_settler_with_sig(&message, &signature)
+                    .await
+                    .context("authorising the settlement worker to settle for the payee")?;
                 // The demo owner lets the rule engine's guardian freeze its keys on-chain (an
                 // owner's own choice: `opentab escrow guardian --clear` takes it back).
                 as_owner
@@ -165,12 +179,11 @@ impl DevChain {
 
     /// Prints the chain's addresses.
     pub(crate) async fn print(&self, out: &mut impl Write, data_dir: &Path) -> anyhow::Result<()> {
-        let escrow = self.relayer.escrow_of(self.owner.address()).await?;
-        let escrow = Usdc::try_from(escrow).unwrap_or_default().display();
+        let tab = self.relayer.tab_of(self.owner.address(), self.payee).await?.balance.display();
         writeln!(out, "  chain               {} at {}", self.deployment.network(), self.anvil.endpoint())?;
         writeln!(out, "  SessionKeyValidator {}", self.deployment.validator)?;
         writeln!(out, "  USDC (test token)   {}", self.deployment.usdc)?;
-        writeln!(out, "  demo owner          {} (escrow {escrow} USDC)", self.owner.address())?;
+        writeln!(out, "  demo owner          {} (tab with the payee: {tab} USDC)", self.owner.address())?;
         writeln!(out, "  demo payee          {}", self.payee)?;
         writeln!(out, "  relayer             {}", self.relayer_address)?;
         writeln!(out, "  chain.json          {}", data_dir.join("chain.json").display())?;
@@ -206,6 +219,13 @@ async fn reuse(chain_file: &Path, provider: &DynProvider, rpc: &str) -> anyhow::
     let Ok(mut deployment) = serde_json::from_str::<Deployment>(&text) else { return Ok(None) };
     let code = provider.get_code_at(deployment.validator).await?;
     if code.is_empty() || provider.get_chain_id().await? != deployment.chain_id {
+        return Ok(None);
+    }
+    // A data directory from before tabs holds the old contract, which has no `tabOf`: deploy
+    // the current one instead of failing later on every call.
+    let validator = Validator::connect(provider.clone(), deployment.validator).await?;
+    if validator.tab_of(Address::ZERO, Address::ZERO).await.is_err() {
+        tracing::warn!(validator = %deployment.validator, "the contract in the data directory predates tabs; deploying the current one");
         return Ok(None);
     }
     deployment.rpc_url = rpc.to_owned();

@@ -72,6 +72,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     let mut config = ApiConfig::new(addr.to_string(), chain.deployment.chain_id, chain.deployment.validator);
     config.rule_guardian = Some(guardian.address());
+    config.payee = Some(chain.payee);
+    config.usdc = Some(chain.deployment.usdc);
+    config.grace_secs = chain.relayer.grace();
     let state = AppState::new(store.clone(), config)
         .with_chain(ChainAccess { relayer: chain.relayer.clone(), payee: chain.payee });
     let metrics = Arc::new(Metrics::default());
@@ -99,9 +102,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         let _ = stop_listener.wait_for(|stop| *stop).await;
     }));
 
-    // The payee settles its own vouchers and pays the gas: anvil account #2 in dev.
-    let payee_signer = chain.anvil.signer(2)?;
-    let settler = chain.relayer.with_provider(opentab_chain::signing_provider(&chain.anvil.endpoint(), payee_signer)?);
+    // The settler the payee authorised at set-up settles its vouchers and pays the gas.
+    let settler_signer = chain.anvil.signer(crate::chain::SETTLER_ACCOUNT)?;
+    let settler =
+        chain.relayer.with_provider(opentab_chain::signing_provider(&chain.anvil.endpoint(), settler_signer)?);
     let mut settlement = SettlementConfig::new(chain.payee);
     settlement.poll_interval = Duration::from_secs(args.settle_every.max(1));
     settlement.retry_base = Duration::from_secs(5);
@@ -197,13 +201,15 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `GET /api/dev/wallet`: the demo owner's key, so the web UI can sign in and sign actions in a
-/// plain browser with no wallet extension. Only `opentab dev` serves it (anvil's well-known
-/// development key, worthless anywhere else); with an injected wallet the UI never sees a key.
+/// `GET /api/dev/wallet`: the demo owner's key and the dev chain's RPC, so the web UI can sign
+/// in, sign actions and send its own transactions (deposits, withdrawals) in a plain browser
+/// with no wallet extension. Only `opentab dev` serves it (anvil's well-known development key,
+/// worthless anywhere else); with an injected wallet the UI never sees a key.
 fn dev_wallet(chain: &DevChain) -> axum::Router {
     let body = serde_json::json!({
         "address": chain.owner.address(),
         "privateKey": format!("{:#x}", chain.owner.to_bytes()),
+        "rpcUrl": chain.anvil.endpoint(),
         "note": "opentab dev's demo owner (anvil account #1): a development key, never use it elsewhere",
     });
     axum::Router::new().route("/api/dev/wallet", axum::routing::get(move || async move { axum::Json(body) }))

@@ -8,7 +8,8 @@
 //! - `opentab keys …`: an owner's session keys through the REST API (create, list, show,
 //!   freeze, unfreeze, delete).
 //! - `opentab pay`: pays for calls with a session key, as an agent would (demo of the 402 flow).
-//! - `opentab escrow …`: an owner's escrow (show through the API; deposit and withdraw on-chain).
+//! - `opentab tab …`: an owner's tabs, one per payee (show through the API; deposit and withdraw
+//!   on-chain).
 //! - `opentab proxy`: the 402 gateway as a reverse proxy in front of any HTTP API.
 //! - `opentab settlements …`: the operator's settlement queue (list, retry a dead letter).
 
@@ -16,7 +17,6 @@ mod chain;
 mod client;
 mod demo;
 mod dev;
-mod escrow;
 mod keys;
 mod output;
 mod owner;
@@ -25,6 +25,7 @@ mod proxy;
 mod serve;
 mod server;
 mod settlements;
+mod tab;
 mod web;
 
 use std::io::Write;
@@ -53,8 +54,8 @@ enum Command {
     },
     /// Your session keys: create, list, show, freeze, unfreeze, delete (signs in as the owner).
     Keys(keys::KeysArgs),
-    /// Your escrow: show, deposit, withdraw.
-    Escrow(escrow::EscrowArgs),
+    /// Your tabs (USDC held for one payee each): show, deposit, withdraw, guardian.
+    Tab(tab::TabArgs),
     /// Pay for calls to a priced route with a session key (reads opentab dev's demo.json).
     Pay(pay::PayArgs),
     /// The HTTP 402 gateway as a reverse proxy in front of an API in any language.
@@ -77,7 +78,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(args) => (serve::run(args).await, true),
         Command::Chain { command } => (chain::run(command).await, true),
         Command::Keys(args) => (keys::run(args).await, false),
-        Command::Escrow(args) => (escrow::run(args).await, false),
+        Command::Tab(args) => (tab::run(args).await, false),
         Command::Pay(args) => (pay::run(args).await, false),
         Command::Proxy(args) => (proxy::run(args).await, true),
         Command::Settlements(args) => (settlements::run(args).await, false),

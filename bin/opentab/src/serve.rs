@@ -133,14 +133,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let chain_id = match &relayer {
-        Some(v) => v.domain().chain_id(),
-        None => Validator::connect(reader.clone(), config.validator)
-            .await
-            .context("reaching the validator")?
-            .domain()
-            .chain_id(),
+    let deployed = match &relayer {
+        Some(v) => v.clone(),
+        None => Validator::connect(reader.clone(), config.validator).await.context("reaching the validator")?,
     };
+    let chain_id = deployed.domain().chain_id();
 
     let metrics = Arc::new(Metrics::default());
     let listener_config = ListenerConfig {
@@ -150,6 +147,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut api_config = ApiConfig::new(config.domain.clone(), chain_id, config.validator);
     api_config.secure_cookies = config.secure_cookies;
     api_config.rule_guardian = config.rule_guardian;
+    api_config.payee = Some(config.payee);
+    api_config.usdc = Some(deployed.usdc());
+    api_config.grace_secs = deployed.grace();
     let mut state = AppState::new(store.clone(), api_config);
     if let Some(relayer) = relayer {
         state = state.with_chain(ChainAccess { relayer, payee: config.payee });
@@ -169,6 +169,21 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let key: SigningKey = key.parse().context("OPENTAB_SETTLER_KEY is not a private key")?;
             let provider = signing_provider(&config.rpc_url, opentab_chain::tx_signer(&key)?)?;
             let settler = Validator::connect(provider, config.validator).await.context("reaching the validator")?;
+            // Only the payee and the settlers it authorised may settle: say so now rather than
+            // with every reverted settlement.
+            let account = key.address();
+            match settler.is_settler(config.payee, account).await {
+                Ok(true) => {
+                    tracing::info!(settler = %account, payee = %config.payee, "settling as an authorised settler")
+                }
+                Ok(false) => tracing::warn!(
+                    settler = %account, payee = %config.payee,
+                    "OPENTAB_SETTLER_KEY's account is NOT authorised to settle for the payee: every settlement will \
+                     revert (NotSettler) until the payee authorises it once, with `opentab settlements authorize {account}` \
+                     run with the payee's key (OPENTAB_PAYEE_KEY), or relayed with its signature (`--relay`)"
+                ),
+                Err(err) => tracing::warn!(error = %err, "could not check whether the settler is authorised"),
+            }
             let mut settlement = SettlementConfig::new(config.payee);
             settlement.poll_interval = std::time::Duration::from_secs(config.settle_every_secs.max(1));
             let worker = SettlementWorker::new(store.clone(), settler, settlement);

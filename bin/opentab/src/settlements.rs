@@ -1,6 +1,8 @@
-//! `opentab settlements list|retry`: the operator's view of the settlement queue, read from
-//! the database directly (the operator owns it): what settled with which transaction, what is
-//! waiting for a retry, and what was dead-lettered, which `retry` puts back in the queue.
+//! `opentab settlements list|retry|authorize`: the operator's view of the settlement queue, read
+//! from the database directly (the operator owns it): what settled with which transaction, what
+//! is waiting for a retry, and what was dead-lettered, which `retry` puts back in the queue.
+//! `authorize` lets a settlement worker's account settle for the payee (the contract accepts
+//! settlements only from the payee and the settlers it authorised).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -46,6 +48,32 @@ enum SettlementsCommand {
         /// The settlement's id (`opentab settlements list --status dead`).
         id: u64,
     },
+    /// Lets SETTLER (the account of OPENTAB_SETTLER_KEY) settle vouchers payable to the payee,
+    /// signed with the payee's key (OPENTAB_PAYEE_KEY). The payee sends the transaction itself,
+    /// or with `--relay` only signs and the relayer (OPENTAB_RELAYER_KEY) sends it, so a payee
+    /// key kept cold needs no gas.
+    Authorize {
+        /// The settler's address.
+        settler: Address,
+        /// Withdraw the authorisation instead.
+        #[arg(long)]
+        revoke: bool,
+        /// The payee only signs; the relayer (OPENTAB_RELAYER_KEY) sends and pays the gas.
+        #[arg(long)]
+        relay: bool,
+        /// The chain's JSON-RPC endpoint.
+        #[arg(long, env = "OPENTAB_RPC_URL")]
+        rpc_url: String,
+        /// The SessionKeyValidator.
+        #[arg(long, env = "OPENTAB_VALIDATOR")]
+        validator: Address,
+        /// The payee's private key (hex), from the environment only.
+        #[arg(long = "payee-key-from-env", env = "OPENTAB_PAYEE_KEY", hide_env_values = true, hide = true)]
+        payee_key: String,
+        /// The relayer's private key (hex), with --relay.
+        #[arg(long = "relayer-key-from-env", env = "OPENTAB_RELAYER_KEY", hide_env_values = true, hide = true)]
+        relayer_key: Option<String>,
+    },
 }
 
 fn parse_status(text: &str) -> Result<SettlementStatus, String> {
@@ -58,6 +86,11 @@ fn parse_status(text: &str) -> Result<SettlementStatus, String> {
 }
 
 pub(crate) async fn run(args: SettlementsArgs) -> anyhow::Result<()> {
+    if let SettlementsCommand::Authorize { settler, revoke, relay, rpc_url, validator, payee_key, relayer_key } =
+        args.command
+    {
+        return authorize(settler, !revoke, relay, &rpc_url, validator, &payee_key, relayer_key.as_deref()).await;
+    }
     let url = match args.database_url {
         Some(url) => url,
         None => {
@@ -74,6 +107,7 @@ pub(crate) async fn run(args: SettlementsArgs) -> anyhow::Result<()> {
     let outcome = match args.command {
         SettlementsCommand::List { status, key, limit, json } => list(&store, status, key, limit, json).await,
         SettlementsCommand::Retry { id } => retry(&store, id).await,
+        SettlementsCommand::Authorize { .. } => Ok(()),
     };
     store.close().await;
     outcome
@@ -164,4 +198,41 @@ fn to_json(s: &Settlement) -> serde_json::Value {
         "createdAt": s.created_at,
         "updatedAt": s.updated_at,
     })
+}
+
+async fn authorize(
+    settler: Address,
+    allowed: bool,
+    relay: bool,
+    rpc_url: &str,
+    validator: Address,
+    payee_key: &str,
+    relayer_key: Option<&str>,
+) -> anyhow::Result<()> {
+    use opentab_chain::{Validator, signing_provider, tx_signer};
+    use opentab_core::SigningKey;
+    let payee: SigningKey = payee_key.trim().parse().context("OPENTAB_PAYEE_KEY is not a private key")?;
+    let sender = if relay {
+        let key = relayer_key.context("--relay needs OPENTAB_RELAYER_KEY: the account that sends and pays the gas")?;
+        key.trim().parse::<SigningKey>().context("OPENTAB_RELAYER_KEY is not a private key")?
+    } else {
+        payee.clone()
+    };
+    let provider = signing_provider(rpc_url, tx_signer(&sender)?)?;
+    let contract = Validator::connect(provider, validator)
+        .await
+        .with_context(|| format!("connecting to the SessionKeyValidator {validator} through {rpc_url}"))?;
+    let tx = if relay {
+        let deadline = now().saturating_add(3600);
+        let (message, signature) = contract.sign_set_settler(&payee, settler, allowed, deadline).await?;
+        contract.set_settler_with_sig(&message, &signature).await
+    } else {
+        contract.set_settler(settler, allowed).await
+    }
+    .context("authorising the settler")?;
+    let mut out = std::io::stdout().lock();
+    let verb = if allowed { "may now settle" } else { "may no longer settle" };
+    writeln!(out, "{settler} {verb} vouchers payable to {}", payee.address())?;
+    writeln!(out, "  tx                  {} (block {}, gas {})", tx.tx_hash, tx.block_number, tx.gas_used)?;
+    Ok(())
 }

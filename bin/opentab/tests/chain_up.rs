@@ -35,16 +35,20 @@ async fn chain_up_deploys_funds_and_writes_the_addresses() -> TestResult {
     assert_eq!(chain["network"], "eip155:31337");
     assert!(printed.contains(&format!("{validator}")), "the printed address is the written one");
 
-    // The chain is live while the command runs: the demo owner's escrow holds 100 USDC.
+    // The chain is live while the command runs: the demo owner's tab with the demo payee holds
+    // 100 USDC, and the payee authorised the dev settlement worker (anvil #4) to settle for it.
+    let payee = chain["demoPayee"].as_str().ok_or("demoPayee")?.parse()?;
     let v = Validator::connect(read_provider(rpc)?, validator).await?;
-    assert_eq!(v.escrow_of(owner).await?, U256::from(100_000_000u64));
+    assert_eq!(v.tab_of(owner, payee).await?.balance, opentab_core::Usdc::from_base_units(100_000_000));
+    let settler = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65".parse()?; // anvil #4
+    assert!(v.is_settler(payee, settler).await?, "the dev settler is authorised");
     assert_eq!(v.usdc_balance(owner).await?, U256::from(900_000_000u64));
 
     // Ctrl-C stops it cleanly, anvil with it.
     let status = Command::new("kill").arg("-INT").arg(child.id().to_string()).status()?;
     assert!(status.success());
     assert!(child.wait()?.success());
-    assert!(v.escrow_of(owner).await.is_err(), "anvil stopped with the command");
+    assert!(v.tab_of(owner, payee).await.is_err(), "anvil stopped with the command");
     Ok(())
 }
 

@@ -39,8 +39,8 @@ async fn dev_serves_the_api_and_health_and_stops_cleanly() -> TestResult {
     // The listener mirrors the demo deposit within a few polls.
     let mut balance = serde_json::Value::Null;
     for _ in 0..50 {
-        let escrow = client.get(format!("{url}/api/escrow")).bearer_auth(token).send().await?;
-        balance = serde_json::from_str::<serde_json::Value>(&escrow.text().await?)?["balance"].clone();
+        let tabs = client.get(format!("{url}/api/tabs")).bearer_auth(token).send().await?;
+        balance = serde_json::from_str::<serde_json::Value>(&tabs.text().await?)?["tabs"][0]["balance"].clone();
         if balance == "100000000" {
             break;
         }

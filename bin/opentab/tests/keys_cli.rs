@@ -1,4 +1,4 @@
-//! `opentab keys …` and `opentab escrow …` as an owner runs them, against a real `opentab dev`
+//! `opentab keys …` and `opentab tab …` as an owner runs them, against a real `opentab dev`
 //! (anvil, SQLite, chain listener, REST API) in another process.
 
 mod common;
@@ -69,16 +69,16 @@ impl Owner {
         }
     }
 
-    /// Waits until `escrow show` prints a line containing `needle`; the output.
-    fn wait_for_escrow(&self, needle: &str) -> TestResult<String> {
+    /// Waits until `tab show` prints a line containing `needle`; the output.
+    fn wait_for_tab(&self, needle: &str) -> TestResult<String> {
         let start = Instant::now();
         loop {
-            let shown = self.ok(&["escrow", "show"])?;
+            let shown = self.ok(&["tab", "show"])?;
             if shown.lines().any(|l| l.contains(needle)) {
                 return Ok(shown);
             }
             if start.elapsed() > LISTENER_WAIT {
-                return Err(format!("`escrow show` never showed {needle:?}; it printed:\n{shown}").into());
+                return Err(format!("`tab show` never showed {needle:?}; it printed:\n{shown}").into());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -86,7 +86,7 @@ impl Owner {
 }
 
 #[test]
-fn an_owner_manages_keys_and_escrow_from_the_command_line() -> TestResult {
+fn an_owner_manages_keys_and_tabs_from_the_command_line() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().to_string_lossy().into_owned();
     let dev = Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
@@ -129,24 +129,31 @@ fn an_owner_manages_keys_and_escrow_from_the_command_line() -> TestResult {
     assert_eq!(owner.listed(key, false)?, None, "deleted keys leave the default list");
     owner.wait_for_status(key, true, "revoked")?;
 
-    // Escrow: the demo owner's 100 USDC, then a deposit of its own (the owner pays the gas).
-    let shown = owner.wait_for_escrow("balance             100 USDC")?;
-    assert!(shown.contains("pending withdrawal  none"), "{shown}");
-    let deposited = owner.ok(&["escrow", "deposit", "5"])?;
+    // The tab with this opentab's payee: the demo owner's 100 USDC, then a deposit of its own
+    // (the owner pays the gas), to the payee opentab names.
+    let shown = owner.wait_for_tab("balance           100 USDC")?;
+    assert!(shown.contains("(this opentab's payee)") && shown.contains("pending withdrawal none"), "{shown}");
+    let deposited = owner.ok(&["tab", "deposit", "5"])?;
     assert!(
-        deposited.contains("deposited 5 USDC") && deposited.contains("escrow on-chain     105 USDC"),
+        deposited.contains("deposited 5 USDC") && deposited.contains("tab on-chain        105 USDC"),
         "{deposited}"
     );
-    owner.wait_for_escrow("balance             105 USDC")?;
+    owner.wait_for_tab("balance           105 USDC")?;
 
     // Withdrawal: requested, not ready before the grace window, cancelled.
-    owner.ok(&["escrow", "withdraw", "request", "1"])?;
-    owner.wait_for_escrow("pending withdrawal  1 USDC, ready")?;
-    let early = owner.run(&["escrow", "withdraw", "complete"])?;
+    owner.ok(&["tab", "withdraw", "request", "1"])?;
+    owner.wait_for_tab("pending withdrawal 1 USDC, can complete")?;
+    let early = owner.run(&["tab", "withdraw", "complete"])?;
     let stderr = String::from_utf8(early.stderr)?;
     assert!(!early.status.success() && stderr.contains("not ready yet"), "{stderr}");
-    owner.ok(&["escrow", "withdraw", "cancel"])?;
-    owner.wait_for_escrow("pending withdrawal  none")?;
+    owner.ok(&["tab", "withdraw", "cancel"])?;
+    owner.wait_for_tab("pending withdrawal none")?;
+
+    // A tab with another payee is separate: a deposit there leaves this one as it was.
+    let other = owner.ok(&["tab", "--payee", "0x0000000000000000000000000000000000000123", "deposit", "2"])?;
+    assert!(other.contains("tab on-chain        2 USDC"), "{other}");
+    let shown = owner.wait_for_tab("with 0x0000000000000000000000000000000000000123")?;
+    assert!(shown.contains("balance           105 USDC"), "{shown}");
 
     // The API's refusals reach the user with the field at fault, and a non-zero exit.
     let bad = owner.run(&["keys", "show", "0xnot-an-address"])?;

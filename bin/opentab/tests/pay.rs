@@ -272,7 +272,7 @@ impl Dev {
         Ok(Self { _running: running, _dir: dir, data_dir, url, demo_path, demo, key })
     }
 
-    /// `--url` and `--data-dir` for the owner commands (`keys`, `escrow`).
+    /// `--url` and `--data-dir` for the owner commands (`keys`, `tab`).
     fn owner_args(&self) -> [&str; 4] {
         ["--url", &self.url, "--data-dir", &self.data_dir]
     }
@@ -305,7 +305,7 @@ async fn a_burst_is_frozen_on_chain_by_the_guardian_the_owner_chose() -> TestRes
     let owner_args = dev.owner_args();
 
     // The demo owner chose opentab's rule guardian on first start.
-    let out = opentab(&[&["escrow", "show"][..], &owner_args[..]].concat())?;
+    let out = opentab(&[&["tab", "show"][..], &owner_args[..]].concat())?;
     assert!(text(&out).contains("opentab's rule engine, which freezes on-chain"), "{}", text(&out));
 
     // 101 calls within a minute break the burst rule: the key is frozen at the gateway at once
@@ -333,10 +333,10 @@ async fn without_a_guardian_rules_freeze_at_the_gateway_and_unfreezing_needs_no_
     let (demo, demo_path, key) = (&dev.demo, dev.demo_path.as_str(), dev.key.as_str());
     let owner_args = dev.owner_args();
 
-    let out = opentab(&[&["escrow", "guardian", "--clear"][..], &owner_args[..]].concat())?;
+    let out = opentab(&[&["tab", "guardian", "--clear"][..], &owner_args[..]].concat())?;
     assert!(text(&out).contains("has no guardian now"), "{}", text(&out));
     eventually("opentab sees the guardian go", || {
-        let out = opentab(&[&["escrow", "show"][..], &owner_args[..]].concat())?;
+        let out = opentab(&[&["tab", "show"][..], &owner_args[..]].concat())?;
         Ok(text(&out).contains("rules freeze at the gateway only"))
     })
     .await?;
@@ -356,7 +356,7 @@ async fn without_a_guardian_rules_freeze_at_the_gateway_and_unfreezing_needs_no_
     assert!(out.status.success(), "{}", text(&out));
 
     // Choosing the rule guardian again takes its address from opentab.
-    let out = opentab(&[&["escrow", "guardian"][..], &owner_args[..]].concat())?;
+    let out = opentab(&[&["tab", "guardian"][..], &owner_args[..]].concat())?;
     assert!(text(&out).contains("may now freeze the keys of"), "{}", text(&out));
     Ok(())
 }

@@ -146,7 +146,7 @@ async fn topology(keys: usize, redis: Option<&OwnRedis>, timeout_secs: u64) -> T
     let owner = Validator::connect(signing_provider(&rpc, anvil.signer(1)?)?, deployment.validator).await?;
     let payee = anvil.signer(2)?.address();
     owner.mint_test_usdc(anvil.signer(1)?.address(), Usdc::parse_decimal("500")?).await?;
-    owner.deposit(Usdc::parse_decimal("500")?).await?;
+    owner.deposit(payee, Usdc::parse_decimal("500")?).await?;
     let keys: Vec<SigningKey> = (0..keys).map(|_| SigningKey::random()).collect();
     for key in &keys {
         let terms = KeyTerms {

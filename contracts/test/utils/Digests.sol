@@ -19,6 +19,9 @@ library Digests {
     bytes32 internal constant REVOKE_TYPEHASH =
         keccak256("RevokeSessionKey(address sessionKey,uint256 nonce,uint256 deadline)");
 
+    bytes32 internal constant SET_SETTLER_TYPEHASH =
+        keccak256("SetSettler(address payee,address settler,bool allowed,uint256 nonce,uint256 deadline)");
+
     /// @dev secp256k1's group order.
     uint256 internal constant SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
 
@@ -69,5 +72,16 @@ library Digests {
         returns (bytes32)
     {
         return typed(separator, keccak256(abi.encode(typehash, sessionKey, nonce, deadline)));
+    }
+
+    function setSettler(
+        bytes32 separator,
+        address payee,
+        address settler,
+        bool allowed,
+        uint256 nonce,
+        uint256 deadline
+    ) internal pure returns (bytes32) {
+        return typed(separator, keccak256(abi.encode(SET_SETTLER_TYPEHASH, payee, settler, allowed, nonce, deadline)));
     }
 }

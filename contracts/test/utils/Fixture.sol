@@ -121,12 +121,30 @@ abstract contract ValidatorFixture is Test {
 
     // --------------------------------------------------------------- setup
 
-    function _deposit(address who, uint256 amount) internal {
+    /// @dev Opens (or tops up) `who`'s tab with `to`.
+    function _deposit(address who, address to, uint256 amount) internal {
         usdc.mint(who, amount);
         vm.startPrank(who);
         usdc.approve(address(validator), amount);
-        validator.deposit(amount);
+        validator.deposit(to, amount);
         vm.stopPrank();
+    }
+
+    /// @dev The usual tab: `who` with `payee`.
+    function _deposit(address who, uint256 amount) internal {
+        _deposit(who, payee, amount);
+    }
+
+    function _tab(address who, address to) internal view returns (uint256 balance) {
+        (balance,,) = validator.tabOf(who, to);
+    }
+
+    function _settlerSig(uint256 pk, address settler, bool allowed, uint256 nonce, uint256 deadline)
+        internal
+        view
+        returns (bytes memory)
+    {
+        return _sign(pk, Digests.setSettler(_separator(address(validator)), vm.addr(pk), settler, allowed, nonce, deadline));
     }
 
     /// @dev Registers `sessionKey` for `who`, valid from now for `LIFETIME`.
@@ -137,7 +155,7 @@ abstract contract ValidatorFixture is Test {
         );
     }
 
-    /// @dev The owner's usual setup: 1,000 USDC in escrow and `key` registered for `payee`.
+    /// @dev The owner's usual setup: a 1,000 USDC tab with `payee` and `key` registered for it.
     function _fundAndRegister() internal {
         _deposit(owner, 1_000 * USDC_1);
         _register(owner, key, payee, LIMIT);

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use opentab_chain::{Claim, Validator};
+use opentab_chain::{Claim, SettleOutcome, Validator};
 use opentab_core::settlement::{KeyOwed, MAX_RETRIES, due, retry_delay};
-use opentab_core::{Address, B256, U256, Usdc};
+use opentab_core::{Address, B256, SkipReason, U256, Usdc};
 use opentab_store::{NewSettlement, NewWebhook, Settlement, Store};
 use serde_json::json;
 
@@ -173,7 +173,7 @@ impl SettlementWorker {
                     continue;
                 }
                 tracing::info!(id = s.id, key = %s.intent.session_key, "already settled on-chain");
-                self.succeeded(&s, None, Usdc::ZERO, now, &mut report).await?;
+                self.succeeded(&s, None, Usdc::ZERO, s.intent.voucher, now, &mut report).await?;
             } else if s.attempts == 0 {
                 fresh.push((s, on_chain));
             } else {
@@ -190,16 +190,18 @@ impl SettlementWorker {
                 })
                 .collect();
             report.transactions += 1;
-            match self.send(self.validator.settle_batch(&claims)).await {
-                Ok(tx) => {
-                    for (s, before) in &fresh {
-                        self.succeeded(s, Some(tx), moved(s.intent.voucher, *before), now, &mut report).await?;
+            match self.send(self.validator.settle_batch(self.config.payee, &claims)).await {
+                Ok(outcome) => {
+                    // Best-effort on-chain: every claim that could pay did; the others are
+                    // retried like a failed attempt, with the contract's reason.
+                    for (s, _) in &fresh {
+                        self.record(s, &outcome, now, &mut report).await?;
                     }
                     return Ok(report.merge(self.settle_each(retries, now).await?));
                 }
                 Err(err) => {
-                    // All or nothing: one bad claim sinks the batch. Send them one by one so
-                    // only the bad one is charged an attempt.
+                    // The whole transaction failed (RPC, gas, an unauthorised settler): try them
+                    // one by one, so each claim is charged its own attempt.
                     tracing::warn!(error = %err, claims = fresh.len(), "settleBatch failed; settling one by one");
                 }
             }
@@ -211,23 +213,36 @@ impl SettlementWorker {
 
     async fn settle_each(&self, due: Vec<(Settlement, Usdc)>, now: u64) -> Result<TickReport> {
         let mut report = TickReport::default();
-        for (s, before) in due {
+        for (s, _) in due {
             report.transactions += 1;
             match self.send(self.validator.settle(s.intent.session_key, s.intent.voucher, &s.intent.signature)).await {
-                Ok(tx) => self.succeeded(&s, Some(tx), moved(s.intent.voucher, before), now, &mut report).await?,
+                Ok(outcome) => self.record(&s, &outcome, now, &mut report).await?,
                 Err(err) => self.failed(&s, &err, now, &mut report).await?,
             }
         }
         Ok(report)
     }
 
+    /// Records what a mined settlement did for `s`: paid in full, paid in part by a short tab
+    /// (the rest is planned again), or skipped by the batch (retried).
+    async fn record(&self, s: &Settlement, outcome: &SettleOutcome, now: u64, report: &mut TickReport) -> Result<()> {
+        let tx = Some(outcome.tx.tx_hash);
+        let key = s.intent.session_key;
+        if let Some((paid, settled_total)) = outcome.paid_for(key) {
+            return self.succeeded(s, tx, paid, settled_total.to_u256(), now, report).await;
+        }
+        let reason = outcome.skipped_for(key).map_or("the transaction paid nothing for this claim", SkipReason::as_str);
+        let error = format!("claim skipped: {reason}");
+        self.failed(s, &error, now, report).await
+    }
+
     /// Sends and waits for the receipt, at most `tx_timeout`.
     async fn send(
         &self,
-        call: impl std::future::Future<Output = opentab_chain::Result<opentab_chain::TxOutcome>>,
-    ) -> Result<B256, String> {
+        call: impl std::future::Future<Output = opentab_chain::Result<SettleOutcome>>,
+    ) -> Result<SettleOutcome, String> {
         match tokio::time::timeout(self.config.tx_timeout, call).await {
-            Ok(Ok(outcome)) => Ok(outcome.tx_hash),
+            Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(err)) => Err(err.to_string()),
             Err(_) => Err(format!("no receipt within {:?}", self.config.tx_timeout)),
         }
@@ -238,12 +253,26 @@ impl SettlementWorker {
         s: &Settlement,
         tx: Option<B256>,
         amount: Usdc,
+        settled_total: U256,
         now: u64,
         report: &mut TickReport,
     ) -> Result<()> {
-        let webhook = self.webhook(s, "settlement.succeeded", now, json!({ "txHash": tx, "settled": amount }));
-        if self.store.settlement_succeeded(s.id, tx, &webhook, now).await? {
-            tracing::info!(id = s.id, key = %s.intent.session_key, tx = ?tx, amount = %amount.display(), "settled");
+        // A short tab paid part of the voucher: announced as such; the rest stays claimable.
+        let partial = settled_total < s.intent.voucher;
+        let kind = if partial { "settlement.partial" } else { "settlement.succeeded" };
+        let mut extra = json!({ "txHash": tx, "settled": amount, "settledTotal": settled_total.to_string() });
+        if partial {
+            let short = Usdc::try_from(s.intent.voucher - settled_total).unwrap_or(Usdc::ZERO);
+            extra["unpaid"] = json!(short);
+        }
+        let webhook = self.webhook(s, kind, now, extra);
+        if self.store.settlement_succeeded(s.id, tx, settled_total, &webhook, now).await? {
+            if partial {
+                tracing::warn!(id = s.id, key = %s.intent.session_key, tx = ?tx, amount = %amount.display(),
+                    "settled in part: the owner's tab is short; the rest stays claimable");
+            } else {
+                tracing::info!(id = s.id, key = %s.intent.session_key, tx = ?tx, amount = %amount.display(), "settled");
+            }
             report.succeeded += 1;
         }
         Ok(())
@@ -296,11 +325,6 @@ impl SettlementWorker {
             payload: json!({ "type": kind, "timestamp": opentab_core::format_rfc3339(now), "data": data }).to_string(),
         }
     }
-}
-
-/// What settling `voucher` moves when `before` is settled.
-fn moved(voucher: U256, before: Usdc) -> Usdc {
-    Usdc::try_from(voucher).map_or(Usdc::ZERO, |v| v.saturating_sub(before))
 }
 
 impl TickReport {

@@ -24,6 +24,11 @@ struct World {
 
 impl World {
     async fn new(store: Store) -> TestResult<Self> {
+        Self::with_tab(store, 500 * USDC).await
+    }
+
+    /// A world whose owner holds `tab` base units in its tab with the payee.
+    async fn with_tab(store: Store, tab: u64) -> TestResult<Self> {
         let anvil = Anvil::spawn(AnvilConfig::default())?;
         let rpc = anvil.endpoint();
         let deployer = signing_provider(&rpc, anvil.signer(0)?)?;
@@ -32,9 +37,9 @@ impl World {
         let owner = relayer.with_provider(signing_provider(&rpc, anvil.signer(1)?)?);
         let owner_address = anvil.signer(1)?.address();
         owner.mint_test_usdc(owner_address, Usdc::from_base_units(500 * USDC)).await?;
-        owner.deposit(Usdc::from_base_units(500 * USDC)).await?;
-        let settler = relayer.with_provider(signing_provider(&rpc, anvil.signer(2)?)?);
         let payee = anvil.signer(2)?.address();
+        owner.deposit(payee, Usdc::from_base_units(tab)).await?;
+        let settler = relayer.with_provider(signing_provider(&rpc, anvil.signer(2)?)?);
         let config = ListenerConfig {
             stream: opentab_chain::StreamConfig { confirmations: 0, max_range: 500 },
             ..ListenerConfig::default()
@@ -140,7 +145,68 @@ on_both_backends!(
     keys_past_the_threshold_settle_in_one_batch_without_paying_voids,
     failures_back_off_then_dead_letter_until_retried_by_hand,
     a_restart_finds_its_settlement_mined_and_does_not_pay_twice,
+    a_short_tab_is_skipped_in_the_batch_then_paid_in_part_and_announced,
+    a_short_tab_pays_in_part_and_the_same_voucher_pays_the_rest,
 );
+
+async fn a_short_tab_is_skipped_in_the_batch_then_paid_in_part_and_announced(store: Store) -> TestResult {
+    let mut w = World::with_tab(store, 12 * USDC).await?;
+    let (a, b) = (w.key().await?, w.key().await?);
+    w.serve(&a, 6, 2 * USDC).await?; // 12 USDC: the whole tab
+    w.serve(&b, 5, 2 * USDC).await?; // 10 USDC more than the tab holds
+    let worker = w.worker(&w.settler, "w1");
+
+    // One batch for both: the tab pays 12 and is empty. Whichever claim came second was paid
+    // in part or skipped on-chain, without sinking the other.
+    let report = worker.tick(now()).await?;
+    assert_eq!((report.planned, report.transactions, report.succeeded + report.failed), (2, 1, 2));
+    assert_eq!(w.settled(&a).await? + w.settled(&b).await?, 12 * USDC);
+    assert_eq!(w.paid().await?, 12 * USDC);
+    let skipped = w.store.webhooks_of_type("settlement.failed").await?;
+    let partial = w.store.webhooks_of_type("settlement.partial").await?;
+    assert_eq!(skipped.len() + partial.len(), 1, "the short claim is announced");
+    assert!(skipped.iter().all(|h| h.payload.contains("claim skipped: empty_tab")), "{skipped:?}");
+
+    // The owner tops the tab up; what was left of the two keys' service is paid, once.
+    w.owner.mint_test_usdc(w.owner_address()?, Usdc::from_base_units(10 * USDC)).await?;
+    w.owner.deposit(w.payee, Usdc::from_base_units(10 * USDC)).await?;
+    w.listener.catch_up().await?;
+    let report = worker.tick(now() + 600).await?;
+    assert_eq!(report.succeeded, 1);
+    assert_eq!((w.settled(&a).await?, w.settled(&b).await?), (12 * USDC, 10 * USDC));
+    assert_eq!(w.paid().await?, 22 * USDC);
+    Ok(())
+}
+
+async fn a_short_tab_pays_in_part_and_the_same_voucher_pays_the_rest(store: Store) -> TestResult {
+    let mut w = World::with_tab(store, USDC).await?;
+    let key = w.key().await?;
+    w.serve(&key, 4, USDC).await?; // 4 USDC, below the threshold
+    let worker = w.worker(&w.settler, "w1");
+
+    // Frozen: settled at once, but the tab holds only 1 of the 4.
+    w.owner.freeze(key.address()).await?;
+    w.listener.catch_up().await?;
+    let report = worker.tick(now()).await?;
+    assert_eq!((report.planned, report.succeeded), (1, 1));
+    assert_eq!(w.settled(&key).await?, USDC, "settled advanced by what was paid, not by the voucher");
+    let partial = w.store.webhooks_of_type("settlement.partial").await?;
+    assert_eq!(partial.len(), 1);
+    let body: serde_json::Value = serde_json::from_str(&partial[0].payload)?;
+    assert_eq!(body["data"]["settled"], USDC.to_string());
+    assert_eq!(body["data"]["unpaid"], (3 * USDC).to_string());
+
+    // The partial total is not mistaken for the whole voucher: after a deposit the same voucher
+    // is planned again and pays the 3 left.
+    w.owner.mint_test_usdc(w.owner_address()?, Usdc::from_base_units(3 * USDC)).await?;
+    w.owner.deposit(w.payee, Usdc::from_base_units(3 * USDC)).await?;
+    w.listener.catch_up().await?;
+    let report = worker.tick(now() + 60).await?;
+    assert_eq!((report.planned, report.succeeded), (1, 1));
+    assert_eq!(w.settled(&key).await?, 4 * USDC);
+    assert_eq!(w.paid().await?, 4 * USDC);
+    Ok(())
+}
 
 async fn keys_past_the_threshold_settle_in_one_batch_without_paying_voids(store: Store) -> TestResult {
     let mut w = World::new(store).await?;

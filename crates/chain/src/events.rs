@@ -15,7 +15,7 @@ use alloy::primitives::{Address, B256, TxHash, U256};
 use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::{Filter, Log};
 use alloy::sol_types::SolEventInterface;
-use opentab_core::{Usdc, ValidatorEvent};
+use opentab_core::{SkipReason, Usdc, ValidatorEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::bindings::SessionKeyValidator::SessionKeyValidatorEvents;
@@ -252,7 +252,7 @@ impl LoggedEvent {
         let usdc = |v: U256| Usdc::try_from(v).map_err(Error::from);
         let secs = |v: alloy::primitives::Uint<48, 1>| v.to::<u64>();
         Ok(match &self.event {
-            E::Deposited(e) => ValidatorEvent::Deposited { owner: e.owner, amount: usdc(e.amount)? },
+            E::Deposited(e) => ValidatorEvent::Deposited { owner: e.owner, payee: e.payee, amount: usdc(e.amount)? },
             E::SessionKeyRegistered(e) => ValidatorEvent::Registered {
                 owner: e.owner,
                 session_key: e.sessionKey,
@@ -269,20 +269,28 @@ impl LoggedEvent {
                 ValidatorEvent::Revoked { owner: e.owner, session_key: e.sessionKey, at: secs(e.revokedAt) }
             }
             E::Settled(e) => ValidatorEvent::Settled {
-                owner: e.owner,
                 session_key: e.sessionKey,
-                payee: e.payee,
                 amount: usdc(e.amount)?,
-                cumulative: usdc(e.cumulativeAmount)?,
+                settled: usdc(e.settled)?,
             },
+            E::ClaimSkipped(e) => ValidatorEvent::ClaimSkipped {
+                session_key: e.sessionKey,
+                reason: SkipReason::from_code(e.reason).ok_or_else(|| Error::UndecodableLog {
+                    address: Address::ZERO,
+                    block: self.block_number,
+                    reason: format!("unknown ClaimSkipped reason {}", e.reason),
+                })?,
+            },
+            E::SettlerSet(e) => ValidatorEvent::SettlerSet { payee: e.payee, settler: e.settler, allowed: e.allowed },
             E::GuardianSet(e) => ValidatorEvent::GuardianSet { owner: e.owner, guardian: e.guardian },
             E::WithdrawalRequested(e) => ValidatorEvent::WithdrawalRequested {
                 owner: e.owner,
+                payee: e.payee,
                 amount: usdc(e.amount)?,
-                ready_at: secs(e.readyAt),
+                grace_ends_at: secs(e.graceEndsAt),
             },
-            E::WithdrawalCancelled(e) => ValidatorEvent::WithdrawalCancelled { owner: e.owner },
-            E::Withdrawn(e) => ValidatorEvent::Withdrawn { owner: e.owner, amount: usdc(e.amount)? },
+            E::WithdrawalCancelled(e) => ValidatorEvent::WithdrawalCancelled { owner: e.owner, payee: e.payee },
+            E::Withdrawn(e) => ValidatorEvent::Withdrawn { owner: e.owner, payee: e.payee, amount: usdc(e.amount)? },
             // EIP-712 domain changes cannot happen (name and version are immutable).
             E::EIP712DomainChanged(_) => {
                 return Err(Error::UndecodableLog {

@@ -22,6 +22,6 @@ pub use deploy::{Deployment, deploy_dev_contracts};
 pub use error::{Error, Result};
 pub use events::{BlockRef, Cursor, EventStream, LoggedEvent, StreamConfig, TRAIL_LEN, Update};
 pub use validator::{
-    Claim, KeyAction, KeyTerms, PendingWithdrawal, TxOutcome, Validator, install_tls_provider, read_provider,
+    Claim, KeyAction, KeyTerms, SettleOutcome, TxOutcome, Validator, install_tls_provider, read_provider,
     signing_provider, tx_signer,
 };

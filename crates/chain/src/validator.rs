@@ -5,8 +5,8 @@ use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256, Bytes, TxHash, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
-use opentab_core::eip712::{FreezeSessionKey, RegisterSessionKey, RevokeSessionKey, UnfreezeSessionKey};
-use opentab_core::{ContractDomain, SessionKey, Signature, SigningKey, Usdc};
+use opentab_core::eip712::{FreezeSessionKey, RegisterSessionKey, RevokeSessionKey, SetSettler, UnfreezeSessionKey};
+use opentab_core::{ContractDomain, SessionKey, Signature, SigningKey, SkipReason, Tab, Usdc};
 
 use crate::bindings::SessionKeyValidator::{self, SessionKeyValidatorInstance};
 use crate::bindings::TestUSDC::{self, TestUSDCInstance};
@@ -90,13 +90,28 @@ pub struct Claim {
     pub signature: Signature,
 }
 
-/// An owner's pending withdrawal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PendingWithdrawal {
-    /// What was asked for.
-    pub amount: U256,
-    /// When it may leave.
-    pub ready_at: u64,
+/// What one `settle` or `settleBatch` transaction did, read from its receipt's logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettleOutcome {
+    /// The mined transaction.
+    pub tx: TxOutcome,
+    /// Each key that was paid: what this transaction paid and the key's settled total after it.
+    /// A short tab pays less than the voucher's increase; the rest stays claimable.
+    pub paid: Vec<(Address, Usdc, Usdc)>,
+    /// Each claim the batch skipped, and why (a single `settle` reverts instead).
+    pub skipped: Vec<(Address, SkipReason)>,
+}
+
+impl SettleOutcome {
+    /// What this transaction paid for `key`, if it paid anything.
+    pub fn paid_for(&self, key: Address) -> Option<(Usdc, Usdc)> {
+        self.paid.iter().find(|(k, ..)| *k == key).map(|&(_, amount, settled)| (amount, settled))
+    }
+
+    /// Why the batch skipped `key`'s claim, if it did.
+    pub fn skipped_for(&self, key: Address) -> Option<SkipReason> {
+        self.skipped.iter().find(|(k, _)| *k == key).map(|&(_, reason)| reason)
+    }
 }
 
 /// One deployed validator, driven by the provider's signer.
@@ -159,12 +174,12 @@ impl Validator {
         }
     }
 
-    // ------------------------------------------------------------------ escrow
+    // -------------------------------------------------------------------- tabs
 
-    /// Approves the validator for `amount` and deposits it into the sender's escrow.
-    pub async fn deposit(&self, amount: Usdc) -> Result<TxOutcome> {
+    /// Approves the validator for `amount` and deposits it into the sender's tab with `payee`.
+    pub async fn deposit(&self, payee: Address, amount: Usdc) -> Result<TxOutcome> {
         transact(self.usdc.approve(self.address(), amount.to_u256())).await?;
-        transact(self.contract.deposit(amount.to_u256())).await
+        transact(self.contract.deposit(payee, amount.to_u256())).await
     }
 
     /// Mints test USDC to `to` (dev chain only: [`TestUSDC`] lets anyone mint).
@@ -177,24 +192,65 @@ impl Validator {
         Ok(self.usdc.balanceOf(account).call().await?)
     }
 
-    /// Asks to withdraw `amount` after the grace window.
-    pub async fn request_withdrawal(&self, amount: Usdc) -> Result<TxOutcome> {
-        transact(self.contract.requestWithdrawal(amount.to_u256())).await
+    /// Asks to withdraw `amount` from the sender's tab with `payee` once the payee's grace has
+    /// passed.
+    pub async fn request_withdrawal(&self, payee: Address, amount: Usdc) -> Result<TxOutcome> {
+        transact(self.contract.requestWithdrawal(payee, amount.to_u256())).await
     }
 
-    /// Drops the sender's pending withdrawal.
-    pub async fn cancel_withdrawal(&self) -> Result<TxOutcome> {
-        transact(self.contract.cancelWithdrawal()).await
+    /// Drops the sender's pending withdrawal from its tab with `payee`.
+    pub async fn cancel_withdrawal(&self, payee: Address) -> Result<TxOutcome> {
+        transact(self.contract.cancelWithdrawal(payee)).await
     }
 
-    /// Completes the sender's pending withdrawal.
-    pub async fn withdraw(&self) -> Result<TxOutcome> {
-        transact(self.contract.withdraw()).await
+    /// Completes the sender's pending withdrawal from its tab with `payee`.
+    pub async fn withdraw(&self, payee: Address) -> Result<TxOutcome> {
+        transact(self.contract.withdraw(payee)).await
     }
 
     /// Lets `guardian` freeze the sender's keys.
     pub async fn set_guardian(&self, guardian: Address) -> Result<TxOutcome> {
         transact(self.contract.setGuardian(guardian)).await
+    }
+
+    // ---------------------------------------------------------------- settlers
+
+    /// Lets `settler` settle vouchers payable to the sender (the payee), or stops it.
+    pub async fn set_settler(&self, settler: Address, allowed: bool) -> Result<TxOutcome> {
+        transact(self.contract.setSettler(settler, allowed)).await
+    }
+
+    /// Signs, as `payee` with its current nonce, its consent to let `settler` settle for it
+    /// (or stop it), for a relayer to submit with [`Validator::set_settler_with_sig`].
+    pub async fn sign_set_settler(
+        &self,
+        payee: &SigningKey,
+        settler: Address,
+        allowed: bool,
+        deadline: u64,
+    ) -> Result<(SetSettler, Signature)> {
+        let nonce = self.nonce_of(payee.address()).await?;
+        let message = SetSettler { payee: payee.address(), settler, allowed, nonce, deadline: U256::from(deadline) };
+        let signature = payee.sign_digest(&self.domain.digest(&message));
+        Ok((message, signature))
+    }
+
+    /// Relays a payee-signed `SetSettler` (the sender pays the gas).
+    pub async fn set_settler_with_sig(&self, message: &SetSettler, signature: &Signature) -> Result<TxOutcome> {
+        transact(self.contract.setSettlerWithSig(
+            message.payee,
+            message.settler,
+            message.allowed,
+            message.nonce,
+            message.deadline,
+            sig_bytes(signature),
+        ))
+        .await
+    }
+
+    /// Whether `settler` may settle vouchers payable to `payee` (the payee itself always may).
+    pub async fn is_settler(&self, payee: Address, settler: Address) -> Result<bool> {
+        Ok(settler == payee || self.contract.isSettler(payee, settler).call().await?)
     }
 
     // ------------------------------------------------------------ registration
@@ -320,13 +376,16 @@ impl Validator {
 
     // -------------------------------------------------------------- settlement
 
-    /// Settles one voucher; the key's payee receives the difference to what was settled.
-    pub async fn settle(&self, key: Address, cumulative_amount: U256, signature: &Signature) -> Result<TxOutcome> {
-        transact(self.contract.settle(key, cumulative_amount, sig_bytes(signature))).await
+    /// Settles one voucher (sender: the key's payee or a settler it authorised). The payee
+    /// receives the voucher's increase over what was settled, or what the tab holds if less.
+    pub async fn settle(&self, key: Address, cumulative_amount: U256, signature: &Signature) -> Result<SettleOutcome> {
+        transact_logged(self.contract.settle(key, cumulative_amount, sig_bytes(signature))).await
     }
 
-    /// Settles several vouchers in one transaction (all or nothing).
-    pub async fn settle_batch(&self, claims: &[Claim]) -> Result<TxOutcome> {
+    /// Settles vouchers of keys payable to `payee` in one transaction (sender: the payee or a
+    /// settler it authorised). Best-effort: a claim that cannot pay is skipped (see
+    /// [`SettleOutcome::skipped`]) and the others still settle.
+    pub async fn settle_batch(&self, payee: Address, claims: &[Claim]) -> Result<SettleOutcome> {
         let claims = claims
             .iter()
             .map(|c| SessionKeyValidator::Claim {
@@ -335,7 +394,7 @@ impl Validator {
                 signature: sig_bytes(&c.signature),
             })
             .collect();
-        transact(self.contract.settleBatch(claims)).await
+        transact_logged(self.contract.settleBatch(payee, claims)).await
     }
 
     // ------------------------------------------------------------------- views
@@ -360,16 +419,18 @@ impl Validator {
         }))
     }
 
-    /// The owner's escrow, pending withdrawal included.
-    pub async fn escrow_of(&self, owner: Address) -> Result<U256> {
-        Ok(self.contract.escrowOf(owner).call().await?)
-    }
-
-    /// The owner's pending withdrawal, if any.
-    pub async fn withdrawal_of(&self, owner: Address) -> Result<Option<PendingWithdrawal>> {
-        let w = self.contract.withdrawalOf(owner).call().await?;
-        let amount = U256::from(w.amount);
-        Ok((amount != U256::ZERO).then(|| PendingWithdrawal { amount, ready_at: w.readyAt.to::<u64>() }))
+    /// The owner's tab with `payee`, as the contract holds it now.
+    pub async fn tab_of(&self, owner: Address, payee: Address) -> Result<Tab> {
+        let t = self.contract.tabOf(owner, payee).call().await?;
+        let withdrawing = U256::from(t.withdrawing);
+        Ok(Tab {
+            balance: Usdc::try_from(U256::from(t.balance))?,
+            pending_withdrawal: if withdrawing == U256::ZERO {
+                None
+            } else {
+                Some((Usdc::try_from(withdrawing)?, t.graceEndsAt.to::<u64>()))
+            },
+        })
     }
 
     /// The owner's guardian (zero if none).
@@ -410,14 +471,39 @@ fn sig_bytes(signature: &Signature) -> Bytes {
     Bytes::copy_from_slice(signature.as_bytes())
 }
 
+/// [`transact`], then reads what the settlement paid and skipped from the receipt's logs.
+async fn transact_logged<D: CallDecoder>(call: CallBuilder<&DynProvider, D>) -> Result<SettleOutcome> {
+    use alloy::sol_types::SolEvent;
+    let (tx, logs) = transact_receipt(call).await?;
+    let mut outcome = SettleOutcome { tx, paid: Vec::new(), skipped: Vec::new() };
+    for log in &logs {
+        if let Ok(e) = SessionKeyValidator::Settled::decode_log_data(&log.inner.data) {
+            outcome.paid.push((e.sessionKey, Usdc::try_from(e.amount)?, Usdc::try_from(e.settled)?));
+        } else if let Ok(e) = SessionKeyValidator::ClaimSkipped::decode_log_data(&log.inner.data)
+            && let Some(reason) = SkipReason::from_code(e.reason)
+        {
+            outcome.skipped.push((e.sessionKey, reason));
+        }
+    }
+    Ok(outcome)
+}
+
 /// Sends a call, waits for its receipt and checks that it succeeded. Reverts caught while
 /// estimating gas come back decoded as [`Error::Reverted`].
 pub(crate) async fn transact<D: CallDecoder>(call: CallBuilder<&DynProvider, D>) -> Result<TxOutcome> {
+    Ok(transact_receipt(call).await?.0)
+}
+
+async fn transact_receipt<D: CallDecoder>(
+    call: CallBuilder<&DynProvider, D>,
+) -> Result<(TxOutcome, Vec<alloy::rpc::types::Log>)> {
     let pending = call.send().await?;
     let tx = *pending.tx_hash();
     let receipt = pending.get_receipt().await.map_err(|source| Error::Pending { tx, source })?;
     if !receipt.status() {
         return Err(Error::TxReverted(tx));
     }
-    Ok(TxOutcome { tx_hash: tx, block_number: receipt.block_number.unwrap_or_default(), gas_used: receipt.gas_used })
+    let outcome =
+        TxOutcome { tx_hash: tx, block_number: receipt.block_number.unwrap_or_default(), gas_used: receipt.gas_used };
+    Ok((outcome, receipt.inner.logs().to_vec()))
 }

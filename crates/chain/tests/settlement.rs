@@ -25,11 +25,19 @@ async fn a_voucher_signed_in_rust_settles_on_anvil() -> TestResult {
     let core_digest = c.relayer.domain().digest(&Voucher::new(key.address(), c.payee, amount));
     assert_eq!(c.relayer.voucher_digest(key.address(), c.payee, amount).await?, core_digest);
 
-    // Anyone (here the relayer) settles; the payee is paid, the escrow and key record it.
+    // Only the payee and its settlers settle: the owner (or a leaked key's holder) cannot.
+    let by_owner = c.owner.settle(key.address(), amount, &voucher_sig(&c, &key, 12_500_000)).await;
+    assert!(matches!(by_owner, Err(Error::Reverted(E::NotSettler(_)))), "{by_owner:?}");
+
+    // The payee's settler (here the relayer) settles; the payee is paid, the tab and key record it.
     let first = c.relayer.settle(key.address(), amount, &voucher_sig(&c, &key, 12_500_000)).await?;
-    assert!(first.gas_used < 90_000, "settle used {} gas in all", first.gas_used);
+    assert!(first.tx.gas_used < 90_000, "settle used {} gas in all", first.tx.gas_used);
+    assert_eq!(
+        first.paid_for(key.address()),
+        Some((Usdc::from_base_units(12_500_000), Usdc::from_base_units(12_500_000)))
+    );
     assert_eq!(c.relayer.usdc_balance(c.payee).await? - payee_before, amount);
-    assert_eq!(c.relayer.escrow_of(c.owner_key.address()).await?, U256::from(37_500_000u64));
+    assert_eq!(c.relayer.tab_of(c.owner_key.address(), c.payee).await?.balance, Usdc::from_base_units(37_500_000));
 
     // Cumulative: the next voucher pays only the difference.
     c.relayer.settle(key.address(), U256::from(15_000_000u64), &voucher_sig(&c, &key, 15_000_000)).await?;
@@ -54,17 +62,40 @@ async fn bad_vouchers_are_refused_with_the_contract_reason() -> TestResult {
         c.relayer.settle(key.address(), U256::from(11_000_000u64), &voucher_sig(&c, &key, 11_000_000)).await;
     assert!(matches!(above_limit, Err(Error::Reverted(E::VoucherAboveLimit(_)))), "{above_limit:?}");
 
-    let above_escrow =
-        c.relayer.settle(key.address(), U256::from(6_000_000u64), &voucher_sig(&c, &key, 6_000_000)).await;
-    assert!(matches!(above_escrow, Err(Error::Reverted(E::InsufficientEscrow(_)))), "{above_escrow:?}");
-
     let stranger = SigningKey::random();
     let forged = c.relayer.settle(key.address(), U256::from(1_000u64), &voucher_sig(&c, &stranger, 1_000)).await;
     assert!(matches!(forged, Err(Error::Reverted(E::InvalidVoucherSignature(_)))), "{forged:?}");
 
     let unknown = c.relayer.settle(stranger.address(), U256::from(1_000u64), &voucher_sig(&c, &stranger, 1_000)).await;
     assert!(matches!(unknown, Err(Error::Reverted(E::UnknownSessionKey(_)))), "{unknown:?}");
-    assert_eq!(c.relayer.escrow_of(c.owner_key.address()).await?, U256::from(5_000_000u64), "nothing moved");
+    let tab = c.relayer.tab_of(c.owner_key.address(), c.payee).await?;
+    assert_eq!(tab.balance, Usdc::from_base_units(5_000_000), "nothing moved");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_short_tab_pays_what_it_holds_and_the_rest_stays_claimable() -> TestResult {
+    let c = chain().await?;
+    c.fund_owner(Usdc::parse_decimal("5")?).await?;
+    let key = c.new_key(Usdc::parse_decimal("10")?).await?;
+
+    // The voucher says 6, the tab holds 5: the payee gets 5 now, and settled says 5.
+    let sig = voucher_sig(&c, &key, 6_000_000);
+    let short = c.relayer.settle(key.address(), U256::from(6_000_000u64), &sig).await?;
+    assert_eq!(
+        short.paid_for(key.address()),
+        Some((Usdc::from_base_units(5_000_000), Usdc::from_base_units(5_000_000)))
+    );
+    assert_eq!(c.relayer.tab_of(c.owner_key.address(), c.payee).await?.balance, Usdc::ZERO);
+
+    // Nothing left: the same voucher is refused with the tab's reason, not lost.
+    let empty = c.relayer.settle(key.address(), U256::from(6_000_000u64), &sig).await;
+    assert!(matches!(empty, Err(Error::Reverted(E::EmptyTab(_)))), "{empty:?}");
+
+    // A deposit later, the same voucher pays the missing unit of 1 USDC.
+    c.fund_owner(Usdc::parse_decimal("2")?).await?;
+    let rest = c.relayer.settle(key.address(), U256::from(6_000_000u64), &sig).await?;
+    assert_eq!(rest.paid_for(key.address()), Some((Usdc::ONE, Usdc::from_base_units(6_000_000))));
     Ok(())
 }
 
@@ -136,14 +167,16 @@ async fn owner_guardian_and_withdrawal_calls_round_trip() -> TestResult {
     c.owner.unfreeze(key.address()).await?;
     c.owner.revoke(key.address()).await?;
 
-    c.owner.request_withdrawal(Usdc::parse_decimal("4")?).await?;
-    let pending = c.relayer.withdrawal_of(c.owner_key.address()).await?.ok_or("no pending withdrawal")?;
-    assert_eq!(pending.amount, U256::from(4_000_000u64));
-    assert!(pending.ready_at >= now() + c.relayer.grace() - 60);
-    let early = c.owner.withdraw().await;
+    c.owner.request_withdrawal(c.payee, Usdc::parse_decimal("4")?).await?;
+    let tab = c.relayer.tab_of(c.owner_key.address(), c.payee).await?;
+    let (amount, grace_ends_at) = tab.pending_withdrawal.ok_or("no pending withdrawal")?;
+    assert_eq!(amount, Usdc::parse_decimal("4")?);
+    assert!(grace_ends_at >= now() + c.relayer.grace() - 60);
+    assert_eq!(tab.available(), Usdc::parse_decimal("6")?);
+    let early = c.owner.withdraw(c.payee).await;
     assert!(matches!(early, Err(Error::Reverted(E::WithdrawalNotReady(_)))), "{early:?}");
-    c.owner.cancel_withdrawal().await?;
-    assert_eq!(c.relayer.withdrawal_of(c.owner_key.address()).await?, None);
+    c.owner.cancel_withdrawal(c.payee).await?;
+    assert_eq!(c.relayer.tab_of(c.owner_key.address(), c.payee).await?.pending_withdrawal, None);
     Ok(())
 }
 
@@ -160,10 +193,38 @@ async fn settle_batch_pays_ten_keys_in_one_transaction() -> TestResult {
             signature: voucher_sig(&c, &key, i * 100_000),
         });
     }
+    // One bad claim (a replay of the third key's voucher under another key's address) does not
+    // sink the batch: it is skipped with its reason and the ten good ones settle.
+    let mut bad = claims[2];
+    bad.session_key = claims[3].session_key;
+    claims.push(bad);
     let before = c.relayer.usdc_balance(c.payee).await?;
-    let outcome = c.relayer.settle_batch(&claims).await?;
+    let outcome = c.relayer.settle_batch(c.payee, &claims).await?;
     assert_eq!(c.relayer.usdc_balance(c.payee).await? - before, U256::from(5_500_000u64));
-    assert!(outcome.gas_used < 10 * 60_000, "batch of 10 used {} gas", outcome.gas_used);
+    assert!(outcome.tx.gas_used < 11 * 60_000, "batch of 11 used {} gas", outcome.tx.gas_used);
+    assert_eq!(outcome.paid.len(), 10);
+    assert_eq!(outcome.skipped, vec![(claims[3].session_key, opentab_core::SkipReason::NothingToSettle)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_payee_authorises_a_settler_with_a_relayed_signature() -> TestResult {
+    let c = chain().await?;
+    let payee = SigningKey::from_bytes(&c.anvil.keys()[2])?;
+    let worker = SigningKey::random().address();
+    assert!(!c.relayer.is_settler(c.payee, worker).await?);
+    let (message, signature) = c.relayer.sign_set_settler(&payee, worker, true, now() + 600).await?;
+    c.relayer.set_settler_with_sig(&message, &signature).await?;
+    assert!(c.relayer.is_settler(c.payee, worker).await?);
+    // The same signature cannot be relayed twice, nor a signature of someone else's.
+    let again = c.relayer.set_settler_with_sig(&message, &signature).await;
+    assert!(matches!(again, Err(Error::Reverted(E::InvalidAccountNonce(_)))), "{again:?}");
+    let (forged, forged_sig) = c.relayer.sign_set_settler(&SigningKey::random(), worker, false, now() + 600).await?;
+    let mut forged = forged;
+    forged.payee = c.payee;
+    forged.nonce = c.relayer.nonce_of(c.payee).await?;
+    let refused = c.relayer.set_settler_with_sig(&forged, &forged_sig).await;
+    assert!(matches!(refused, Err(Error::Reverted(E::InvalidOwnerSignature(_)))), "{refused:?}");
     Ok(())
 }
 
@@ -172,7 +233,7 @@ async fn a_dead_rpc_endpoint_is_a_clear_error() -> TestResult {
     let c = chain().await?;
     let validator = c.relayer.clone();
     drop(c.anvil);
-    let err = validator.escrow_of(c.payee).await;
+    let err = validator.tab_of(c.payee, c.payee).await;
     assert!(matches!(err, Err(Error::Contract(_)) | Err(Error::Rpc(_))), "{err:?}");
     let text = err.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(text.contains("failed"), "{text}");

@@ -2,18 +2,20 @@
 //!
 //! Per key the gateway keeps `served` (everything charged so far) and `best` (the highest
 //! voucher seen, with its signature). Per owner it keeps `owner_served`, the sum of `served`
-//! over the owner's keys. A call costing `price` is accepted iff
+//! over the owner's keys that pay this gateway's payee (a gateway serves one payee, so these are
+//! all the keys drawing on the owner's tab with it). A call costing `price` is accepted iff
 //!
 //! - `max(best, voucher) >= served + price`: someone signed for everything served, this call
 //!   included (vouchers may arrive out of order: an older, lower one is fine while `best`
 //!   covers the call; a replayed one buys nothing because `served` has moved on);
 //! - `served + price <= limit`;
-//! - the owner's free escrow covers the price: `escrow_available − unsettled >= price`, where
-//!   `escrow_available` is the escrow less its pending withdrawal and `unsettled =
+//! - the owner's tab with the payee covers the price: `tab_available − unsettled >= price`,
+//!   where `tab_available` is the tab less its pending withdrawal and `unsettled =
 //!   owner_served − owner_settled`.
 //!
-//! `owner_settled` comes from the chain with the escrow, in one consistent read: a settlement
-//! lowers the escrow and raises `owner_settled` by the same amount, so the counters are never
+//! `owner_settled` comes from the chain with the tab, in one consistent read: a settlement (a
+//! partial one too) lowers the tab and raises `owner_settled` by the same amount, so the
+//! counters are never
 //! touched after a settlement (DESIGN §4: never `SET 0`; calls served meanwhile survive).
 //!
 //! The counter stores (in-process, Redis) run exactly this inside their atomic section.
@@ -44,8 +46,8 @@ pub struct ChargeRequest {
     pub signature: Signature,
     /// The key's spend limit.
     pub limit: Usdc,
-    /// The owner's escrow less its pending withdrawal.
-    pub escrow_available: Usdc,
+    /// The owner's tab with this payee, less its pending withdrawal.
+    pub tab_available: Usdc,
     /// What the chain has settled across the owner's keys with this payee.
     pub owner_settled: Usdc,
     /// The request's idempotency key (hashed with the session key), if it sent one: the counter
@@ -55,9 +57,9 @@ pub struct ChargeRequest {
 }
 
 impl ChargeRequest {
-    /// What the owner may have served in all: `escrow_available + owner_settled`.
+    /// What the owner may have served in all: `tab_available + owner_settled`.
     pub fn owner_budget(&self) -> Usdc {
-        self.escrow_available.saturating_add(self.owner_settled)
+        self.tab_available.saturating_add(self.owner_settled)
     }
 }
 
@@ -95,10 +97,10 @@ pub enum ChargeRefused {
     /// that was paid for. Only the counter stores answer this.
     #[error("this request's idempotency key was charged already; nothing was charged again")]
     DuplicatePayment,
-    /// The owner's escrow cannot pay for it.
-    #[error("the owner's escrow has {available} base units free, {needed} are needed")]
+    /// The owner's tab with the payee cannot pay for it.
+    #[error("the owner's tab with this payee has {available} base units free, {needed} are needed")]
     InsufficientFunds {
-        /// Escrow available less what is served and unsettled.
+        /// Tab available less what is served and unsettled.
         available: Usdc,
         /// The price.
         needed: Usdc,
@@ -157,7 +159,7 @@ mod tests {
             voucher: U256::from(voucher),
             signature: sig(voucher as u8),
             limit: usdc(1_000),
-            escrow_available: usdc(10_000),
+            tab_available: usdc(10_000),
             owner_settled: Usdc::ZERO,
             idempotency: None,
         }
@@ -188,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn the_limit_and_the_escrow_bound_every_charge() {
+    fn the_limit_and_the_tab_bound_every_charge() {
         let (mut key, mut owed) = (KeyCounters::default(), Usdc::ZERO);
         let mut r = req(600, 2_000);
         assert!(charge(&mut key, &mut owed, &r).is_ok());
@@ -211,16 +213,16 @@ mod tests {
 
     #[test]
     fn a_settlement_frees_nothing_and_loses_nothing() {
-        // 10_000 escrow, 10_000 served: nothing free.
+        // 10_000 in the tab, 10_000 served: nothing free.
         let (mut key, mut owed) = (KeyCounters::default(), usdc(10_000));
         let mut r = req(10, 10_010);
         assert!(matches!(charge(&mut key, &mut owed, &r), Err(ChargeRefused::InsufficientFunds { .. })));
-        // 4_000 of it settles: the escrow drops by 4_000 and the owner's settled rises by 4_000,
+        // 4_000 of it settles: the tab drops by 4_000 and the owner's settled rises by 4_000,
         // so still nothing is free; the counters were not touched.
-        (r.escrow_available, r.owner_settled) = (usdc(6_000), usdc(4_000));
+        (r.tab_available, r.owner_settled) = (usdc(6_000), usdc(4_000));
         assert!(matches!(charge(&mut key, &mut owed, &r), Err(ChargeRefused::InsufficientFunds { .. })));
         // A new deposit of 10 frees exactly 10.
-        r.escrow_available = usdc(6_010);
+        r.tab_available = usdc(6_010);
         assert!(charge(&mut key, &mut owed, &r).is_ok());
         assert_eq!(owed, usdc(10_010));
     }

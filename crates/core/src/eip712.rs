@@ -53,6 +53,17 @@ alloy_sol_types::sol! {
         uint256 nonce;
         uint256 deadline;
     }
+
+    /// The payee's consent to let `settler` settle its vouchers (or to stop it), relayed: a
+    /// payee's key is often kept cold.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct SetSettler {
+        address payee;
+        address settler;
+        bool allowed;
+        uint256 nonce;
+        uint256 deadline;
+    }
 }
 
 /// The EIP-712 name the contract is deployed with by opentab.

@@ -1,14 +1,74 @@
 //! What the validator contract reports, as domain events, and how they fold into state.
 //!
 //! The chain adapter turns contract logs into [`ValidatorEvent`]s; storage keeps them in order
-//! and derives each key's and each owner's state by folding them with [`SessionKey::apply`] and
-//! [`Escrow::apply`]. Folding from the events (rather than patching rows) is what makes a reorg
-//! safe: drop the orphaned events, fold again.
+//! and derives each key's state and each (owner, payee) tab by folding them with
+//! [`SessionKey::apply`] and [`Tab::apply`]. Folding from the events (rather than patching rows)
+//! is what makes a reorg safe: drop the orphaned events, fold again.
 
 use alloy_primitives::Address;
 use serde::{Deserialize, Serialize};
 
 use crate::{SessionKey, Usdc};
+
+/// Why the contract's best-effort `settleBatch` skipped a claim (`SkipReason` in Solidity; the
+/// discriminants are the contract's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The key was never registered.
+    UnknownKey = 1,
+    /// The key pays another payee than the batch's.
+    WrongPayee = 2,
+    /// Before the key's `validAfter`.
+    NotYetValid = 3,
+    /// Past the key's grace window.
+    WindowClosed = 4,
+    /// The voucher is above the key's limit.
+    AboveLimit = 5,
+    /// The voucher is not above what was settled.
+    NothingToSettle = 6,
+    /// The voucher's signature is not the key's.
+    InvalidSignature = 7,
+    /// The owner's tab with the payee holds nothing.
+    EmptyTab = 8,
+}
+
+impl SkipReason {
+    /// The reason for the contract's discriminant, if it is one.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Self::UnknownKey,
+            2 => Self::WrongPayee,
+            3 => Self::NotYetValid,
+            4 => Self::WindowClosed,
+            5 => Self::AboveLimit,
+            6 => Self::NothingToSettle,
+            7 => Self::InvalidSignature,
+            8 => Self::EmptyTab,
+            _ => return None,
+        })
+    }
+
+    /// Whether the same claim may pay later without a new voucher: an empty tab can be refilled
+    /// and a key may not be valid yet; every other reason is final for this voucher.
+    pub const fn is_retryable(self) -> bool {
+        matches!(self, Self::EmptyTab | Self::NotYetValid)
+    }
+
+    /// A short stable name for logs and webhooks.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownKey => "unknown_key",
+            Self::WrongPayee => "wrong_payee",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WindowClosed => "window_closed",
+            Self::AboveLimit => "above_limit",
+            Self::NothingToSettle => "nothing_to_settle",
+            Self::InvalidSignature => "invalid_signature",
+            Self::EmptyTab => "empty_tab",
+        }
+    }
+}
 
 /// One state change of `SessionKeyValidator`, with its block time where the contract records one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,8 +76,10 @@ use crate::{SessionKey, Usdc};
 pub enum ValidatorEvent {
     /// `Deposited`.
     Deposited {
-        /// Whose escrow grew.
+        /// Whose tab grew.
         owner: Address,
+        /// The payee the tab is with.
+        payee: Address,
         /// By how much.
         amount: Usdc,
     },
@@ -63,18 +125,31 @@ pub enum ValidatorEvent {
         /// Block time of the revocation.
         at: u64,
     },
-    /// `Settled`.
+    /// `Settled`: the key's owner's tab with the key's payee paid the payee. The contract leaves
+    /// owner and payee out of the log (they are the key's); storage looks them up.
     Settled {
-        /// Whose escrow paid.
-        owner: Address,
         /// The key whose voucher settled.
         session_key: Address,
-        /// Who was paid.
-        payee: Address,
-        /// Paid by this settlement.
+        /// Paid by this settlement (less than the voucher's increase when the tab was short).
         amount: Usdc,
-        /// The voucher's cumulative amount (now the key's settled total).
-        cumulative: Usdc,
+        /// The key's settled total after it.
+        settled: Usdc,
+    },
+    /// `ClaimSkipped`: `settleBatch` could not pay one claim; the others settled.
+    ClaimSkipped {
+        /// The claim's key.
+        session_key: Address,
+        /// Why.
+        reason: SkipReason,
+    },
+    /// `SettlerSet`.
+    SettlerSet {
+        /// The payee.
+        payee: Address,
+        /// Who may (or may no longer) settle for it.
+        settler: Address,
+        /// Whether it may.
+        allowed: bool,
     },
     /// `GuardianSet`.
     GuardianSet {
@@ -87,39 +162,59 @@ pub enum ValidatorEvent {
     WithdrawalRequested {
         /// The owner.
         owner: Address,
+        /// The payee the tab is with.
+        payee: Address,
         /// Requested amount.
         amount: Usdc,
-        /// When it may leave.
-        ready_at: u64,
+        /// The last second of the payee's grace; the withdrawal completes after it.
+        grace_ends_at: u64,
     },
     /// `WithdrawalCancelled`.
     WithdrawalCancelled {
         /// The owner.
         owner: Address,
+        /// The payee the tab is with.
+        payee: Address,
     },
     /// `Withdrawn`.
     Withdrawn {
         /// The owner.
         owner: Address,
-        /// What left the escrow.
+        /// The payee the tab is with.
+        payee: Address,
+        /// What left the tab.
         amount: Usdc,
     },
 }
 
 impl ValidatorEvent {
-    /// The owner the event concerns (every event concerns exactly one).
-    pub const fn owner(&self) -> Address {
+    /// The account the event is about: the owner, or for `SettlerSet` the payee. `None` for the
+    /// key-only events (`Settled`, `ClaimSkipped`), whose owner is the key's.
+    pub const fn account(&self) -> Option<Address> {
         match self {
             Self::Deposited { owner, .. }
             | Self::Registered { owner, .. }
             | Self::Frozen { owner, .. }
             | Self::Unfrozen { owner, .. }
             | Self::Revoked { owner, .. }
-            | Self::Settled { owner, .. }
             | Self::GuardianSet { owner, .. }
             | Self::WithdrawalRequested { owner, .. }
-            | Self::WithdrawalCancelled { owner }
-            | Self::Withdrawn { owner, .. } => *owner,
+            | Self::WithdrawalCancelled { owner, .. }
+            | Self::Withdrawn { owner, .. } => Some(*owner),
+            Self::SettlerSet { payee, .. } => Some(*payee),
+            Self::Settled { .. } | Self::ClaimSkipped { .. } => None,
+        }
+    }
+
+    /// The (owner, payee) tab the event changes, where the event itself names both.
+    /// `Settled` changes its key's tab, which storage finds through the key.
+    pub const fn tab(&self) -> Option<(Address, Address)> {
+        match self {
+            Self::Deposited { owner, payee, .. }
+            | Self::WithdrawalRequested { owner, payee, .. }
+            | Self::WithdrawalCancelled { owner, payee }
+            | Self::Withdrawn { owner, payee, .. } => Some((*owner, *payee)),
+            _ => None,
         }
     }
 
@@ -130,7 +225,8 @@ impl ValidatorEvent {
             | Self::Frozen { session_key, .. }
             | Self::Unfrozen { session_key, .. }
             | Self::Revoked { session_key, .. }
-            | Self::Settled { session_key, .. } => Some(*session_key),
+            | Self::Settled { session_key, .. }
+            | Self::ClaimSkipped { session_key, .. } => Some(*session_key),
             _ => None,
         }
     }
@@ -144,6 +240,8 @@ impl ValidatorEvent {
             Self::Unfrozen { .. } => "unfrozen",
             Self::Revoked { .. } => "revoked",
             Self::Settled { .. } => "settled",
+            Self::ClaimSkipped { .. } => "claim_skipped",
+            Self::SettlerSet { .. } => "settler_set",
             Self::GuardianSet { .. } => "guardian_set",
             Self::WithdrawalRequested { .. } => "withdrawal_requested",
             Self::WithdrawalCancelled { .. } => "withdrawal_cancelled",
@@ -178,28 +276,28 @@ impl SessionKey {
             ValidatorEvent::Unfrozen { .. } => key.frozen_at = None,
             ValidatorEvent::Revoked { at, .. } => key.revoked_at = Some(at),
             // The contract only ever raises `settled`; a lower value would be a stale replay.
-            ValidatorEvent::Settled { cumulative, .. } => key.settled = key.settled.max(cumulative),
+            ValidatorEvent::Settled { settled, .. } => key.settled = key.settled.max(settled),
             _ => {}
         }
         Some(key)
     }
 }
 
-/// An owner's escrow as the contract holds it.
+/// An owner's tab with one payee, as the contract holds it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Escrow {
-    /// Held in escrow, the pending withdrawal included.
+pub struct Tab {
+    /// Held for the payee, the pending withdrawal included.
     pub balance: Usdc,
-    /// The pending withdrawal, if any: amount and the unix time it may leave.
+    /// The pending withdrawal, if any: amount and the last second of the payee's grace (the
+    /// withdrawal completes strictly after it).
     pub pending_withdrawal: Option<(Usdc, u64)>,
-    /// The guardian allowed to freeze the owner's keys.
-    pub guardian: Option<Address>,
 }
 
-impl Escrow {
-    /// Folds one event of this owner into the escrow. Amounts saturate rather than wrap: the
-    /// contract cannot go below zero, so a saturation would only mean a missed event.
+impl Tab {
+    /// Folds one event of this tab into it (the caller feeds only this tab's events, its keys'
+    /// settlements included). Amounts saturate rather than wrap: the contract cannot go below
+    /// zero, so a saturation would only mean a missed event.
     pub fn apply(mut self, event: &ValidatorEvent) -> Self {
         match *event {
             ValidatorEvent::Deposited { amount, .. } => {
@@ -210,21 +308,24 @@ impl Escrow {
                 self.balance = self.balance.saturating_sub(amount);
                 self.pending_withdrawal = None;
             }
-            ValidatorEvent::WithdrawalRequested { amount, ready_at, .. } => {
-                self.pending_withdrawal = Some((amount, ready_at));
+            ValidatorEvent::WithdrawalRequested { amount, grace_ends_at, .. } => {
+                self.pending_withdrawal = Some((amount, grace_ends_at));
             }
             ValidatorEvent::WithdrawalCancelled { .. } => self.pending_withdrawal = None,
-            ValidatorEvent::GuardianSet { guardian, .. } => {
-                self.guardian = (guardian != Address::ZERO).then_some(guardian);
-            }
             _ => {}
         }
         self
     }
 
-    /// What the gateway may still charge against: the balance less the pending withdrawal.
+    /// What the payee's gateway may still charge against: the balance less the pending
+    /// withdrawal.
     pub fn available(&self) -> Usdc {
         self.balance.saturating_sub(self.pending_withdrawal.map_or(Usdc::ZERO, |(amount, _)| amount))
+    }
+
+    /// The first unix second at which the pending withdrawal can complete, if there is one.
+    pub fn withdrawal_ready_at(&self) -> Option<u64> {
+        self.pending_withdrawal.map(|(_, grace_ends_at)| grace_ends_at.saturating_add(1))
     }
 }
 
@@ -251,17 +352,15 @@ mod tests {
         }
     }
 
+    fn settled(amount: u64, total: u64) -> ValidatorEvent {
+        ValidatorEvent::Settled { session_key: KEY, amount: usdc(amount), settled: usdc(total) }
+    }
+
     #[test]
     fn a_key_folds_from_its_events() {
         let events = [
             registered(),
-            ValidatorEvent::Settled {
-                owner: OWNER,
-                session_key: KEY,
-                payee: PAYEE,
-                amount: usdc(40),
-                cumulative: usdc(40),
-            },
+            settled(40, 40),
             ValidatorEvent::Frozen { owner: OWNER, session_key: KEY, by: OWNER, at: 50 },
             ValidatorEvent::Unfrozen { owner: OWNER, session_key: KEY },
             ValidatorEvent::Revoked { owner: OWNER, session_key: KEY, at: 70 },
@@ -285,43 +384,57 @@ mod tests {
     #[test]
     fn settled_never_goes_down() {
         let key = SessionKey::apply(None, &registered());
-        let high = ValidatorEvent::Settled {
-            owner: OWNER,
-            session_key: KEY,
-            payee: PAYEE,
-            amount: usdc(9),
-            cumulative: usdc(9),
-        };
-        let low = ValidatorEvent::Settled {
-            owner: OWNER,
-            session_key: KEY,
-            payee: PAYEE,
-            amount: usdc(3),
-            cumulative: usdc(3),
-        };
-        let key = [high, low].iter().fold(key, SessionKey::apply);
+        let key = [settled(9, 9), settled(3, 3)].iter().fold(key, SessionKey::apply);
         assert_eq!(key.map(|k| k.settled), Some(usdc(9)));
     }
 
     #[test]
-    fn escrow_folds_deposits_settlements_and_withdrawals() {
+    fn a_partial_settlement_raises_settled_by_what_was_paid() {
+        // The voucher said 30, the tab held 25: the key's settled total is 25, not 30.
+        let key = SessionKey::apply(None, &registered());
+        let key = SessionKey::apply(key, &settled(25, 25));
+        assert_eq!(key.map(|k| k.settled), Some(usdc(25)));
+    }
+
+    #[test]
+    fn a_tab_folds_deposits_settlements_and_withdrawals() {
         let events = [
-            ValidatorEvent::Deposited { owner: OWNER, amount: usdc(100) },
-            ValidatorEvent::Settled {
-                owner: OWNER,
-                session_key: KEY,
-                payee: PAYEE,
-                amount: usdc(30),
-                cumulative: usdc(30),
-            },
-            ValidatorEvent::WithdrawalRequested { owner: OWNER, amount: usdc(50), ready_at: 9 },
-            ValidatorEvent::GuardianSet { owner: OWNER, guardian: PAYEE },
+            ValidatorEvent::Deposited { owner: OWNER, payee: PAYEE, amount: usdc(100) },
+            settled(30, 30),
+            ValidatorEvent::WithdrawalRequested { owner: OWNER, payee: PAYEE, amount: usdc(50), grace_ends_at: 9 },
         ];
-        let escrow = events.iter().fold(Escrow::default(), Escrow::apply);
-        assert_eq!(escrow.balance, usdc(70));
-        assert_eq!(escrow.available(), usdc(20));
-        assert_eq!(escrow.guardian, Some(PAYEE));
-        let escrow = escrow.apply(&ValidatorEvent::Withdrawn { owner: OWNER, amount: usdc(50) });
-        assert_eq!((escrow.balance, escrow.pending_withdrawal), (usdc(20), None));
+        let tab = events.iter().fold(Tab::default(), Tab::apply);
+        assert_eq!(tab.balance, usdc(70));
+        assert_eq!(tab.available(), usdc(20));
+        assert_eq!(tab.withdrawal_ready_at(), Some(10), "strictly after the grace's last second");
+        let tab = tab.apply(&ValidatorEvent::Withdrawn { owner: OWNER, payee: PAYEE, amount: usdc(50) });
+        assert_eq!((tab.balance, tab.pending_withdrawal), (usdc(20), None));
+        let cancelled = events
+            .iter()
+            .fold(Tab::default(), Tab::apply)
+            .apply(&ValidatorEvent::WithdrawalCancelled { owner: OWNER, payee: PAYEE });
+        assert_eq!((cancelled.available(), cancelled.withdrawal_ready_at()), (usdc(70), None));
+    }
+
+    #[test]
+    fn events_name_their_tab_account_and_key() {
+        let deposit = ValidatorEvent::Deposited { owner: OWNER, payee: PAYEE, amount: usdc(1) };
+        assert_eq!((deposit.tab(), deposit.account()), (Some((OWNER, PAYEE)), Some(OWNER)));
+        assert_eq!((settled(1, 1).tab(), settled(1, 1).account()), (None, None));
+        assert_eq!(settled(1, 1).session_key(), Some(KEY));
+        let settler = ValidatorEvent::SettlerSet { payee: PAYEE, settler: OWNER, allowed: true };
+        assert_eq!((settler.account(), settler.tab()), (Some(PAYEE), None));
+    }
+
+    #[test]
+    fn skip_reasons_round_trip_the_contract_codes() {
+        for code in 1..=8u8 {
+            let reason = SkipReason::from_code(code).map(|r| r as u8);
+            assert_eq!(reason, Some(code));
+        }
+        assert_eq!(SkipReason::from_code(0), None);
+        assert_eq!(SkipReason::from_code(9), None);
+        assert!(SkipReason::EmptyTab.is_retryable());
+        assert!(!SkipReason::NothingToSettle.is_retryable());
     }
 }

@@ -6,9 +6,9 @@
 //! - [`eip712`]: the typed messages the contract verifies (vouchers, registration, key actions)
 //!   and their EIP-712 digests, identical to the contract's.
 //! - [`ValidatorEvent`]: the contract's state changes as domain events, folded into
-//!   [`SessionKey`] and [`Escrow`] state (storage re-folds after a reorg).
+//!   [`SessionKey`] and [`Tab`] state (storage re-folds after a reorg).
 //! - [`siwe`]: Sign-In with Ethereum (EIP-4361) message parsing and verification.
-//! - [`charge`]: the gateway's charge rule (served / best voucher / limit / owner escrow) as a
+//! - [`charge`]: the gateway's charge rule (served / best voucher / limit / owner's tab) as a
 //!   pure function the counter stores run atomically.
 //! - [`rules`]: the rule engine's rules (spike, rate, low balance), each firing once per
 //!   crossing.
@@ -36,7 +36,7 @@ pub use alloy_primitives::{Address, B256, U256, address, eip191_hash_message, ke
 pub use amount::{SETTLEMENT_THRESHOLD, Usdc, UsdcDisplay};
 pub use eip712::{ContractDomain, Voucher};
 pub use error::{Error, Result};
-pub use events::{Escrow, ValidatorEvent};
+pub use events::{SkipReason, Tab, ValidatorEvent};
 pub use session_key::{GRACE_DEFAULT_SECS, KeyStatus, SessionKey};
 pub use signature::{Signature, SigningKey};
 pub use siwe::format_rfc3339;

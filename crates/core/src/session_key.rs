@@ -14,7 +14,7 @@ pub const GRACE_DEFAULT_SECS: u64 = 24 * 60 * 60;
 pub struct SessionKey {
     /// The key's address (the agent signs vouchers with it).
     pub address: Address,
-    /// Whose escrow pays.
+    /// Whose tab with the payee pays.
     pub owner: Address,
     /// The one address the key may pay.
     pub payee: Address,

@@ -3,7 +3,7 @@
 //! What a key owes is `served − settled`. It is settled once that reaches
 //! [`SETTLEMENT_THRESHOLD`], or at once, whatever the amount, when the key stops (frozen,
 //! revoked, expired) or its owner asks to withdraw: then the payee must claim before the grace
-//! window closes or the escrow leaves.
+//! window closes or the tab empties.
 //!
 //! A voucher is cumulative, so settling one moves `voucher − settled`. The voucher settled is
 //! the highest signed one **not above `served`**: a voided call is never paid for, even though
@@ -27,7 +27,7 @@ pub enum SettleReason {
     Revoked,
     /// The key's validity ended.
     Expired,
-    /// The owner asked to withdraw escrow.
+    /// The owner asked to withdraw from the tab.
     Withdrawal,
 }
 

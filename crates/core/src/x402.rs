@@ -26,7 +26,7 @@ pub const PAYMENT_RESPONSE: &str = "payment-response";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
-    /// The owner's escrow cannot pay for the call.
+    /// The owner's tab with the payee cannot pay for the call.
     InsufficientFunds,
     /// The call would take the key past its limit.
     LimitExceeded,
@@ -217,7 +217,7 @@ pub struct PaymentReceipt {
 pub struct PaymentResponse {
     /// Always true (failures are 402s).
     pub success: bool,
-    /// The owner whose escrow pays.
+    /// The owner whose tab pays.
     pub payer: Address,
     /// CAIP-2 network.
     pub network: String,

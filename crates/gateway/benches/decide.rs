@@ -52,7 +52,7 @@ fn paid_call(bencher: divan::Bencher) {
             settled: Usdc::ZERO,
         },
         frozen_offchain: false,
-        escrow_available: Usdc::from_base_units(u64::MAX / 2),
+        tab_available: Usdc::from_base_units(u64::MAX / 2),
         owner_settled: Usdc::ZERO,
     });
     let counters = InProcessCounters::default();

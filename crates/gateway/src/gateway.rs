@@ -21,7 +21,7 @@ pub struct KeyInfo {
     /// Frozen off-chain (by the owner's request or the rule engine) ahead of the chain.
     pub frozen_offchain: bool,
     /// The owner's escrow less its pending withdrawal.
-    pub escrow_available: Usdc,
+    pub tab_available: Usdc,
     /// What the chain has settled across the owner's keys with this key's payee (read with the
     /// escrow, so the two agree: see `opentab_core::charge`).
     pub owner_settled: Usdc,
@@ -314,7 +314,7 @@ pub async fn decide<D: KeyDirectory, C: CounterStore>(
         voucher: p.cumulative_amount,
         signature: p.signature,
         limit: key.limit,
-        escrow_available: info.escrow_available,
+        tab_available: info.tab_available,
         owner_settled: info.owner_settled,
         idempotency: idempotency.map(|id| idempotency_hash(key.address, id)),
     };

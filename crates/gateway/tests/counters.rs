@@ -59,7 +59,7 @@ fn req(price: u64, voucher: U256, limit: u64, escrow: u64) -> ChargeRequest {
         voucher,
         signature: sig(voucher.saturating_to::<u64>()),
         limit: Usdc::from_base_units(limit),
-        escrow_available: Usdc::from_base_units(escrow),
+        tab_available: Usdc::from_base_units(escrow),
         owner_settled: Usdc::ZERO,
         idempotency: None,
     }

@@ -122,7 +122,7 @@ impl World {
                 settled: Usdc::ZERO,
             },
             frozen_offchain: false,
-            escrow_available: Usdc::from_base_units(escrow),
+            tab_available: Usdc::from_base_units(escrow),
             owner_settled: Usdc::ZERO,
         };
         self.directory.keys.lock().map_err(|_| "poisoned")?.insert(key.address(), info);

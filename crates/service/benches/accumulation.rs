@@ -34,7 +34,7 @@ fn request(n: u64, signature: opentab_core::Signature) -> ChargeRequest {
         voucher: U256::from(n),
         signature,
         limit: Usdc::from_base_units(u64::MAX / 4),
-        escrow_available: Usdc::from_base_units(u64::MAX / 4),
+        tab_available: Usdc::from_base_units(u64::MAX / 4),
         owner_settled: Usdc::ZERO,
         idempotency: None,
     }

@@ -1,5 +1,5 @@
 //! The gateway's ports backed by storage: its view of keys (known once the registration is
-//! confirmed on-chain; escrow available = confirmed escrow less pending withdrawal), its
+//! confirmed on-chain; tab available = the confirmed tab with the key's payee less its pending withdrawal), its
 //! durable usage ledger, and rebuilding the counters (and the idempotency keys whose charges
 //! stand) from that ledger: the in-process ones on start, Redis's when it lost them.
 
@@ -35,11 +35,11 @@ impl KeyDirectory for StoreDirectory {
         if record.chain_status != ChainStatus::Registered {
             return Ok(None);
         }
-        let (escrow, settled) =
+        let (tab, settled) =
             self.store.gateway_budget(record.key.owner, record.key.payee).await.map_err(unavailable)?;
         Ok(Some(KeyInfo {
             frozen_offchain: record.frozen_offchain_at.is_some(),
-            escrow_available: escrow.available(),
+            tab_available: tab.available(),
             owner_settled: settled,
             key: record.key,
         }))

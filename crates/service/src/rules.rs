@@ -236,7 +236,7 @@ impl RuleEngine {
     ) -> crate::Result<()> {
         let froze = rule.freezes() && self.config.mode == opentab_core::rules::RuleMode::Enforce;
         let guardian = match &self.guardian {
-            Some(g) if froze && self.store.escrow(owner).await?.guardian == Some(g.address) => Some(g),
+            Some(g) if froze && self.store.guardian(owner).await? == Some(g.address) => Some(g),
             _ => None,
         };
         let inputs = json!({

@@ -105,11 +105,9 @@ async fn seed_key(store: &Store, byte: u8, owner: Address) -> TestResult<Address
         valid_until: key.valid_until,
     };
     let settled = ValidatorEvent::Settled {
-        owner,
         session_key: key.address,
-        payee: key.payee,
         amount: Usdc::parse_decimal("5")?,
-        cumulative: Usdc::parse_decimal("5")?,
+        settled: Usdc::parse_decimal("5")?,
     };
     let events: Vec<StoredEvent> = [registered, settled]
         .into_iter()
@@ -148,9 +146,14 @@ async fn an_owner_signs_in_and_sees_its_keys_with_usage() -> TestResult {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(detail["settlements"][0]["amount"], "5000000");
 
-    let (status, escrow, _) = api.call("GET", "/api/escrow", Some(&token), None).await?;
+    // The key draws on an empty tab: flagged with tabFree 0, and the tab is listed with its key.
+    assert_eq!(k["tabFree"], "0");
+    let (status, tabs, _) = api.call("GET", "/api/tabs", Some(&token), None).await?;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(escrow["depositTo"], format!("{VALIDATOR:#x}"));
+    assert_eq!(tabs["validator"], format!("{VALIDATOR:#x}"));
+    let tab = &tabs["tabs"][0];
+    assert_eq!(tab["balance"], "0");
+    assert_eq!(tab["keys"][0], format!("{key:#x}"));
     Ok(())
 }
 
@@ -300,7 +303,7 @@ async fn the_openapi_document_describes_every_route() -> TestResult {
         ("/api/session-keys/{key}", "delete"),
         ("/api/session-keys/{key}/{action}", "get"),
         ("/api/session-keys/{key}/{action}", "post"),
-        ("/api/escrow", "get"),
+        ("/api/tabs", "get"),
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
     }

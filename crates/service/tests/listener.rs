@@ -29,6 +29,11 @@ async fn world() -> TestResult<World> {
     let owner = relayer.with_provider(signing_provider(&rpc, anvil.signer(1)?)?);
     let owner_key = SigningKey::from_bytes(&anvil.keys()[1])?;
     let payee = anvil.signer(2)?.address();
+    // The payee lets the relayer settle for it.
+    relayer
+        .with_provider(signing_provider(&rpc, anvil.signer(2)?)?)
+        .set_settler(anvil.signer(0)?.address(), true)
+        .await?;
     Ok(World { _anvil: anvil, owner, owner_key, relayer, payee, start_block: deployment.deployed_at_block })
 }
 
@@ -49,7 +54,7 @@ async fn converges_across_restart_and_reorg(store: Store) -> TestResult {
     let mut l = listener(&w, &store).await?;
 
     w.owner.mint_test_usdc(w.owner_key.address(), Usdc::parse_decimal("30")?).await?;
-    w.owner.deposit(Usdc::parse_decimal("30")?).await?;
+    w.owner.deposit(w.payee, Usdc::parse_decimal("30")?).await?;
     let key = SigningKey::random();
     let terms = KeyTerms {
         session_key: key.address(),
@@ -67,7 +72,7 @@ async fn converges_across_restart_and_reorg(store: Store) -> TestResult {
     let record = store.key(key.address()).await?.ok_or("key not mirrored")?;
     assert_eq!(record.chain_status, ChainStatus::Registered);
     assert_eq!(record.key.settled, Usdc::from_base_units(12_000_000));
-    assert_eq!(store.escrow(w.owner_key.address()).await?.balance, Usdc::from_base_units(18_000_000));
+    assert_eq!(store.tab(w.owner_key.address(), w.payee).await?.balance, Usdc::from_base_units(18_000_000));
 
     // Restart: a new listener resumes from the cursor in storage and sees only what is new.
     drop(l);

@@ -116,7 +116,7 @@ pub struct Owed {
     pub key: KeyRecord,
     /// Charges less voids.
     pub served: Usdc,
-    /// The owner has a withdrawal pending.
+    /// The owner has a withdrawal pending from the key's tab.
     pub withdrawal_pending: bool,
 }
 
@@ -129,7 +129,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {}, u.served AS served, e.withdrawal_units AS withdrawal_units \
              FROM key_usage u JOIN session_keys k ON k.address = u.session_key \
-             LEFT JOIN escrows e ON e.owner = k.owner \
+             LEFT JOIN tabs e ON e.owner = k.owner AND e.payee = k.payee \
              WHERE k.payee = $1 AND k.chain_status = 'registered' AND u.served > k.settled_units \
              ORDER BY k.owner, k.address",
             crate::store::KEY_COLUMNS.split(", ").map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", ")
@@ -162,10 +162,12 @@ impl Store {
         row.map(|row| Ok((voucher(&row)?, signature(&row)?))).transpose()
     }
 
-    /// The highest voucher of `key` whose settlement succeeded (the chain may not show it yet).
+    /// The highest settled total of `key` that a succeeded settlement reported (the chain may
+    /// not show it yet): the voucher, or less where a short tab paid part of it.
     pub async fn settled_voucher(&self, key: Address) -> Result<Option<U256>> {
         let row = sqlx::query(
-            "SELECT MAX(voucher) AS voucher FROM settlements WHERE session_key = $1 AND status = 'succeeded'",
+            "SELECT MAX(COALESCE(settled_total, voucher)) AS voucher FROM settlements \
+             WHERE session_key = $1 AND status = 'succeeded'",
         )
         .bind(hex(key))
         .fetch_one(&self.pool)
@@ -177,13 +179,15 @@ impl Store {
 
     /// Writes an intent unless the key has one open (pending, or dead-lettered and waiting for
     /// a person) or a succeeded settlement covers its voucher already (another worker settled
-    /// it while this one was planning); returns its id, or `None`.
+    /// it while this one was planning; a settlement a short tab paid in part covers only what
+    /// it paid); returns its id, or `None`.
     pub async fn insert_settlement(&self, new: &NewSettlement, now: u64) -> Result<Option<u64>> {
         let row = sqlx::query(
             "INSERT INTO settlements (session_key, owner, payee, voucher, signature, amount, reason, status, \
              attempts, next_attempt_at, created_at, updated_at) \
              SELECT $1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8 WHERE NOT EXISTS \
-             (SELECT 1 FROM settlements WHERE session_key = $1 AND status = 'succeeded' AND voucher >= $4) \
+             (SELECT 1 FROM settlements WHERE session_key = $1 AND status = 'succeeded' \
+              AND COALESCE(settled_total, voucher) >= $4) \
              ON CONFLICT DO NOTHING RETURNING id",
         )
         .bind(hex(new.session_key))
@@ -234,21 +238,26 @@ impl Store {
 
     /// Marks `id` settled by `tx_hash` (none if it was found settled already) and writes
     /// `webhook`, in one transaction. Returns false if it was no longer pending.
+    ///
+    /// `settled_total` is the key's settled total after it: the voucher, or less when a short
+    /// tab paid part of it (the rest stays claimable and is planned again).
     pub async fn settlement_succeeded(
         &self,
         id: u64,
         tx_hash: Option<B256>,
+        settled_total: U256,
         webhook: &NewWebhook,
         now: u64,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE settlements SET status = 'succeeded', tx_hash = $2, lease_owner = NULL, lease_until = NULL, \
-             updated_at = $3 WHERE id = $1 AND status = 'pending'",
+             updated_at = $3, settled_total = $4 WHERE id = $1 AND status = 'pending'",
         )
         .bind(secs(id)?)
         .bind(tx_hash.map(|h| format!("{h:#x}")))
         .bind(secs(now)?)
+        .bind(format!("{settled_total:0>78}"))
         .execute(&mut *tx)
         .await?
         .rows_affected()

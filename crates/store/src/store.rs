@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::str::FromStr;
 
-use opentab_core::{Address, B256, Escrow, SessionKey, U256, Usdc, ValidatorEvent};
+use opentab_core::{Address, B256, SessionKey, Tab, U256, Usdc, ValidatorEvent};
 use sqlx::AnyConnection;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -17,7 +17,7 @@ use crate::{Error, Result};
 /// What a chain update touched (see [`Store::apply_chain_update`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Touched {
-    /// Owners whose escrow or keys may have changed.
+    /// Owners whose tabs or keys may have changed.
     pub owners: Vec<Address>,
     /// Keys whose state may have changed.
     pub keys: Vec<Address>,
@@ -191,49 +191,77 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The owner's escrow as folded from confirmed events (zero if none).
-    pub async fn escrow(&self, owner: Address) -> Result<Escrow> {
-        Ok(self.escrow_and_settled(owner, None).await?.0)
+    /// The owner's tab with `payee` as folded from confirmed events (empty if none).
+    pub async fn tab(&self, owner: Address, payee: Address) -> Result<Tab> {
+        Ok(self.gateway_budget(owner, payee).await?.0)
     }
 
-    /// `owner`'s escrow and what the chain has settled across its keys that pay `payee`, in one
-    /// read: together they bound what the gateway may serve (see `opentab_core::charge`), so
-    /// they must come from the same moment.
-    pub async fn gateway_budget(&self, owner: Address, payee: Address) -> Result<(Escrow, Usdc)> {
-        self.escrow_and_settled(owner, Some(payee)).await
-    }
-
-    async fn escrow_and_settled(&self, owner: Address, payee: Option<Address>) -> Result<(Escrow, Usdc)> {
-        // No escrow row means nothing was ever deposited, so nothing can have been settled.
-        let row = sqlx::query(
-            "SELECT balance_units, withdrawal_units, withdrawal_ready_at, guardian, \
-             (SELECT CAST(COALESCE(SUM(settled_units), 0) AS BIGINT) FROM session_keys \
-              WHERE owner = $1 AND payee = $2) AS settled \
-             FROM escrows WHERE owner = $1",
+    /// Every tab `owner` has had, by payee (folded from confirmed events).
+    pub async fn tabs_of(&self, owner: Address) -> Result<Vec<(Address, Tab)>> {
+        let rows = sqlx::query(
+            "SELECT payee, balance_units, withdrawal_units, withdrawal_grace_ends_at FROM tabs WHERE owner = $1 \
+             ORDER BY payee",
         )
         .bind(hex(owner))
-        .bind(payee.map(hex).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok((address(&row.try_get::<String, _>("payee")?, "payee")?, tab_of_row(row)?))).collect()
+    }
+
+    /// The guardian `owner` chose on-chain, if any.
+    pub async fn guardian(&self, owner: Address) -> Result<Option<Address>> {
+        let row = sqlx::query("SELECT guardian FROM owners WHERE address = $1")
+            .bind(hex(owner))
+            .fetch_optional(&self.pool)
+            .await?;
+        let guardian: Option<String> = match row {
+            Some(row) => row.try_get("guardian")?,
+            None => None,
+        };
+        guardian.map(|g| address(&g, "guardian")).transpose()
+    }
+
+    /// What the gateway can still charge on `owner`'s tab with `payee`: the tab's available
+    /// amount plus what settled from it, less what its keys were served (floored at zero).
+    pub async fn tab_free(&self, owner: Address, payee: Address) -> Result<Usdc> {
+        let (tab, settled) = self.gateway_budget(owner, payee).await?;
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN u.served > k.settled_units THEN u.served ELSE k.settled_units END), 0) \
+             AS BIGINT) AS served FROM session_keys k LEFT JOIN key_usage u ON u.session_key = k.address \
+             WHERE k.owner = $1 AND k.payee = $2",
+        )
+        .bind(hex(owner))
+        .bind(hex(payee))
+        .fetch_one(&self.pool)
+        .await?;
+        let served = Usdc::from_base_units(get_u64(&row, "served")?);
+        Ok(tab.available().saturating_add(settled).saturating_sub(served))
+    }
+
+    /// `owner`'s tab with `payee` and what the chain has settled across its keys that pay
+    /// `payee`, in one read: together they bound what the gateway may serve (see
+    /// `opentab_core::charge`), so they must come from the same moment.
+    pub async fn gateway_budget(&self, owner: Address, payee: Address) -> Result<(Tab, Usdc)> {
+        // No tab row means nothing was ever deposited, so nothing can have been settled.
+        let row = sqlx::query(
+            "SELECT balance_units, withdrawal_units, withdrawal_grace_ends_at, \
+             (SELECT CAST(COALESCE(SUM(settled_units), 0) AS BIGINT) FROM session_keys \
+              WHERE owner = $1 AND payee = $2) AS settled \
+             FROM tabs WHERE owner = $1 AND payee = $2",
+        )
+        .bind(hex(owner))
+        .bind(hex(payee))
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok((Escrow::default(), Usdc::ZERO)) };
-        let withdrawal = match (opt_u64(&row, "withdrawal_units")?, opt_u64(&row, "withdrawal_ready_at")?) {
-            (Some(amount), Some(at)) => Some((Usdc::from_base_units(amount), at)),
-            _ => None,
-        };
-        let guardian: Option<String> = row.try_get("guardian")?;
-        let escrow = Escrow {
-            balance: Usdc::from_base_units(get_u64(&row, "balance_units")?),
-            pending_withdrawal: withdrawal,
-            guardian: guardian.map(|g| address(&g, "guardian")).transpose()?,
-        };
-        Ok((escrow, Usdc::from_base_units(get_u64(&row, "settled")?)))
+        let Some(row) = row else { return Ok((Tab::default(), Usdc::ZERO)) };
+        Ok((tab_of_row(&row)?, Usdc::from_base_units(get_u64(&row, "settled")?)))
     }
 
     // ----------------------------------------------------------------- chain
 
     /// Applies one update of the chain listener in a single transaction: undoes events after
-    /// `rollback_to`, stores `events` (replays are ignored), folds every touched key and escrow
-    /// again, and saves the listener's `cursor` (opaque JSON). Returns the owners and keys whose
+    /// `rollback_to`, stores `events` (replays are ignored), folds every touched key, tab and
+    /// owner again, and saves the listener's `cursor` (opaque JSON). Returns the owners and keys whose
     /// state may have changed.
     pub async fn apply_chain_update(
         &self,
@@ -246,14 +274,19 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut keys = BTreeSet::new();
         let mut owners = BTreeSet::new();
+        let mut tabs = BTreeSet::new();
 
         if let Some(block) = rollback_to {
-            let orphaned = sqlx::query("SELECT owner, session_key FROM chain_events WHERE block_number > $1")
+            let orphaned = sqlx::query("SELECT owner, payee, session_key FROM chain_events WHERE block_number > $1")
                 .bind(secs(block)?)
                 .fetch_all(&mut *tx)
                 .await?;
             for row in &orphaned {
-                owners.insert(row.try_get::<String, _>("owner")?);
+                let owner = row.try_get::<String, _>("owner")?;
+                if let Some(payee) = row.try_get::<Option<String>, _>("payee")? {
+                    tabs.insert((owner.clone(), payee));
+                }
+                owners.insert(owner);
                 if let Some(key) = row.try_get::<Option<String>, _>("session_key")? {
                     keys.insert(key);
                 }
@@ -269,21 +302,27 @@ impl Store {
             let event = &stored.event;
             let payload =
                 serde_json::to_string(event).map_err(|e| Error::Corrupt { column: "payload", value: e.to_string() })?;
+            let (owner, payee) = event_parties(&mut tx, event).await?;
             sqlx::query(
-                "INSERT INTO chain_events (block_number, log_index, block_hash, tx_hash, kind, owner, session_key, payload) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (block_number, log_index) DO NOTHING",
+                "INSERT INTO chain_events (block_number, log_index, block_hash, tx_hash, kind, owner, payee, \
+                 session_key, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (block_number, log_index) DO NOTHING",
             )
             .bind(secs(stored.block_number)?)
             .bind(secs(stored.log_index)?)
             .bind(format!("{:#x}", stored.block_hash))
             .bind(format!("{:#x}", stored.tx_hash))
             .bind(event.kind())
-            .bind(hex(event.owner()))
+            .bind(&owner)
+            .bind(payee.as_deref())
             .bind(event.session_key().map(hex))
             .bind(payload)
             .execute(&mut *tx)
             .await?;
-            owners.insert(hex(event.owner()));
+            if let Some(payee) = payee {
+                tabs.insert((owner.clone(), payee));
+            }
+            owners.insert(owner);
             if let Some(key) = event.session_key() {
                 keys.insert(hex(key));
             }
@@ -294,7 +333,10 @@ impl Store {
 
         for owner in &owners {
             upsert_owner(&mut tx, address(owner, "owner")?, now).await?;
-            refold_escrow(&mut tx, owner, now).await?;
+            refold_guardian(&mut tx, owner).await?;
+        }
+        for (owner, payee) in &tabs {
+            refold_tab(&mut tx, owner, payee, now).await?;
         }
         for key in &keys {
             refold_key(&mut tx, key, now).await?;
@@ -685,35 +727,99 @@ async fn refold_key(conn: &mut AnyConnection, key: &str, now: u64) -> Result<()>
     Ok(())
 }
 
-/// Folds one owner's events into its escrow row.
-async fn refold_escrow(conn: &mut AnyConnection, owner: &str, now: u64) -> Result<()> {
-    let rows = sqlx::query("SELECT payload FROM chain_events WHERE owner = $1 ORDER BY block_number, log_index")
-        .bind(owner)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut escrow = Escrow::default();
-    for row in &rows {
-        escrow = escrow.apply(&payload(row)?);
+/// The owner and payee an event is stored under: the (owner, payee) tab it changes, the
+/// owner alone for owner-wide events, and for the key-only events (`Settled`, `ClaimSkipped`)
+/// the key's registration, stored before them (a key is registered before it settles; an
+/// unregistered key's skipped claim is filed under the zero address).
+async fn event_parties(conn: &mut AnyConnection, event: &ValidatorEvent) -> Result<(String, Option<String>)> {
+    if let Some((owner, payee)) = event.tab() {
+        return Ok((hex(owner), Some(hex(payee))));
     }
-    let (withdrawal, ready_at) = match escrow.pending_withdrawal {
+    match *event {
+        ValidatorEvent::Registered { owner, payee, .. } => Ok((hex(owner), Some(hex(payee)))),
+        ValidatorEvent::SettlerSet { payee, .. } => Ok((hex(payee), None)),
+        _ => match (event.account(), event.session_key()) {
+            (Some(owner), _) => Ok((hex(owner), None)),
+            (None, Some(key)) => {
+                let row = sqlx::query(
+                    "SELECT owner, payee FROM chain_events WHERE session_key = $1 AND kind = 'registered' \
+                     ORDER BY block_number, log_index LIMIT 1",
+                )
+                .bind(hex(key))
+                .fetch_optional(&mut *conn)
+                .await?;
+                match row {
+                    Some(row) => Ok((row.try_get("owner")?, row.try_get("payee")?)),
+                    None => Ok((hex(Address::ZERO), None)),
+                }
+            }
+            (None, None) => Ok((hex(Address::ZERO), None)),
+        },
+    }
+}
+
+/// Folds one (owner, payee) tab's events (deposits, withdrawals, and its keys' settlements)
+/// into its row.
+async fn refold_tab(conn: &mut AnyConnection, owner: &str, payee: &str, now: u64) -> Result<()> {
+    let rows = sqlx::query(
+        "SELECT payload FROM chain_events WHERE owner = $1 AND payee = $2 ORDER BY block_number, log_index",
+    )
+    .bind(owner)
+    .bind(payee)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut tab = Tab::default();
+    for row in &rows {
+        tab = tab.apply(&payload(row)?);
+    }
+    let (withdrawal, grace_ends_at) = match tab.pending_withdrawal {
         Some((amount, at)) => (Some(units(amount)?), Some(secs(at)?)),
         None => (None, None),
     };
     sqlx::query(
-        "INSERT INTO escrows (owner, balance_units, withdrawal_units, withdrawal_ready_at, guardian, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (owner) DO UPDATE SET balance_units = excluded.balance_units, \
-         withdrawal_units = excluded.withdrawal_units, withdrawal_ready_at = excluded.withdrawal_ready_at, \
-         guardian = excluded.guardian, updated_at = excluded.updated_at",
+        "INSERT INTO tabs (owner, payee, balance_units, withdrawal_units, withdrawal_grace_ends_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (owner, payee) DO UPDATE SET \
+         balance_units = excluded.balance_units, withdrawal_units = excluded.withdrawal_units, \
+         withdrawal_grace_ends_at = excluded.withdrawal_grace_ends_at, updated_at = excluded.updated_at",
     )
     .bind(owner)
-    .bind(units(escrow.balance)?)
+    .bind(payee)
+    .bind(units(tab.balance)?)
     .bind(withdrawal)
-    .bind(ready_at)
-    .bind(escrow.guardian.map(hex))
+    .bind(grace_ends_at)
     .bind(secs(now)?)
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Sets the owner's guardian from its latest `GuardianSet` event (none if it never set one).
+async fn refold_guardian(conn: &mut AnyConnection, owner: &str) -> Result<()> {
+    let row = sqlx::query(
+        "SELECT payload FROM chain_events WHERE owner = $1 AND kind = 'guardian_set' \
+         ORDER BY block_number DESC, log_index DESC LIMIT 1",
+    )
+    .bind(owner)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let guardian = match row.map(|row| payload(&row)).transpose()? {
+        Some(ValidatorEvent::GuardianSet { guardian, .. }) if guardian != Address::ZERO => Some(hex(guardian)),
+        _ => None,
+    };
+    sqlx::query("UPDATE owners SET guardian = $2 WHERE address = $1")
+        .bind(owner)
+        .bind(guardian)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn tab_of_row(row: &AnyRow) -> Result<Tab> {
+    let withdrawal = match (opt_u64(row, "withdrawal_units")?, opt_u64(row, "withdrawal_grace_ends_at")?) {
+        (Some(amount), Some(at)) => Some((Usdc::from_base_units(amount), at)),
+        _ => None,
+    };
+    Ok(Tab { balance: Usdc::from_base_units(get_u64(row, "balance_units")?), pending_withdrawal: withdrawal })
 }
 
 pub(crate) fn key_record(row: &AnyRow) -> Result<KeyRecord> {

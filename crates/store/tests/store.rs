@@ -12,6 +12,7 @@ type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 const OWNER_A: Address = Address::repeat_byte(0xa1);
 const OWNER_B: Address = Address::repeat_byte(0xb2);
 const PAYEE: Address = Address::repeat_byte(0xee);
+const OTHER_PAYEE: Address = Address::repeat_byte(0x99);
 const VALIDATOR: Address = Address::repeat_byte(0x77);
 
 async fn postgres() -> TestResult<Store> {
@@ -40,7 +41,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     pending_keys_are_stored_once_and_only_their_owner_lists_them,
-    confirmed_events_fold_into_keys_and_escrows_idempotently,
+    confirmed_events_fold_into_keys_and_tabs_idempotently,
     a_rollback_undoes_orphaned_events,
     offchain_freeze_and_delete_marks,
     the_audit_log_keeps_order,
@@ -98,21 +99,25 @@ async fn pending_keys_are_stored_once_and_only_their_owner_lists_them(store: Sto
     Ok(())
 }
 
-async fn confirmed_events_fold_into_keys_and_escrows_idempotently(store: Store) -> TestResult {
+async fn confirmed_events_fold_into_keys_and_tabs_idempotently(store: Store) -> TestResult {
     let key = new_key(2, OWNER_A);
     store.insert_pending_key(&key, 100).await?;
     let events = vec![
-        at(10, 0, ValidatorEvent::Deposited { owner: OWNER_A, amount: Usdc::from_base_units(50_000_000) }),
+        at(
+            10,
+            0,
+            ValidatorEvent::Deposited { owner: OWNER_A, payee: PAYEE, amount: Usdc::from_base_units(50_000_000) },
+        ),
+        // A tab with another payee: the key's settlements never touch it.
+        at(10, 1, ValidatorEvent::Deposited { owner: OWNER_A, payee: OTHER_PAYEE, amount: Usdc::from_base_units(7) }),
         at(11, 0, registered(&key)),
         at(
             12,
             3,
             ValidatorEvent::Settled {
-                owner: OWNER_A,
                 session_key: key.address,
-                payee: PAYEE,
                 amount: Usdc::from_base_units(10_000_000),
-                cumulative: Usdc::from_base_units(10_000_000),
+                settled: Usdc::from_base_units(10_000_000),
             },
         ),
         at(13, 1, ValidatorEvent::Frozen { owner: OWNER_A, session_key: key.address, by: OWNER_A, at: 1_700 }),
@@ -125,12 +130,16 @@ async fn confirmed_events_fold_into_keys_and_escrows_idempotently(store: Store) 
     assert_eq!(record.chain_status, ChainStatus::Registered);
     assert_eq!(record.key.settled, Usdc::from_base_units(10_000_000));
     assert_eq!(record.key.frozen_at, Some(1_700));
-    assert_eq!(store.escrow(OWNER_A).await?.balance, Usdc::from_base_units(40_000_000));
-    // The gateway's budget reads escrow and settled together: 40 + 10 = the 50 deposited.
-    let (escrow, settled) = store.gateway_budget(OWNER_A, PAYEE).await?;
-    assert_eq!((escrow.balance, settled), (Usdc::from_base_units(40_000_000), Usdc::from_base_units(10_000_000)));
-    assert_eq!(store.gateway_budget(OWNER_A, Address::repeat_byte(0x99)).await?.1, Usdc::ZERO, "another payee's");
-    assert_eq!(store.gateway_budget(OWNER_B, PAYEE).await?, (opentab_core::Escrow::default(), Usdc::ZERO));
+    assert_eq!(store.tab(OWNER_A, PAYEE).await?.balance, Usdc::from_base_units(40_000_000));
+    assert_eq!(store.tab(OWNER_A, OTHER_PAYEE).await?.balance, Usdc::from_base_units(7), "the other tab is untouched");
+    assert_eq!(store.tabs_of(OWNER_A).await?.len(), 2);
+    // The gateway's budget reads the tab and settled together: 40 + 10 = the 50 deposited.
+    let (tab, settled) = store.gateway_budget(OWNER_A, PAYEE).await?;
+    assert_eq!((tab.balance, settled), (Usdc::from_base_units(40_000_000), Usdc::from_base_units(10_000_000)));
+    assert_eq!(store.gateway_budget(OWNER_A, OTHER_PAYEE).await?.1, Usdc::ZERO, "another payee's");
+    assert_eq!(store.gateway_budget(OWNER_B, PAYEE).await?, (opentab_core::Tab::default(), Usdc::ZERO));
+    // What the gateway can still charge on the tab: 40 available + 10 settled − 10 served.
+    assert_eq!(store.tab_free(OWNER_A, PAYEE).await?, Usdc::from_base_units(40_000_000));
     assert_eq!(store.key_events(key.address).await?.len(), 3);
     assert_eq!(store.chain_cursor(VALIDATOR).await?.as_deref(), Some("{\"cursor\":1}"));
 
@@ -145,11 +154,12 @@ async fn confirmed_events_fold_into_keys_and_escrows_idempotently(store: Store) 
 async fn a_rollback_undoes_orphaned_events(store: Store) -> TestResult {
     let key = new_key(4, OWNER_A);
     store.insert_pending_key(&key, 100).await?;
-    let deposit = at(20, 0, ValidatorEvent::Deposited { owner: OWNER_A, amount: Usdc::from_base_units(5) });
+    let deposit =
+        at(20, 0, ValidatorEvent::Deposited { owner: OWNER_A, payee: PAYEE, amount: Usdc::from_base_units(5) });
     store.apply_chain_update(VALIDATOR, None, &[deposit], "{}", 200).await?;
     let orphaned = [
         at(21, 0, registered(&key)),
-        at(22, 0, ValidatorEvent::Deposited { owner: OWNER_A, amount: Usdc::from_base_units(7) }),
+        at(22, 0, ValidatorEvent::Deposited { owner: OWNER_A, payee: PAYEE, amount: Usdc::from_base_units(7) }),
     ];
     store.apply_chain_update(VALIDATOR, None, &orphaned, "{}", 201).await?;
     assert_eq!(store.key(key.address).await?.map(|r| r.chain_status), Some(ChainStatus::Registered));
@@ -157,7 +167,7 @@ async fn a_rollback_undoes_orphaned_events(store: Store) -> TestResult {
     // The chain reorganised after block 20; the new branch re-registers the key in block 23.
     store.apply_chain_update(VALIDATOR, Some(20), &[], "{}", 202).await?;
     assert_eq!(store.key(key.address).await?.map(|r| r.chain_status), Some(ChainStatus::Pending));
-    assert_eq!(store.escrow(OWNER_A).await?.balance, Usdc::from_base_units(5));
+    assert_eq!(store.tab(OWNER_A, PAYEE).await?.balance, Usdc::from_base_units(5));
     store.apply_chain_update(VALIDATOR, None, &[at(23, 0, registered(&key))], "{}", 203).await?;
     let events = store.key_events(key.address).await?;
     assert_eq!(events.iter().map(|e| e.block_number).collect::<Vec<_>>(), vec![23]);
@@ -392,8 +402,8 @@ async fn settlement_intents_are_leased_once_and_announce_every_change(store: Sto
     let leased = store.lease_settlements("worker-a", 500, 530, 10).await?;
     assert_eq!((leased.len(), leased[0].attempts), (1, 0));
     let tx = B256::repeat_byte(0x7a);
-    assert!(store.settlement_succeeded(id, Some(tx), &webhook("s1", "settlement.succeeded"), 501).await?);
-    assert!(!store.settlement_succeeded(id, Some(tx), &webhook("s2", "settlement.succeeded"), 502).await?);
+    assert!(store.settlement_succeeded(id, Some(tx), voucher, &webhook("s1", "settlement.succeeded"), 501).await?);
+    assert!(!store.settlement_succeeded(id, Some(tx), voucher, &webhook("s2", "settlement.succeeded"), 502).await?);
     assert_eq!(store.settlement(id).await?.and_then(|s| s.tx_hash), Some(tx));
     assert_eq!(store.settled_voucher(key.address).await?, Some(voucher));
     assert_eq!(store.insert_settlement(&intent, 503).await?, None, "a settled voucher is not planned again");

@@ -30,14 +30,17 @@ pub async fn chain() -> TestResult<Chain> {
     let owner_key = SigningKey::from_bytes(&anvil.keys()[1])?;
     let owner = relayer.with_provider(signing_provider(&rpc, anvil.signer(1)?)?);
     let payee = anvil.signer(2)?.address();
+    // The payee lets the relayer settle for it (only the payee and its settlers may settle).
+    let as_payee = relayer.with_provider(signing_provider(&rpc, anvil.signer(2)?)?);
+    as_payee.set_settler(anvil.signer(0)?.address(), true).await?;
     Ok(Chain { anvil, deployment, relayer, owner, owner_key, payee })
 }
 
 impl Chain {
-    /// Mints `amount` to the owner and deposits it.
+    /// Mints `amount` to the owner and deposits it into its tab with the payee.
     pub async fn fund_owner(&self, amount: Usdc) -> TestResult {
         self.owner.mint_test_usdc(self.owner_key.address(), amount).await?;
-        self.owner.deposit(amount).await?;
+        self.owner.deposit(self.payee, amount).await?;
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! `GET /api/session-keys/events`: a Server-Sent Events stream of the signed-in owner's
 //! changes (the UI's live updates). Events: `ready` once, then `key` (a key's new view) and
-//! `escrow` (the escrow's new view) as they change; `resync` when the stream fell behind or a
+//! `tabs` (the owner's tabs, as `GET /api/tabs`) as they change; `resync` when the stream fell behind or a
 //! read failed, telling the client to refetch everything.
 
 use std::convert::Infallible;
@@ -12,12 +12,12 @@ use opentab_core::Address;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::SignedIn;
-use super::keys::{EscrowView, view};
+use super::keys::{TabsView, view};
 use super::{AppState, now};
 use crate::Change;
 
 #[utoipa::path(get, path = "/api/session-keys/events", tag = "session-keys", security(("bearer" = []), ("cookie" = [])),
-    responses((status = 200, content_type = "text/event-stream", description = "events: ready, key, escrow, resync"),
+    responses((status = 200, content_type = "text/event-stream", description = "events: ready, key, tabs, resync"),
         (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
 pub(super) async fn events(
     State(state): State<AppState>,
@@ -51,8 +51,8 @@ async fn render(state: &AppState, owner: Address, change: Change) -> Event {
             },
             _ => return resync(),
         },
-        None => match state.store.escrow(owner).await {
-            Ok(escrow) => Event::default().event("escrow").json_data(EscrowView::of(owner, &escrow, &state.config)),
+        None => match TabsView::load(state, owner).await {
+            Ok(tabs) => Event::default().event("tabs").json_data(tabs),
             Err(_) => return resync(),
         },
     };

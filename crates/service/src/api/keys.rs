@@ -1,4 +1,4 @@
-//! `/api/session-keys` and `/api/escrow`: the signed-in owner's keys and escrow.
+//! `/api/session-keys` and `/api/tabs`: the signed-in owner's keys and tabs.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -44,6 +44,11 @@ pub struct KeyView {
     pub created_at: u64,
     /// When the gateway last charged (or voided) a call of it.
     pub last_activity_at: Option<u64>,
+    /// What the gateway can still charge on this key's tab (the owner's tab with its payee):
+    /// available + settled − served across the tab's keys. "0" means every call of the key is
+    /// refused with `insufficient_funds` until the owner deposits.
+    #[schema(value_type = String, example = "25000000")]
+    pub tab_free: Usdc,
 }
 
 /// Spending of one key, base units.
@@ -67,7 +72,7 @@ pub struct Usage {
 }
 
 impl KeyView {
-    pub(super) fn of(record: &KeyRecord, usage: KeyUsage, now: u64) -> Self {
+    pub(super) fn of(record: &KeyRecord, usage: KeyUsage, tab_free: Usdc, now: u64) -> Self {
         let served = usage.served;
         let key = &record.key;
         let status = if record.chain_status == ChainStatus::Pending {
@@ -112,13 +117,15 @@ impl KeyView {
             },
             created_at: record.created_at,
             last_activity_at: usage.last_at,
+            tab_free,
         }
     }
 }
 
 /// A key's view with what the gateway served it.
 pub(super) async fn view(state: &AppState, record: &KeyRecord, now: u64) -> Result<KeyView, ApiError> {
-    Ok(KeyView::of(record, state.store.key_usage(record.key.address).await?, now))
+    let tab_free = state.store.tab_free(record.key.owner, record.key.payee).await?;
+    Ok(KeyView::of(record, state.store.key_usage(record.key.address).await?, tab_free, now))
 }
 
 /// `GET /api/session-keys` query.
@@ -143,7 +150,20 @@ pub(super) async fn list(
     let now = now();
     let keys = state.store.keys_of(owner, query.include_deleted).await?;
     let usage = state.store.usage_by_key(owner).await?;
-    Ok(Json(keys.iter().map(|k| KeyView::of(k, usage.get(&k.key.address).copied().unwrap_or_default(), now)).collect()))
+    let mut free = std::collections::HashMap::new();
+    for k in &keys {
+        if let std::collections::hash_map::Entry::Vacant(slot) = free.entry(k.key.payee) {
+            slot.insert(state.store.tab_free(owner, k.key.payee).await?);
+        }
+    }
+    Ok(Json(
+        keys.iter()
+            .map(|k| {
+                let tab_free = free.get(&k.key.payee).copied().unwrap_or_default();
+                KeyView::of(k, usage.get(&k.key.address).copied().unwrap_or_default(), tab_free, now)
+            })
+            .collect(),
+    ))
 }
 
 /// One key with its on-chain history.
@@ -211,8 +231,8 @@ pub(super) async fn get(
         .await?
         .into_iter()
         .filter_map(|e| match e.event {
-            opentab_core::ValidatorEvent::Settled { amount, cumulative, .. } => {
-                Some(SettlementView { amount, cumulative, tx_hash: e.tx_hash, block_number: e.block_number })
+            opentab_core::ValidatorEvent::Settled { amount, settled, .. } => {
+                Some(SettlementView { amount, cumulative: settled, tx_hash: e.tx_hash, block_number: e.block_number })
             }
             _ => None,
         })
@@ -234,59 +254,101 @@ pub(super) async fn get(
     Ok(Json(KeyDetail { key: view(&state, &record, now()).await?, settlements, alerts }))
 }
 
-/// The owner's escrow.
+/// One of the owner's tabs: USDC held for one payee, which only that payee's keys draw on.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct EscrowView {
-    /// Whose escrow.
+pub struct TabView {
+    /// Who the tab is with.
     #[schema(value_type = String, example = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8")]
-    pub owner: Address,
+    pub payee: Address,
     /// Held, pending withdrawal included.
     #[schema(value_type = String, example = "25000000")]
     pub balance: Usdc,
-    /// What the gateway may still charge against.
+    /// What the payee's gateway may still charge against: the balance less the pending
+    /// withdrawal.
     #[schema(value_type = String, example = "25000000")]
     pub available: Usdc,
     /// The pending withdrawal's amount, if any.
     #[schema(value_type = Option<String>)]
     pub pending_withdrawal: Option<Usdc>,
-    /// When it may leave.
+    /// The first unix second (chain time) at which the pending withdrawal can complete.
     pub withdrawal_ready_at: Option<u64>,
-    /// The validator to deposit into (approve USDC for it, then call `deposit(amount)`).
+    /// The owner's keys that pay this payee (and so draw on this tab).
+    #[schema(value_type = Vec<String>)]
+    pub keys: Vec<Address>,
+}
+
+/// The signed-in owner's tabs, and what a wallet needs to fund them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TabsView {
+    /// Whose tabs.
     #[schema(value_type = String, example = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8")]
-    pub deposit_to: Address,
+    pub owner: Address,
+    /// The validator to deposit into: approve USDC for it, then call `deposit(payee, amount)`.
+    #[schema(value_type = String, example = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8")]
+    pub validator: Address,
+    /// The token tabs hold.
+    #[schema(value_type = Option<String>)]
+    pub usdc: Option<Address>,
+    /// The validator's chain.
+    pub chain_id: u64,
+    /// Seconds a withdrawal waits (the payee's grace to settle first).
+    pub grace: u64,
+    /// The payee this service charges for: the tab its API draws on (always listed).
+    #[schema(value_type = Option<String>)]
+    pub payee: Option<Address>,
     /// The owner's guardian on-chain (may freeze the owner's keys), if any.
     #[schema(value_type = Option<String>)]
     pub guardian: Option<Address>,
     /// The account this service's rule engine freezes keys on-chain with. An owner who makes
-    /// it their guardian (`setGuardian`; `opentab escrow guardian`) has keys that break a
+    /// it their guardian (`setGuardian`; `opentab tab guardian`) has keys that break a
     /// spike or rate rule frozen on-chain too, not only at the gateway.
     #[schema(value_type = Option<String>)]
     pub rule_guardian: Option<Address>,
+    /// The tabs, this service's payee first.
+    pub tabs: Vec<TabView>,
 }
 
-#[utoipa::path(get, path = "/api/escrow", tag = "escrow", security(("bearer" = []), ("cookie" = [])),
-    responses((status = 200, body = EscrowView), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
-pub(super) async fn escrow(
-    State(state): State<AppState>,
-    SignedIn(owner): SignedIn,
-) -> Result<Json<EscrowView>, ApiError> {
-    let escrow = state.store.escrow(owner).await?;
-    Ok(Json(EscrowView::of(owner, &escrow, &state.config)))
+#[utoipa::path(get, path = "/api/tabs", tag = "tabs", security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = TabsView), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
+pub(super) async fn tabs(State(state): State<AppState>, SignedIn(owner): SignedIn) -> Result<Json<TabsView>, ApiError> {
+    Ok(Json(TabsView::load(&state, owner).await?))
 }
 
-impl EscrowView {
-    pub(super) fn of(owner: Address, escrow: &opentab_core::Escrow, config: &super::ApiConfig) -> Self {
-        Self {
-            owner,
-            balance: escrow.balance,
-            available: escrow.available(),
-            pending_withdrawal: escrow.pending_withdrawal.map(|(amount, _)| amount),
-            withdrawal_ready_at: escrow.pending_withdrawal.map(|(_, at)| at),
-            deposit_to: config.validator,
-            guardian: escrow.guardian,
-            rule_guardian: config.rule_guardian,
+impl TabsView {
+    pub(super) async fn load(state: &AppState, owner: Address) -> Result<Self, ApiError> {
+        let config = &state.config;
+        let mut tabs = state.store.tabs_of(owner).await?;
+        if let Some(payee) = config.payee {
+            if !tabs.iter().any(|(p, _)| *p == payee) {
+                tabs.push((payee, opentab_core::Tab::default()));
+            }
+            // This service's tab first, the others in address order.
+            tabs.sort_by_key(|(p, _)| (*p != payee, *p));
         }
+        let keys = state.store.keys_of(owner, false).await?;
+        Ok(Self {
+            owner,
+            validator: config.validator,
+            usdc: config.usdc,
+            chain_id: config.chain_id,
+            grace: config.grace_secs,
+            payee: config.payee,
+            guardian: state.store.guardian(owner).await?,
+            rule_guardian: config.rule_guardian,
+            tabs: tabs
+                .into_iter()
+                .map(|(payee, tab)| TabView {
+                    payee,
+                    balance: tab.balance,
+                    available: tab.available(),
+                    pending_withdrawal: tab.pending_withdrawal.map(|(amount, _)| amount),
+                    withdrawal_ready_at: tab.withdrawal_ready_at(),
+                    keys: keys.iter().filter(|k| k.key.payee == payee).map(|k| k.key.address).collect(),
+                })
+                .collect(),
+        })
     }
 }
 

@@ -1,4 +1,4 @@
-//! The REST API: Sign-In with Ethereum and the signed-in owner's session keys and escrow.
+//! The REST API: Sign-In with Ethereum and the signed-in owner's session keys and tabs.
 //! `router` builds it apart from any socket, so tests drive it with `oneshot`.
 
 mod actions;
@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 pub use actions::{ChainAccess, CreateKey, PrepareKey, PreparedKey, RegistrationMessage, Relayed, SignedAction};
 pub use auth::{LoginRequest, LoginResponse, NonceResponse, SESSION_COOKIE, SignedIn};
 pub use error::{ApiError, Problem};
-pub use keys::{AlertView, EscrowView, KeyDetail, KeyView, ListQuery, SettlementView, Usage};
+pub use keys::{AlertView, KeyDetail, KeyView, ListQuery, SettlementView, TabView, TabsView, Usage};
 
 /// What the API needs to know about its deployment.
 #[derive(Debug, Clone)]
@@ -45,6 +45,12 @@ pub struct ApiConfig {
     /// The account the rule engine freezes keys on-chain with, for owners who chose it as
     /// their guardian (`None`: rules freeze off-chain only).
     pub rule_guardian: Option<Address>,
+    /// The payee this service's gateway charges for: the tab its API draws on.
+    pub payee: Option<Address>,
+    /// The token tabs hold (approve it for the validator before a deposit).
+    pub usdc: Option<Address>,
+    /// The validator's grace window in seconds (a withdrawal waits this long).
+    pub grace_secs: u64,
 }
 
 impl ApiConfig {
@@ -59,6 +65,9 @@ impl ApiConfig {
             nonce_ttl_secs: 600,
             secure_cookies: false,
             rule_guardian: None,
+            payee: None,
+            usdc: None,
+            grace_secs: opentab_core::GRACE_DEFAULT_SECS,
         }
     }
 }
@@ -107,7 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/session-keys/events", get(events::events))
         .route("/api/session-keys/{key}", get(keys::get).delete(actions::delete))
         .route("/api/session-keys/{key}/{action}", get(actions::action_typed_data).post(actions::act))
-        .route("/api/escrow", get(keys::escrow))
+        .route("/api/tabs", get(keys::tabs))
         .route("/api/openapi.json", get(openapi::document))
         // Unknown API routes answer problem+json; everything outside /api is the host's (the UI).
         .route("/api/{*rest}", axum::routing::any(|| async { ApiError::not_found("no such route") }))

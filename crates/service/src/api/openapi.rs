@@ -13,20 +13,20 @@ use super::{actions, auth, events, keys};
     info(title = "opentab", description = "Session keys for pay-per-call USDC billing: sign in with Ethereum, create, watch, freeze, unfreeze and delete keys. Amounts are decimal strings of USDC base units (6 decimals)."),
     paths(
         auth::nonce, auth::login, auth::logout,
-        keys::list, keys::get, keys::escrow,
+        keys::list, keys::get, keys::tabs,
         actions::prepare, actions::create, actions::action_typed_data, actions::act, actions::delete,
         events::events,
     ),
     components(schemas(
         auth::NonceResponse, auth::LoginRequest, auth::LoginResponse,
-        keys::KeyView, keys::Usage, keys::KeyDetail, keys::SettlementView, keys::AlertView, keys::EscrowView,
+        keys::KeyView, keys::Usage, keys::KeyDetail, keys::SettlementView, keys::AlertView, keys::TabsView, keys::TabView,
         actions::PrepareKey, actions::PreparedKey, actions::CreateKey, actions::RegistrationMessage,
         actions::Relayed, actions::SignedAction, super::Problem,
     )),
     modifiers(&Security),
     tags((name = "auth", description = "Sign-In with Ethereum (EIP-4361)"),
         (name = "session-keys", description = "The signed-in owner's session keys"),
-        (name = "escrow", description = "The signed-in owner's escrow")),
+        (name = "tabs", description = "The signed-in owner's tabs: USDC held for one payee each")),
 )]
 struct ApiDoc;
 

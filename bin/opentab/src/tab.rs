@@ -1,6 +1,8 @@
-//! `opentab escrow show|deposit|withdraw|guardian`: the owner's escrow. `show` asks opentab's
-//! REST API; deposits, withdrawals and the choice of a guardian are the owner's own
-//! transactions (the owner pays their gas), sent straight to the SessionKeyValidator.
+//! `opentab tab show|deposit|withdraw|guardian`: the owner's tabs (USDC held for one payee
+//! each). `show` asks opentab's REST API; deposits, withdrawals and the choice of a guardian are
+//! the owner's own transactions (the owner pays their gas), sent straight to the
+//! SessionKeyValidator. Deposits and withdrawals go to this opentab's payee unless `--payee`
+//! names another.
 
 use std::io::Write;
 
@@ -16,32 +18,36 @@ use crate::client::Api;
 use crate::output::{now, parse_usdc, usdc, when};
 use crate::owner::{ChainFlags, OwnerArgs};
 
-/// `opentab escrow …`
+/// `opentab tab …`
 #[derive(Debug, Args)]
-pub(crate) struct EscrowArgs {
+pub(crate) struct TabArgs {
     #[command(flatten)]
     owner: OwnerArgs,
     #[command(flatten)]
     chain: ChainFlags,
+    /// The payee whose tab to deposit to or withdraw from (default: this opentab's payee).
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    payee: Option<Address>,
     #[command(subcommand)]
-    command: EscrowCommand,
+    command: TabCommand,
 }
 
 #[derive(Debug, Subcommand)]
-enum EscrowCommand {
-    /// Show the escrow as opentab sees it: balance, available, pending withdrawal.
+enum TabCommand {
+    /// Show your tabs as opentab sees them: balance, available, pending withdrawal, keys.
     Show {
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Move USDC from the owner's wallet into escrow (approve + deposit; the owner pays gas).
+    /// Move USDC from the owner's wallet into the tab with the payee (approve + deposit; the
+    /// owner pays gas). Only that payee's keys draw on it.
     Deposit {
         /// Amount in USDC (`5`, `0.5`).
         #[arg(value_name = "USDC", value_parser = parse_usdc)]
         amount: Usdc,
     },
-    /// Take USDC out of escrow: request, wait out the grace window, complete.
+    /// Take USDC out of the tab: request, wait out the payee's grace window, complete.
     Withdraw {
         #[command(subcommand)]
         command: WithdrawCommand,
@@ -75,22 +81,32 @@ enum WithdrawCommand {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct EscrowView {
+struct TabsView {
     owner: Address,
+    validator: Address,
+    payee: Option<Address>,
+    guardian: Option<Address>,
+    rule_guardian: Option<Address>,
+    tabs: Vec<TabView>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TabView {
+    payee: Address,
     balance: Usdc,
     available: Usdc,
     pending_withdrawal: Option<Usdc>,
     withdrawal_ready_at: Option<u64>,
-    deposit_to: Address,
-    guardian: Option<Address>,
-    rule_guardian: Option<Address>,
+    keys: Vec<Address>,
 }
 
-pub(crate) async fn run(args: EscrowArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: TabArgs) -> anyhow::Result<()> {
     let owner = args.owner.owner()?;
     match args.command {
-        EscrowCommand::Show { json } => show(&args.owner, &owner, json).await,
-        EscrowCommand::Deposit { amount } => {
+        TabCommand::Show { json } => show(&args.owner, &owner, json).await,
+        TabCommand::Deposit { amount } => {
+            let payee = payee(&args.owner, &owner, args.payee).await?;
             let validator = connect(&args.owner, &args.chain, &owner).await?;
             let held = Usdc::try_from(validator.usdc_balance(owner.address()).await?).unwrap_or(Usdc::ZERO);
             anyhow::ensure!(
@@ -101,26 +117,27 @@ pub(crate) async fn run(args: EscrowArgs) -> anyhow::Result<()> {
                 usdc(amount)
             );
             let tx = validator
-                .deposit(amount)
+                .deposit(payee, amount)
                 .await
                 .map_err(refusal)
                 .with_context(|| format!("depositing {}", usdc(amount)))?;
             let mut out = std::io::stdout().lock();
-            writeln!(out, "deposited {} into the escrow of {}", usdc(amount), owner.address())?;
-            write_outcome(&mut out, &validator, owner.address(), &tx).await
+            writeln!(out, "deposited {} into the tab of {} with {payee}", usdc(amount), owner.address())?;
+            write_outcome(&mut out, &validator, owner.address(), payee, &tx).await
         }
-        EscrowCommand::Withdraw { command } => {
+        TabCommand::Withdraw { command } => {
+            let payee = payee(&args.owner, &owner, args.payee).await?;
             let validator = connect(&args.owner, &args.chain, &owner).await?;
-            withdraw(&validator, owner.address(), command).await
+            withdraw(&validator, owner.address(), payee, command).await
         }
-        EscrowCommand::Guardian { address, clear } => {
+        TabCommand::Guardian { address, clear } => {
             let guardian = match (address, clear) {
                 (_, true) => Address::ZERO,
                 (Some(address), false) => address,
                 (None, false) => {
                     let api = Api::sign_in(&args.owner.url, &owner).await?;
-                    let escrow: EscrowView = api.call(Method::GET, "/api/escrow", None::<&()>).await?;
-                    escrow.rule_guardian.context(
+                    let tabs: TabsView = api.call(Method::GET, "/api/tabs", None::<&()>).await?;
+                    tabs.rule_guardian.context(
                         "this opentab names no rule guardian (its rules freeze at the gateway only): give an address",
                     )?
                 }
@@ -143,28 +160,43 @@ pub(crate) async fn run(args: EscrowArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The payee named with `--payee`, else the one this opentab charges for.
+async fn payee(args: &OwnerArgs, owner: &SigningKey, named: Option<Address>) -> anyhow::Result<Address> {
+    if let Some(payee) = named {
+        return Ok(payee);
+    }
+    let api = Api::sign_in(&args.url, owner).await?;
+    let tabs: TabsView = api.call(Method::GET, "/api/tabs", None::<&()>).await.context("reading the tabs")?;
+    tabs.payee.context("this opentab names no payee: give one with --payee ADDRESS")
+}
+
 async fn show(args: &OwnerArgs, owner: &SigningKey, json: bool) -> anyhow::Result<()> {
     let api = Api::sign_in(&args.url, owner).await?;
-    let text = api.call_text(Method::GET, "/api/escrow", None::<&()>).await.context("reading the escrow")?;
+    let text = api.call_text(Method::GET, "/api/tabs", None::<&()>).await.context("reading the tabs")?;
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", text.trim_end())?;
         return Ok(());
     }
-    let escrow: EscrowView =
-        serde_json::from_str(&text).with_context(|| format!("unexpected answer to GET /api/escrow: {text}"))?;
-    writeln!(out, "escrow of {}", escrow.owner)?;
-    writeln!(out, "  balance             {}", usdc(escrow.balance))?;
-    writeln!(out, "  available           {} (what keys can still be charged against)", usdc(escrow.available))?;
-    match (escrow.pending_withdrawal, escrow.withdrawal_ready_at) {
-        (Some(amount), Some(at)) => {
-            writeln!(out, "  pending withdrawal  {}, ready {}", usdc(amount), when(at, now()))?;
+    let view: TabsView =
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer to GET /api/tabs: {text}"))?;
+    writeln!(out, "tabs of {}", view.owner)?;
+    for tab in &view.tabs {
+        let this = if view.payee == Some(tab.payee) { " (this opentab's payee)" } else { "" };
+        writeln!(out, "  with {}{this}", tab.payee)?;
+        writeln!(out, "    balance           {}", usdc(tab.balance))?;
+        writeln!(out, "    available         {} (what its keys can still be charged against)", usdc(tab.available))?;
+        match (tab.pending_withdrawal, tab.withdrawal_ready_at) {
+            (Some(amount), Some(at)) => {
+                writeln!(out, "    pending withdrawal {}, can complete {}", usdc(amount), when(at, now()))?;
+            }
+            (Some(amount), None) => writeln!(out, "    pending withdrawal {}", usdc(amount))?,
+            _ => writeln!(out, "    pending withdrawal none")?,
         }
-        (Some(amount), None) => writeln!(out, "  pending withdrawal  {}", usdc(amount))?,
-        _ => writeln!(out, "  pending withdrawal  none")?,
+        writeln!(out, "    keys              {}", tab.keys.len())?;
     }
-    writeln!(out, "  deposit to          {} (`opentab escrow deposit AMOUNT`)", escrow.deposit_to)?;
-    match (escrow.guardian, escrow.rule_guardian) {
+    writeln!(out, "  deposit to          {} (`opentab tab deposit AMOUNT`)", view.validator)?;
+    match (view.guardian, view.rule_guardian) {
         (Some(g), Some(rules)) if g == rules => {
             writeln!(
                 out,
@@ -174,51 +206,50 @@ async fn show(args: &OwnerArgs, owner: &SigningKey, json: bool) -> anyhow::Resul
         (Some(g), _) => writeln!(out, "  guardian            {g} (may freeze your keys on-chain)")?,
         (None, Some(_)) => writeln!(
             out,
-            "  guardian            none; rules freeze at the gateway only (`opentab escrow guardian` lets them freeze on-chain)"
+            "  guardian            none; rules freeze at the gateway only (`opentab tab guardian` lets them freeze on-chain)"
         )?,
         (None, None) => writeln!(out, "  guardian            none")?,
     }
     Ok(())
 }
 
-async fn withdraw(validator: &Validator, owner: Address, command: WithdrawCommand) -> anyhow::Result<()> {
+async fn withdraw(
+    validator: &Validator,
+    owner: Address,
+    payee: Address,
+    command: WithdrawCommand,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
         WithdrawCommand::Request { amount } => {
             let tx = validator
-                .request_withdrawal(amount)
+                .request_withdrawal(payee, amount)
                 .await
                 .map_err(refusal)
                 .with_context(|| format!("requesting a withdrawal of {}", usdc(amount)))?;
-            writeln!(out, "requested a withdrawal of {} from the escrow of {owner}", usdc(amount))?;
-            if let Some(pending) = validator.withdrawal_of(owner).await? {
-                writeln!(
-                    out,
-                    "  ready               {}; then `opentab escrow withdraw complete`",
-                    when(pending.ready_at, now())
-                )?;
+            writeln!(out, "requested a withdrawal of {} from the tab of {owner} with {payee}", usdc(amount))?;
+            if let Some(ready) = validator.tab_of(owner, payee).await?.withdrawal_ready_at() {
+                writeln!(out, "  ready               {}; then `opentab tab withdraw complete`", when(ready, now()))?;
             }
-            write_outcome(&mut out, validator, owner, &tx).await
+            write_outcome(&mut out, validator, owner, payee, &tx).await
         }
         WithdrawCommand::Complete => {
-            let pending = validator.withdrawal_of(owner).await?;
-            let Some(pending) = pending else {
+            let Some((asked, _)) = validator.tab_of(owner, payee).await?.pending_withdrawal else {
                 anyhow::bail!(
-                    "{owner} has no pending withdrawal; request one with `opentab escrow withdraw request AMOUNT`"
+                    "{owner} has no pending withdrawal from its tab with {payee}; request one with `opentab tab withdraw request AMOUNT`"
                 )
             };
             let before = validator.usdc_balance(owner).await?;
-            let tx = validator.withdraw().await.map_err(refusal).context("completing the withdrawal")?;
+            let tx = validator.withdraw(payee).await.map_err(refusal).context("completing the withdrawal")?;
             let paid = validator.usdc_balance(owner).await?.saturating_sub(before);
             let paid = Usdc::try_from(paid).unwrap_or(Usdc::ZERO);
-            let asked = Usdc::try_from(pending.amount).unwrap_or(Usdc::ZERO);
             writeln!(out, "withdrew {} of the {} requested to the wallet of {owner}", usdc(paid), usdc(asked))?;
-            write_outcome(&mut out, validator, owner, &tx).await
+            write_outcome(&mut out, validator, owner, payee, &tx).await
         }
         WithdrawCommand::Cancel => {
-            let tx = validator.cancel_withdrawal().await.map_err(refusal).context("cancelling the withdrawal")?;
-            writeln!(out, "cancelled the pending withdrawal of {owner}")?;
-            write_outcome(&mut out, validator, owner, &tx).await
+            let tx = validator.cancel_withdrawal(payee).await.map_err(refusal).context("cancelling the withdrawal")?;
+            writeln!(out, "cancelled the pending withdrawal from the tab of {owner} with {payee}")?;
+            write_outcome(&mut out, validator, owner, payee, &tx).await
         }
     }
 }
@@ -236,14 +267,15 @@ async fn write_outcome(
     out: &mut impl Write,
     validator: &Validator,
     owner: Address,
+    payee: Address,
     tx: &TxOutcome,
 ) -> anyhow::Result<()> {
     writeln!(out, "  tx                  {} (block {}, gas {})", tx.tx_hash, tx.block_number, tx.gas_used)?;
-    let escrow = Usdc::try_from(validator.escrow_of(owner).await?).unwrap_or(Usdc::ZERO);
+    let tab = validator.tab_of(owner, payee).await?;
     writeln!(
         out,
-        "  escrow on-chain     {} (`opentab escrow show` follows once opentab sees the block)",
-        usdc(escrow)
+        "  tab on-chain        {} (`opentab tab show` follows once opentab sees the block)",
+        usdc(tab.balance)
     )?;
     Ok(())
 }
@@ -253,11 +285,12 @@ fn refusal(err: opentab_chain::Error) -> anyhow::Error {
     let reason = match &err {
         opentab_chain::Error::Reverted(reason) => match reason {
             E::NoPendingWithdrawal(_) => "there is no pending withdrawal".to_owned(),
-            E::WithdrawalNotReady(w) => {
-                format!("the withdrawal is not ready yet: it can leave {}", when(w.readyAt.to::<u64>(), now()))
-            }
-            E::InsufficientEscrow(e) => format!(
-                "the escrow holds only {}",
+            E::WithdrawalNotReady(w) => format!(
+                "the withdrawal is not ready yet: it can complete {}",
+                when(w.graceEndsAt.to::<u64>().saturating_add(1), now())
+            ),
+            E::InsufficientTab(e) => format!(
+                "the tab holds only {}",
                 Usdc::try_from(e.available).map(usdc).unwrap_or_else(|_| e.available.to_string())
             ),
             E::ZeroAmount(_) => "the amount must be more than zero".to_owned(),
