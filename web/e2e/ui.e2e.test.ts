@@ -1,8 +1,11 @@
 /**
- * The whole owner journey in real Chromium against a real `opentab dev` (anvil, SQLite, the
- * gateway, the built UI): sign in with the dev wallet, create a key generated in the browser,
- * pay for calls with the TypeScript client and watch the usage bar move live, freeze and see a
- * paid call refused with 402, unfreeze, delete. Screenshots go to e2e/artifacts/.
+ * The owner journeys in real Chromium against a real `opentab dev` (anvil, SQLite, the gateway,
+ * the built UI). The demo owner, with the dev wallet: create a key generated in the browser, pay
+ * for calls with the TypeScript client and watch the usage bar move live, freeze and see a paid
+ * call refused with 402, unfreeze, delete; deposit from the browser. A new owner, with their own
+ * browser wallet (EIP-1193) and nothing but USDC and gas: sign in, see a new key flagged because
+ * its tab is empty, deposit through the flag's link, pay, request a withdrawal, and complete it
+ * once the chain's clock has passed the grace window. Screenshots go to e2e/artifacts/.
  */
 
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
@@ -12,8 +15,11 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { chromium, type Browser, type Page } from "playwright-core";
+import { createPublicClient, createWalletClient, defineChain, getAddress, http, parseAbi, parseEventLogs, type Address, type Hex } from "viem";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { receiptOf, wrapFetchWithPayment } from "../../packages/client/src/index.ts";
+import { installWallet, testWallet } from "./injected-wallet.ts";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const binary = process.env.OPENTAB_BIN ?? join(root, "target/debug/opentab");
@@ -56,7 +62,13 @@ afterAll(async () => {
   rmSync(dataDir, { recursive: true, force: true });
 });
 
-const shot = (name: string) => page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
+const shot = (name: string, on: Page = page) => on.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
+
+/** Pays for calls to the demo API as an agent would, with a session key. */
+const payer = (privateKey: Hex) => {
+  const pay = wrapFetchWithPayment(fetch, { privateKey, cap: "1" });
+  return () => pay(`${url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+};
 
 it("an owner creates, watches, freezes, unfreezes and deletes a key", async () => {
   await page.goto(url);
@@ -64,9 +76,9 @@ it("an owner creates, watches, freezes, unfreezes and deletes a key", async () =
   await shot("1-sign-in");
   await page.getByRole("button", { name: /Use the dev wallet/ }).click();
   await page.getByRole("heading", { name: "Session keys" }).waitFor();
-  await page.getByTestId("escrow-balance").waitFor();
+  await page.getByTestId("tab-balance").first().waitFor();
   // The demo owner chose opentab's rule guardian: bursts are frozen on-chain too.
-  expect(await page.getByTestId("escrow-guardian").textContent()).toContain("frozen on-chain too");
+  expect(await page.getByTestId("tabs-guardian").textContent()).toContain("frozen on-chain too");
   await shot("2-keys");
 
   // Create a key generated in the browser; the form checks its fields first.
@@ -86,9 +98,7 @@ it("an owner creates, watches, freezes, unfreezes and deletes a key", async () =
   await expect.poll(() => status.textContent(), { timeout: 15_000 }).toBe("active");
 
   // Pay for three calls as an agent would: the bar moves within a moment (live events).
-  const pay = wrapFetchWithPayment(fetch, { privateKey, cap: "1" });
-  const call = () =>
-    pay(`${url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+  const call = payer(privateKey);
   for (let i = 0; i < 3; i++) expect((await call()).status).toBe(200);
   const paidAt = Date.now();
   await expect.poll(() => page.getByTestId("served").textContent(), { timeout: 3_000, interval: 20 }).toContain("0.006 / 0.0105 USDC");
@@ -135,3 +145,162 @@ it("an owner creates, watches, freezes, unfreezes and deletes a key", async () =
   await page.setViewportSize({ width: 390, height: 844 });
   await shot("8-phone");
 });
+
+/** The dev chain, for test setup and for checking what the UI did on it. */
+async function devChain() {
+  const { rpcUrl, privateKey } = (await (await fetch(`${url}/api/dev/wallet`)).json()) as { rpcUrl: string; privateKey: Hex };
+  const demoOwner = privateKeyToAccount(privateKey).address;
+  const file = JSON.parse(readFileSync(join(dataDir, "chain.json"), "utf8")) as { usdc: Address; validator: Address; chainId: number };
+  const chain = defineChain({
+    id: file.chainId,
+    name: "dev",
+    nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
+    rpcUrls: { default: { http: [rpcUrl] } },
+  });
+  const rpc = async (method: string, params: unknown[] = []) =>
+    ((await (await fetch(rpcUrl, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params }) })).json()) as { result: unknown }).result;
+  const reads = createPublicClient({ chain, transport: http(rpcUrl) });
+  const tabOf = async (owner: Address, payee: Address) =>
+    reads.readContract({ address: file.validator, abi: validatorReads, functionName: "tabOf", args: [owner, payee] });
+  return { ...file, rpcUrl, demoOwner, chain, rpc, reads, tabOf };
+}
+
+const validatorReads = parseAbi([
+  "function tabOf(address owner, address payee) view returns (uint128 balance, uint80 withdrawing, uint48 graceEndsAt)",
+  "event Deposited(address indexed owner, address indexed payee, uint256 amount)",
+]);
+
+it("the dev wallet deposits from the browser to the demo owner's tab", async () => {
+  const dev = await devChain();
+  await page.setViewportSize({ width: 1200, height: 900 });
+  await page.goto(`${url}/#/`);
+  const tab = page.getByTestId("tab").first();
+  await tab.getByTestId("tab-balance").waitFor();
+  const payee = (await tab.getAttribute("data-payee")) as Address;
+  await tab.getByRole("button", { name: "Deposit" }).click();
+  await tab.getByLabel("Amount to deposit (USDC)").fill("1.25");
+  await tab.getByRole("form").getByRole("button", { name: "Deposit" }).click();
+  await expect.poll(() => tab.getByTestId("tx-steps").textContent(), { timeout: 30_000 }).toMatch(/Deposited tx 0x[0-9a-f]{64}/);
+  // The page's transaction, on-chain: 1.25 USDC from the demo owner into the tab with the payee.
+  const hash = (await tab.getByTestId("tx-hash").last().textContent()) as Hex;
+  const receipt = await dev.reads.getTransactionReceipt({ hash });
+  const [deposited] = parseEventLogs({ abi: validatorReads, eventName: "Deposited", logs: receipt.logs });
+  expect(deposited?.args).toEqual({ owner: getAddress(dev.demoOwner), payee: getAddress(payee), amount: 1_250_000n });
+  // The tab shows the chain's balance (settlements of the first journey's calls may land meanwhile).
+  await expect
+    .poll(async () => usdcUnits(await tab.getByTestId("tab-balance").textContent()) === (await dev.tabOf(dev.demoOwner, payee))[0], { timeout: 15_000 })
+    .toBe(true);
+});
+
+it("a new owner does it all from the UI with their own wallet: deposit, key, pay, withdraw", async () => {
+  // Test setup, not UI: a fresh account with gas and 50 test USDC (anyone may mint on the dev chain).
+  const dev = await devChain();
+  const { rpcUrl, chain, rpc } = dev;
+  const usdcAbi = parseAbi(["function mint(address to, uint256 amount)", "function balanceOf(address) view returns (uint256)"]);
+  const ownerKey = generatePrivateKey();
+  const owner = privateKeyToAccount(ownerKey).address;
+  await rpc("anvil_setBalance", [owner, "0xde0b6b3a7640000"]);
+  const minter = createWalletClient({ account: privateKeyToAccount(ownerKey), chain, transport: http(rpcUrl) });
+  await dev.reads.waitForTransactionReceipt({
+    hash: await minter.writeContract({ address: dev.usdc, abi: usdcAbi, functionName: "mint", args: [owner, 50_000_000n] }),
+  });
+  const heldUsdc = () => dev.reads.readContract({ address: dev.usdc, abi: usdcAbi, functionName: "balanceOf", args: [owner] });
+  expect(await heldUsdc()).toBe(50_000_000n);
+
+  // The owner's browser, with their wallet extension (an EIP-1193 provider; the key stays in the test).
+  const wallet = testWallet(ownerKey, rpcUrl, dev.chainId);
+  const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+  await installWallet(context, wallet);
+  const p = await context.newPage();
+  try {
+    await p.goto(url);
+    await p.getByRole("button", { name: "Sign in with your wallet" }).click();
+    await p.getByRole("heading", { name: "Session keys" }).waitFor();
+    expect((await p.getByTestId("owner").getAttribute("title"))?.toLowerCase()).toBe(owner.toLowerCase());
+    // This service's tab is listed first, labelled, and empty.
+    const tab = p.getByTestId("tab").first();
+    expect(await tab.textContent()).toContain("this service");
+    expect(await tab.getByTestId("tab-balance").textContent()).toBe("0 USDC");
+    const servicePayee = (await tab.getAttribute("data-payee")) as Address;
+
+    // A key made before any deposit: its card says why it will be refused, and a paid call is.
+    await p.getByRole("button", { name: "New key" }).click();
+    await p.getByLabel("Spend limit (USDC)").fill("2");
+    await p.getByRole("button", { name: "Create key" }).click();
+    const privateKey = (await p.getByTestId("private-key").textContent({ timeout: 30_000 }))?.trim() as Hex;
+    const keyAddress = (await p.getByTestId("created-address").textContent())?.trim() ?? "";
+    await p.getByRole("button", { name: /show the key/ }).click();
+    await expect.poll(() => p.getByTestId("status").first().textContent(), { timeout: 15_000 }).toBe("active");
+    const flag = p.getByTestId("tab-empty");
+    await expect.poll(() => flag.textContent(), { timeout: 15_000 }).toContain("is empty: every call will be refused with insufficient_funds");
+    const call = payer(privateKey);
+    const refused = await call();
+    expect(refused.status).toBe(402);
+    expect(((await refused.json()) as { error: string }).error).toBe("insufficient_funds");
+    await shot("9-unfunded-key", p);
+
+    // The flag's link opens the deposit form for that tab: approve, then deposit, from the wallet.
+    await flag.getByRole("link", { name: "Deposit to this tab" }).click();
+    const form = p.getByRole("form", { name: `Deposit to the tab with ${servicePayee}` });
+    await form.getByLabel("Amount to deposit (USDC)").fill("5");
+    await form.getByRole("button", { name: "Deposit" }).click();
+    const steps = form.getByTestId("tx-steps");
+    await expect.poll(() => steps.textContent(), { timeout: 30_000 }).toMatch(/Approved tx 0x[0-9a-f]{64}.*Deposited tx 0x[0-9a-f]{64}/);
+    expect(wallet.sent).toHaveLength(2);
+    expect(await steps.textContent()).toContain(wallet.sent[1]);
+    await expect.poll(() => tab.getByTestId("tab-balance").textContent(), { timeout: 15_000 }).toBe("5 USDC");
+    expect(await heldUsdc()).toBe(45_000_000n);
+    // The key's card no longer flags it, and the key pays.
+    const card = p.locator(`[data-address="${keyAddress}"]`);
+    await expect.poll(() => card.getByTestId("tab-empty").count(), { timeout: 15_000 }).toBe(0);
+    await shot("10-deposited", p);
+    await expect.poll(async () => (await call()).status, { timeout: 10_000 }).toBe(200);
+    for (let i = 0; i < 2; i++) expect((await call()).status).toBe(200);
+    // The tab lists the key drawing on it.
+    const onTab = await tab.getByTestId("tab-keys").locator("a").evaluateAll((links) => links.map((a) => a.getAttribute("href")?.toLowerCase()));
+    expect(onTab).toContain(`#/keys/${keyAddress.toLowerCase()}`);
+
+    // Ask for 4 USDC back: it waits out the grace window, Complete stays off and says why.
+    await tab.getByRole("button", { name: "Withdraw" }).click();
+    const withdrawForm = p.getByRole("form", { name: `Withdraw from the tab with ${servicePayee}` });
+    await withdrawForm.getByLabel("Amount to withdraw (USDC)").fill("4");
+    await withdrawForm.getByRole("button", { name: "Request withdrawal" }).click();
+    // Mined: the form closes, the request's transaction shows with the tab.
+    const withdrawal = tab.getByTestId("tx-steps").filter({ hasText: "Withdraw" });
+    await expect.poll(() => withdrawal.textContent(), { timeout: 30_000 }).toMatch(/Withdrawal requested tx 0x[0-9a-f]{64}/);
+    expect(await withdrawForm.count()).toBe(0);
+    await expect.poll(() => tab.getByTestId("tab-pending").textContent(), { timeout: 15_000 }).toBe("4 USDC");
+    const complete = tab.getByRole("button", { name: "Complete withdrawal" });
+    expect(await complete.isDisabled()).toBe(true);
+    expect(await tab.getByTestId("withdrawal-countdown").textContent()).toMatch(/Can be completed in .+ \(chain time\)/);
+    await shot("11-withdrawal-pending", p);
+
+    // A day later on the chain (the test moves anvil's clock): Complete turns on by chain time.
+    const [, withdrawing, graceEndsAt] = await dev.tabOf(owner, servicePayee);
+    expect(withdrawing).toBe(4_000_000n);
+    const latest = await dev.reads.getBlock({ blockTag: "latest" });
+    await rpc("evm_increaseTime", [graceEndsAt - Number(latest.timestamp) + 1]);
+    await rpc("evm_mine");
+    await expect.poll(() => complete.isEnabled(), { timeout: 15_000 }).toBe(true);
+    expect(await tab.getByTestId("withdrawal-countdown").textContent()).toContain("Ready");
+    await complete.click();
+    await expect.poll(() => withdrawal.textContent(), { timeout: 30_000 }).toMatch(/Withdrawn tx 0x[0-9a-f]{64}/);
+    expect(wallet.sent).toHaveLength(4);
+
+    // The wallet has its 4 USDC back; the tab keeps what the three calls cost, which the payee settled.
+    expect(await heldUsdc()).toBe(49_000_000n);
+    await expect.poll(() => tab.getByTestId("tab-pending").textContent(), { timeout: 15_000 }).toBe("none");
+    await expect.poll(() => tab.getByTestId("tab-balance").textContent(), { timeout: 15_000 }).toBe("0.994 USDC");
+    expect(await tab.getByTestId("tab-available").textContent()).toBe("0.994 USDC");
+    await shot("12-withdrawn", p);
+  } finally {
+    await context.close();
+  }
+});
+
+/** `12.5 USDC` → 12500000n. */
+function usdcUnits(text: string | null): bigint {
+  const m = /^(\d+)(?:\.(\d{1,6}))? USDC$/.exec((text ?? "").trim());
+  if (!m) throw new Error(`not an amount: ${text}`);
+  return BigInt(m[1]!) * 1_000_000n + BigInt((m[2] ?? "").padEnd(6, "0"));
+}

@@ -1,22 +1,26 @@
 import { useCallback, useEffect, useState } from "react";
 import useSWR, { SWRConfig } from "swr";
+import type { Address } from "viem";
 import { Alert, AlertDescription } from "@/components/ui/alert";
 import { Button } from "@/components/ui/button";
 import { CreateKey } from "@/components/CreateKey";
-import { EscrowPanel } from "@/components/EscrowPanel";
 import { KeyDetailView } from "@/components/KeyDetailView";
 import { KeyList } from "@/components/KeyList";
 import { SignIn } from "@/components/SignIn";
+import { TabsPanel } from "@/components/TabsPanel";
 import { useLive } from "@/hooks/useLive";
-import { ApiError, api, fetcher, type Escrow } from "@/lib/api";
+import { ApiError, api, fetcher, type Tabs } from "@/lib/api";
 import { short } from "@/lib/format";
 import { devWallet, injectedWallet, type Wallet } from "@/lib/wallet";
 
-type Route = { page: "list" } | { page: "new" } | { page: "key"; address: string };
+type Route = { page: "list"; deposit?: Address } | { page: "new" } | { page: "key"; address: string };
 
 function parseRoute(hash: string): Route {
   const key = /^#\/keys\/(0x[0-9a-fA-F]{40})$/.exec(hash);
   if (key) return { page: "key", address: key[1]! };
+  // A key's "deposit to this tab" link: the list, with that tab's deposit form open.
+  const deposit = /^#\/deposit\/(0x[0-9a-fA-F]{40})$/.exec(hash);
+  if (deposit) return { page: "list", deposit: deposit[1] as Address };
   if (hash === "#/new") return { page: "new" };
   return { page: "list" };
 }
@@ -40,8 +44,8 @@ export function App() {
 }
 
 function Shell() {
-  // Signed in = the session cookie works; the escrow tells whose it is.
-  const { data: me, error, isLoading, mutate } = useSWR<Escrow>("/api/escrow", fetcher);
+  // Signed in = the session cookie works; the tabs tell whose it is.
+  const { data: me, error, isLoading, mutate } = useSWR<Tabs>("/api/tabs", fetcher);
   const [wallet, setWallet] = useState<Wallet | null>(null);
   const [route, go] = useRoute();
   const [message, setMessage] = useState<{ kind: "ok" | "error"; text: string } | null>(null);
@@ -90,6 +94,14 @@ function Shell() {
           </Alert>
         )}
         {isLoading && <p role="status" className="text-muted-foreground">Loading…</p>}
+        {!isLoading && !me && error && !(error instanceof ApiError && error.status === 401) && (
+          <Alert variant="destructive">
+            <AlertDescription className="text-inherit">
+              opentab could not load your tabs: {(error as Error).message}{" "}
+              <Button variant="link" className="h-auto p-0" onClick={() => void mutate()}>Try again</Button>
+            </AlertDescription>
+          </Alert>
+        )}
         {!isLoading && !signedIn && (
           <SignIn
             onSignedIn={(w) => {
@@ -100,7 +112,7 @@ function Shell() {
         )}
         {signedIn && route.page === "list" && (
           <>
-            <EscrowPanel />
+            <TabsPanel wallet={getWallet} depositFor={route.deposit} onDepositClosed={() => go("#/")} />
             <KeyList onOpen={(a) => go(`#/keys/${a}`)} onCreate={() => go("#/new")} />
           </>
         )}

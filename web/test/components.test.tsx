@@ -3,7 +3,7 @@ import userEvent from "@testing-library/user-event";
 import useSWR, { SWRConfig } from "swr";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { CreateKey, validateCreate, type CreateForm } from "@/components/CreateKey";
-import { guardianText } from "@/components/EscrowPanel";
+import { guardianText } from "@/components/TabsPanel";
 import { KeyActions } from "@/components/KeyActions";
 import { KeyCard } from "@/components/KeyList";
 import type { KeyView } from "@/lib/api";
@@ -98,7 +98,7 @@ describe("key actions", () => {
           }),
       ),
     );
-    const wallet: Wallet = { kind: "dev", address: key.owner, signMessage: vi.fn(), signTypedData: vi.fn() };
+    const wallet: Wallet = { kind: "dev", address: key.owner, signMessage: vi.fn(), signTypedData: vi.fn(), clients: vi.fn() };
     const messages: string[] = [];
     const path = `/api/session-keys/${key.address}`;
     // What the rest of the page shows: the key as the SWR cache has it.
@@ -126,12 +126,12 @@ describe("key actions", () => {
   });
 });
 
-describe("the escrow's guardian", () => {
+describe("the tabs' guardian", () => {
   const rules = "0x90f79bf6eb2c4f870365e785982e1f101e93b906";
   it("says whether the rule engine can freeze on-chain, and how to let it", () => {
     // Addresses compare case-insensitively (checksummed or not).
     expect(guardianText({ guardian: "0x90F79bf6EB2c4f870365E785982E1f101E93b906", ruleGuardian: rules })).toContain("frozen on-chain too");
-    expect(guardianText({ guardian: null, ruleGuardian: rules })).toContain("opentab escrow guardian");
+    expect(guardianText({ guardian: null, ruleGuardian: rules })).toContain("opentab tab guardian");
     expect(guardianText({ guardian: "0x1111111111111111111111111111111111111111", ruleGuardian: rules })).toMatch(/^0x1111.*may freeze/);
     expect(guardianText({ guardian: null, ruleGuardian: null })).toBe("none");
   });

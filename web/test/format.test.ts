@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { parseUsdc, relative, short, usdc } from "@/lib/format";
+import { countdown, parseUsdc, relative, short, usdc } from "@/lib/format";
 import { siweMessage, toViemTypedData } from "@/lib/wallet";
 
 describe("amounts", () => {
@@ -19,6 +19,16 @@ describe("amounts", () => {
 });
 
 describe("times and names", () => {
+  it("count down to the second, dropping a zero second part", () => {
+    expect(countdown(86_400)).toBe("1d");
+    expect(countdown(86_400 + 2 * 3_600 + 59)).toBe("1d 2h");
+    expect(countdown(3 * 3_600 + 5 * 60 + 1)).toBe("3h 05m");
+    expect(countdown(15 * 60)).toBe("15m");
+    expect(countdown(4 * 60 + 9)).toBe("4m 09s");
+    expect(countdown(11.2)).toBe("12s");
+    expect(countdown(-5)).toBe("0s");
+  });
+
   it("read relative to now", () => {
     expect(relative(1_000 + 7 * 86_400 - 3_600, 1_000)).toBe("in 6d 23h");
     expect(relative(1_000 - 180, 1_000)).toBe("3m ago");

@@ -33,7 +33,7 @@ pub(crate) struct ChainArgs {
     /// USDC minted to the demo owner on first start.
     #[arg(long, default_value = "1000")]
     mint: String,
-    /// USDC of it deposited into the demo owner's escrow.
+    /// USDC of it deposited into the demo owner's tab with the demo payee.
     #[arg(long, default_value = "100")]
     deposit: String,
     /// Settlement grace window in seconds (15 minutes to 30 days).
@@ -154,7 +154,7 @@ impl DevChain {
                     .await
                     .context("authorising the settlement worker to settle for the payee")?;
                 // The demo owner lets the rule engine's guardian freeze its keys on-chain (an
-                // owner's own choice: `opentab escrow guardian --clear` takes it back).
+                // owner's own choice: `opentab tab guardian --clear` takes it back).
                 as_owner
                     .set_guardian(anvil.signer(GUARDIAN_ACCOUNT)?.address())
                     .await

@@ -1,4 +1,4 @@
-//! Who the owner commands (`keys`, `escrow`) act as, and where they find opentab and the chain:
+//! Who the owner commands (`keys`, `tab`) act as, and where they find opentab and the chain:
 //! flags and environment first, then the `opentab dev` data directory's `chain.json`.
 
 use std::io::Write;
@@ -32,7 +32,7 @@ pub(crate) struct OwnerArgs {
     pub(crate) data_dir: PathBuf,
 }
 
-/// Where the owner's on-chain transactions go (`escrow deposit|withdraw`).
+/// Where the owner's on-chain transactions go (`tab deposit|withdraw`).
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Chain (deposit and withdraw)")]
 pub(crate) struct ChainFlags {

@@ -119,7 +119,7 @@ async fn ten_thousand_calls_through_the_proxy_with_redis_flushed_mid_traffic() -
     ten_thousand_calls(Some(&redis)).await
 }
 
-/// anvil with an owner (500 USDC of escrow) and `keys` keys paying one payee; `opentab serve`
+/// anvil with an owner (a 500 USDC tab with the payee) and `keys` keys paying one payee; `opentab serve`
 /// (listener + settlement worker as the payee) and `opentab proxy` in front of [`upstream`],
 /// sharing one PostgreSQL database; the keys mirrored; the requirements read from a 402.
 struct Topology {

@@ -16,7 +16,7 @@ pub struct Deployment {
     pub chain_id: u64,
     /// The JSON-RPC endpoint it was deployed through.
     pub rpc_url: String,
-    /// The escrowed token.
+    /// The token tabs hold.
     pub usdc: Address,
     /// The `SessionKeyValidator`.
     pub validator: Address,

@@ -144,7 +144,7 @@ impl Validator {
         *self.contract.address()
     }
 
-    /// The escrowed token's address.
+    /// The address of the token tabs hold.
     pub fn usdc(&self) -> Address {
         *self.usdc.address()
     }

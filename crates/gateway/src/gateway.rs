@@ -20,10 +20,10 @@ pub struct KeyInfo {
     pub key: SessionKey,
     /// Frozen off-chain (by the owner's request or the rule engine) ahead of the chain.
     pub frozen_offchain: bool,
-    /// The owner's escrow less its pending withdrawal.
+    /// The owner's tab with this payee, less its pending withdrawal.
     pub tab_available: Usdc,
     /// What the chain has settled across the owner's keys with this key's payee (read with the
-    /// escrow, so the two agree: see `opentab_core::charge`).
+    /// tab, so the two agree: see `opentab_core::charge`).
     pub owner_settled: Usdc,
 }
 

@@ -11,7 +11,7 @@
 //! charged twice either.
 //!
 //! Lua numbers are doubles: amounts stay exact below 2^53 base units (9 billion USDC), so
-//! limits and escrow are clamped there (nothing can be served past it anyway) and numbers are
+//! limits and tabs are clamped there (nothing can be served past it anyway) and numbers are
 //! printed with `%d`, never `tostring`. Vouchers, up to 2^256 − 1, are compared as zero-padded
 //! 78-digit strings.
 
@@ -32,7 +32,7 @@ const LUA_EXACT: u64 = (1 << 53) - 1;
 
 /// The charge rule of `opentab_core::charge`, in Lua. KEYS: key hash, owner's served total and,
 /// when the request has one, its idempotency key (set for `ARGV[7]` seconds once charged).
-/// ARGV: price, voucher (78 digits), signature, limit, owner budget (escrow available + settled),
+/// ARGV: price, voucher (78 digits), signature, limit, owner budget (tab available + settled),
 /// "1" if missing counters must be rebuilt rather than read as zero.
 const CHARGE: &str = r"
 if ARGV[6] == '1' and (redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0) then

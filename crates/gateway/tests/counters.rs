@@ -53,13 +53,13 @@ fn sig(n: u64) -> Signature {
         .unwrap_or_else(|_| unreachable!())
 }
 
-fn req(price: u64, voucher: U256, limit: u64, escrow: u64) -> ChargeRequest {
+fn req(price: u64, voucher: U256, limit: u64, tab: u64) -> ChargeRequest {
     ChargeRequest {
         price: Usdc::from_base_units(price),
         voucher,
         signature: sig(voucher.saturating_to::<u64>()),
         limit: Usdc::from_base_units(limit),
-        tab_available: Usdc::from_base_units(escrow),
+        tab_available: Usdc::from_base_units(tab),
         owner_settled: Usdc::ZERO,
         idempotency: None,
     }
@@ -82,9 +82,9 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     an_idempotency_key_is_charged_once_until_voided,
-    a_settlement_moves_budget_from_escrow_to_settled,
+    a_settlement_moves_budget_from_the_tab_to_settled,
     charges_follow_the_rule_and_refusals_change_nothing,
-    the_owner_escrow_bounds_all_its_keys,
+    the_owner_tab_bounds_all_its_keys,
     voids_give_back_but_keep_the_best_voucher,
     huge_vouchers_compare_by_number,
     concurrent_out_of_order_vouchers_never_overserve,
@@ -134,7 +134,7 @@ async fn charges_follow_the_rule_and_refusals_change_nothing<S: Probe>(s: Arc<S>
     Ok(())
 }
 
-async fn the_owner_escrow_bounds_all_its_keys<S: Probe>(s: Arc<S>) -> TestResult {
+async fn the_owner_tab_bounds_all_its_keys<S: Probe>(s: Arc<S>) -> TestResult {
     let (a, b) = (Address::repeat_byte(0xa2), Address::repeat_byte(0xb2));
     s.charge(a, OWNER, req(7_000, U256::from(7_000), 1_000_000, 10_000)).await??;
     let refused = s.charge(b, OWNER, req(4_000, U256::from(4_000), 1_000_000, 10_000)).await?;
@@ -150,10 +150,10 @@ async fn the_owner_escrow_bounds_all_its_keys<S: Probe>(s: Arc<S>) -> TestResult
     Ok(())
 }
 
-async fn a_settlement_moves_budget_from_escrow_to_settled<S: Probe>(s: Arc<S>) -> TestResult {
+async fn a_settlement_moves_budget_from_the_tab_to_settled<S: Probe>(s: Arc<S>) -> TestResult {
     let key = Address::repeat_byte(0xa7);
     s.charge(key, OWNER, req(6_000, U256::from(6_000), 1_000_000, 10_000)).await??;
-    // 6_000 settles: the escrow drops to 4_000, the owner's settled rises to 6_000. Still 4_000
+    // 6_000 settles: the tab drops to 4_000, the owner's settled rises to 6_000. Still 4_000
     // free, no more, and the counters were never reset.
     let mut r = req(4_001, U256::from(10_001), 1_000_000, 4_000);
     r.owner_settled = Usdc::from_base_units(6_000);

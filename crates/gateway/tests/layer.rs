@@ -107,7 +107,7 @@ async fn panics() -> &'static str {
 }
 
 impl World {
-    fn add_key(&self, limit: u64, escrow: u64) -> TestResult<SigningKey> {
+    fn add_key(&self, limit: u64, tab: u64) -> TestResult<SigningKey> {
         let key = SigningKey::random();
         let info = KeyInfo {
             key: SessionKey {
@@ -122,7 +122,7 @@ impl World {
                 settled: Usdc::ZERO,
             },
             frozen_offchain: false,
-            tab_available: Usdc::from_base_units(escrow),
+            tab_available: Usdc::from_base_units(tab),
             owner_settled: Usdc::ZERO,
         };
         self.directory.keys.lock().map_err(|_| "poisoned")?.insert(key.address(), info);

@@ -3,11 +3,12 @@ import { ArrowLeft } from "lucide-react";
 import { Alert, AlertDescription, AlertTitle } from "@/components/ui/alert";
 import { Button } from "@/components/ui/button";
 import { Card, CardContent, CardDescription, CardHeader, CardTitle } from "@/components/ui/card";
-import { ApiError, fetcher, type KeyDetail } from "@/lib/api";
+import { ApiError, fetcher, type KeyDetail, type Tabs } from "@/lib/api";
 import { relative, short, usdc, utc } from "@/lib/format";
 import type { Wallet } from "@/lib/wallet";
 import { KeyActions } from "./KeyActions";
 import { StatusBadge } from "./StatusBadge";
+import { TabCoverage } from "./TabCoverage";
 import { UsageBar } from "./UsageBar";
 
 export function KeyDetailView({
@@ -22,6 +23,7 @@ export function KeyDetailView({
   onMessage: (message: { kind: "ok" | "error"; text: string }) => void;
 }) {
   const { data, error, isLoading } = useSWR<KeyDetail>(`/api/session-keys/${address}`, fetcher, { refreshInterval: 5_000 });
+  const { data: tabs } = useSWR<Tabs>("/api/tabs", fetcher);
   return (
     <section aria-labelledby="key-title" className="grid gap-4">
       <div>
@@ -48,6 +50,7 @@ export function KeyDetailView({
             </CardHeader>
             <CardContent className="grid gap-4">
               <UsageBar keyView={data} />
+              <TabCoverage keyView={data} servicePayee={tabs?.payee} />
               <dl className="grid grid-cols-2 gap-3 text-sm sm:grid-cols-4">
                 <Stat label="Limit" value={`${usdc(data.limit)} USDC`} />
                 <Stat label="Remaining" value={`${usdc(data.usage.remaining)} USDC`} />
@@ -56,6 +59,7 @@ export function KeyDetailView({
                 <Stat label="Valid from" value={utc(data.validAfter)} />
                 <Stat label="Expires" value={`${utc(data.validUntil)} (${relative(data.validUntil)})`} />
                 <Stat label="Last activity" value={data.lastActivityAt ? relative(data.lastActivityAt) : "never"} />
+                {data.tabFree !== undefined && <Stat label="Tab can still pay" value={`${usdc(data.tabFree)} USDC`} />}
                 {data.frozenAt && <Stat label="Frozen" value={relative(data.frozenAt)} />}
               </dl>
               <KeyActions keyView={data} wallet={wallet} onDeleted={onBack} onMessage={onMessage} />

@@ -3,12 +3,22 @@ import { KeyRound, Plus } from "lucide-react";
 import { Alert, AlertDescription, AlertTitle } from "@/components/ui/alert";
 import { Button } from "@/components/ui/button";
 import { Card, CardContent, CardHeader, CardTitle } from "@/components/ui/card";
-import { fetcher, type KeyView } from "@/lib/api";
+import { fetcher, type KeyView, type Tabs } from "@/lib/api";
 import { relative, short, usdc } from "@/lib/format";
 import { StatusBadge } from "./StatusBadge";
+import { TabCoverage } from "./TabCoverage";
 import { UsageBar } from "./UsageBar";
 
-export function KeyCard({ keyView, onOpen }: { keyView: KeyView; onOpen: (address: string) => void }) {
+export function KeyCard({
+  keyView,
+  onOpen,
+  servicePayee,
+}: {
+  keyView: KeyView;
+  onOpen: (address: string) => void;
+  /** This service's payee, to name it in the tab note. */
+  servicePayee?: string;
+}) {
   return (
     <li>
       <Card className="gap-3 py-4" data-testid="key-card" data-address={keyView.address}>
@@ -27,6 +37,7 @@ export function KeyCard({ keyView, onOpen }: { keyView: KeyView; onOpen: (addres
         </CardHeader>
         <CardContent className="grid gap-3">
           <UsageBar keyView={keyView} />
+          <TabCoverage keyView={keyView} servicePayee={servicePayee} />
           <dl className="grid grid-cols-2 gap-2 text-xs sm:grid-cols-3">
             <div>
               <dt className="text-muted-foreground">Remaining</dt>
@@ -49,6 +60,7 @@ export function KeyCard({ keyView, onOpen }: { keyView: KeyView; onOpen: (addres
 
 export function KeyList({ onOpen, onCreate }: { onOpen: (address: string) => void; onCreate: () => void }) {
   const { data, error, isLoading, mutate } = useSWR<KeyView[]>("/api/session-keys", fetcher, { refreshInterval: 5_000 });
+  const { data: tabs } = useSWR<Tabs>("/api/tabs", fetcher);
   return (
     <section aria-labelledby="keys-title" className="grid gap-3">
       <div className="flex items-center justify-between">
@@ -79,7 +91,7 @@ export function KeyList({ onOpen, onCreate }: { onOpen: (address: string) => voi
       {data && data.length > 0 && (
         <ul className="grid gap-3 md:grid-cols-2" aria-label="Your session keys">
           {data.map((k) => (
-            <KeyCard key={k.address} keyView={k} onOpen={onOpen} />
+            <KeyCard key={k.address} keyView={k} onOpen={onOpen} servicePayee={tabs?.payee} />
           ))}
         </ul>
       )}

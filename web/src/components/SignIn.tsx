@@ -36,7 +36,7 @@ export function SignIn({ onSignedIn }: { onSignedIn: (wallet: Wallet) => void })
       <CardHeader>
         <CardTitle>Sign in</CardTitle>
         <CardDescription>
-          Sign a message with the account that owns your escrow (Sign-In with Ethereum). Nothing is sent on-chain.
+          Sign a message with the account that owns your tabs (Sign-In with Ethereum). Nothing is sent on-chain.
         </CardDescription>
       </CardHeader>
       <CardContent className="grid gap-3">

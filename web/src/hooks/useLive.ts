@@ -1,5 +1,6 @@
 import { useEffect, useState } from "react";
 import { useSWRConfig } from "swr";
+import type { Tabs } from "@/lib/api";
 
 /**
  * Live updates: the owner's Server-Sent Events stream revalidates the affected SWR keys within
@@ -17,9 +18,17 @@ export function useLive(enabled: boolean): boolean {
     source.addEventListener("key", keys);
     source.addEventListener("resync", () => {
       void keys();
-      void mutate("/api/escrow");
+      void mutate("/api/tabs");
     });
-    source.addEventListener("escrow", () => void mutate("/api/escrow"));
+    // The event carries what `GET /api/tabs` answers; each key's `tabFree` moved with it.
+    source.addEventListener("tabs", (event) => {
+      try {
+        void mutate("/api/tabs", JSON.parse((event as MessageEvent<string>).data) as Tabs, { revalidate: false });
+      } catch {
+        void mutate("/api/tabs");
+      }
+      void keys();
+    });
     source.onerror = () => setConnected(false);
     return () => {
       source.close();

@@ -28,6 +28,10 @@ export interface KeyView {
   usage: Usage;
   createdAt: number;
   lastActivityAt: number | null;
+  /** What the gateway can still charge the owner on this key's tab (tab available + settled −
+   * served, floored at 0). "0": every call is refused with `insufficient_funds`. Absent from a
+   * server older than tabs. */
+  tabFree?: string;
 }
 
 export interface Settlement {
@@ -52,17 +56,34 @@ export interface KeyDetail extends KeyView {
   alerts: RuleAlert[];
 }
 
-export interface Escrow {
-  owner: Address;
+/** The owner's tab with one payee: USDC only that payee's keys of this owner draw on. */
+export interface Tab {
+  payee: Address;
   balance: string;
+  /** balance − pending withdrawal. */
   available: string;
   pendingWithdrawal: string | null;
+  /** The first unix second (chain time) at which `withdraw(payee)` succeeds. */
   withdrawalReadyAt: number | null;
-  depositTo: Address;
+  /** The owner's session keys that pay this payee. */
+  keys: Address[];
+}
+
+/** `GET /api/tabs` (and the SSE `tabs` event): the signed-in owner's tabs and where they live. */
+export interface Tabs {
+  owner: Address;
+  validator: Address;
+  usdc: Address;
+  chainId: number;
+  /** Seconds a withdrawal waits, so the payee can settle first. */
+  grace: number;
+  /** This service's payee: the tab its API draws on (always listed, even at 0). */
+  payee: Address;
   /** Who may freeze the owner's keys on-chain. */
   guardian: Address | null;
   /** The account opentab's rule engine freezes with, if it has one. */
   ruleGuardian: Address | null;
+  tabs: Tab[];
 }
 
 /** EIP-712 typed data as the API hands it out (numbers may be decimal strings). */

@@ -53,3 +53,20 @@ export function utc(at: number): string {
 export function short(hex: string): string {
   return hex.length > 12 ? `${hex.slice(0, 6)}…${hex.slice(-4)}` : hex;
 }
+
+/** A countdown for a person: `1d 2h`, `3h 05m`, `4m 09s`, `12s`, `1d`, `15m` (0 and below: `0s`). */
+export function countdown(seconds: number): string {
+  const s = Math.max(0, Math.ceil(seconds));
+  const pad = (n: number) => n.toString().padStart(2, "0");
+  const two = (big: string, small: number, smallText: string) => (small === 0 ? big : `${big} ${smallText}`);
+  if (s >= 86_400) {
+    const h = Math.floor((s % 86_400) / 3_600);
+    return two(`${Math.floor(s / 86_400)}d`, h, `${h}h`);
+  }
+  if (s >= 3_600) {
+    const m = Math.floor((s % 3_600) / 60);
+    return two(`${Math.floor(s / 3_600)}h`, m, `${pad(m)}m`);
+  }
+  if (s >= 60) return two(`${Math.floor(s / 60)}m`, s % 60, `${pad(s % 60)}s`);
+  return `${s}s`;
+}
