@@ -94,7 +94,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         listener_config,
     )
     .await?
-    .with_notifier(state.notifier().clone());
+    .with_notifier(state.notifier().clone())
+    .with_payee(chain.payee, metrics.clone());
     // Serve only once the database knows the chain (the demo key included).
     chain_listener.catch_up().await.context("reading the chain into the database")?;
     let mut stop_listener = stopped.clone();

@@ -157,7 +157,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let chain_listener =
         ChainListener::new(store.clone(), reader.clone(), config.validator, config.deployed_at_block, listener_config)
             .await?
-            .with_notifier(state.notifier().clone());
+            .with_notifier(state.notifier().clone())
+            .with_payee(config.payee, metrics.clone());
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let listener_task = tokio::spawn(chain_listener.run(metrics.clone(), async move {
         let _ = stopped.wait_for(|stop| *stop).await;
@@ -174,7 +175,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let account = key.address();
             match settler.is_settler(config.payee, account).await {
                 Ok(true) => {
-                    tracing::info!(settler = %account, payee = %config.payee, "settling as an authorised settler")
+                    metrics.settler_authorized.store(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(settler = %account, payee = %config.payee, "settling as an authorised settler");
                 }
                 Ok(false) => tracing::warn!(
                     settler = %account, payee = %config.payee,

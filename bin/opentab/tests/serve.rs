@@ -1,5 +1,6 @@
 //! `opentab serve --config` against a real PostgreSQL and an external (anvil) RPC endpoint:
-//! ready while both answer, not ready when the RPC goes away, clean stop on SIGTERM.
+//! ready while both answer, not ready when the RPC goes away, clean stop on SIGTERM; and a
+//! settler the payee has not authorised is reported until `opentab settlements authorize`.
 
 mod common;
 
@@ -58,5 +59,69 @@ fn a_bad_config_is_refused_with_the_reason() -> TestResult {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown field") && stderr.contains("bad.toml"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unauthorised_settler_is_reported_until_the_payee_authorises_it() -> TestResult {
+    let anvil = Anvil::spawn(AnvilConfig::default())?;
+    let rpc = anvil.endpoint();
+    let deployment = deploy_dev_contracts(&signing_provider(&rpc, anvil.signer(0)?)?, &rpc, 86_400).await?;
+    let database_url = opentab_store::testing::fresh_postgres_url().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("opentab.toml");
+    let payee = anvil.signer(2)?.address();
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndatabase_url = \"{database_url}\"\nrpc_url = \"{rpc}\"\nvalidator = \"{}\"\n\
+             deployed_at_block = {}\npayee = \"{payee}\"\ndomain = \"api.example.com\"\n",
+            deployment.validator, deployment.deployed_at_block,
+        ),
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    // The worker settles as anvil #4, which the payee (#2) has not authorised.
+    let settler_key = format!("{:#x}", anvil.keys()[4]);
+    let settler = anvil.signer(4)?.address();
+    let serve = |key: &str| {
+        Running::start(&["serve", "--config", &config], &[("OPENTAB_SETTLER_KEY", key)], "opentab serving on")
+    };
+    let metric = |server: &Running| {
+        let url = server.printed.split_whitespace().find(|w| w.starts_with("http://")).map(str::to_owned);
+        async move {
+            let (_, text) = get(&format!("{}/metrics", url.ok_or("no url")?)).await?;
+            TestResult::Ok(text.lines().find(|l| l.starts_with("opentab_settler_authorized ")).map(str::to_owned))
+        }
+    };
+    let server = serve(&settler_key)?;
+    assert_eq!(metric(&server).await?.as_deref(), Some("opentab_settler_authorized 0"));
+    assert!(server.stop("TERM")?.success());
+
+    // The payee only signs (its key stays cold); the relayer (#0) sends the transaction.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_opentab"))
+        .args(["settlements", "authorize", &format!("{settler:#x}"), "--relay", "--rpc-url", &rpc])
+        .args(["--validator", &format!("{:#x}", deployment.validator)])
+        .env("OPENTAB_PAYEE_KEY", format!("{:#x}", anvil.keys()[2]))
+        .env("OPENTAB_RELAYER_KEY", format!("{:#x}", anvil.keys()[0]))
+        .output()?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("may now settle vouchers payable to"), "{printed}");
+
+    let server = serve(&settler_key)?;
+    assert_eq!(metric(&server).await?.as_deref(), Some("opentab_settler_authorized 1"));
+    assert!(server.stop("TERM")?.success());
+
+    // The payee withdraws the authorisation itself (it sends and pays the gas this time).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_opentab"))
+        .args(["settlements", "authorize", &format!("{settler:#x}"), "--revoke", "--rpc-url", &rpc])
+        .args(["--validator", &format!("{:#x}", deployment.validator)])
+        .env("OPENTAB_PAYEE_KEY", format!("{:#x}", anvil.keys()[2]))
+        .output()?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && printed.contains("may no longer settle"), "{printed}");
+    let validator =
+        opentab_chain::Validator::connect(opentab_chain::read_provider(&rpc)?, deployment.validator).await?;
+    assert!(!validator.is_settler(payee, settler).await?);
     Ok(())
 }

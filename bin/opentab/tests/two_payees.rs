@@ -28,6 +28,8 @@ const GRACE: u64 = 86_400;
 /// settling for itself) and `opentab proxy`, sharing a fresh PostgreSQL database.
 struct Api {
     _serve: Running,
+    /// `opentab serve`'s own address (the API, `/metrics`).
+    serve_url: String,
     _proxy: Running,
     _dir: tempfile::TempDir,
     url: String,
@@ -57,6 +59,12 @@ async fn api(anvil: &Anvil, deployment: &Deployment, payee_account: usize) -> Te
     let payee_key = format!("{:#x}", anvil.keys()[payee_account]);
     let serve =
         Running::start(&["serve", "--config", &config], &[("OPENTAB_SETTLER_KEY", &payee_key)], "opentab serving")?;
+    let serve_url = serve
+        .printed
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .ok_or("serve printed no address")?
+        .to_owned();
     let upstream = upstream().await?;
     let proxy = Running::start(&["proxy", "--config", &config, "--upstream", &upstream], &[], "ready")?;
     let url = proxy.field("url").ok_or("no proxy url")?;
@@ -66,7 +74,7 @@ async fn api(anvil: &Anvil, deployment: &Deployment, payee_account: usize) -> Te
     let accepted = required.accepts.first().ok_or("no requirements")?.clone();
     assert_eq!(accepted.pay_to, payee, "each API asks to be paid itself");
     let store = Store::connect(&database_url).await?;
-    Ok(Api { _serve: serve, _proxy: proxy, _dir: dir, url, store, payee, accepted })
+    Ok(Api { _serve: serve, serve_url, _proxy: proxy, _dir: dir, url, store, payee, accepted })
 }
 
 async fn upstream() -> TestResult<String> {
@@ -175,6 +183,13 @@ async fn nothing_the_owner_does_to_one_tab_starves_the_other() -> TestResult {
         assert_eq!(pay(&b, &deployment, &key_b, n * USDC).await?.0, 200, "B call {n}");
     }
     wait_until("A settles what it served", || async { Ok(balance(&owner, a.payee).await? == 12 * USDC) }).await?;
+    // A's own worker sent that settlement: its listener counts no foreign one.
+    wait_until("A's listener sees its settlement", || async {
+        Ok(a.store.key(key_a.address()).await?.is_some_and(|k| k.key.settled == Usdc::from_base_units(12 * USDC)))
+    })
+    .await?;
+    let (_, metrics) = common::get(&format!("{}/metrics", a.serve_url)).await?;
+    assert!(metrics.contains("opentab_foreign_settlements_total 0"), "{metrics}");
 
     // The old drain: a key of the owner's own paying the owner, with a voucher for everything.
     // It draws only on the owner's tab with itself, which is empty; A's and B's tabs are untouched.

@@ -41,6 +41,10 @@ pub struct ChainListener {
     config: ListenerConfig,
     stream: EventStream,
     notifier: Notifier,
+    /// This deployment's payee: settlements to it that its own worker did not send are counted
+    /// and warned about.
+    payee: Option<Address>,
+    metrics: Arc<Metrics>,
 }
 
 impl ChainListener {
@@ -55,7 +59,26 @@ impl ChainListener {
     ) -> Result<Self> {
         let cursor = saved_cursor(&store, validator, start_block).await?;
         let stream = EventStream::new(provider.clone(), validator, cursor, config.stream);
-        Ok(Self { store, provider, validator, start_block, config, stream, notifier: Notifier::default() })
+        Ok(Self {
+            store,
+            provider,
+            validator,
+            start_block,
+            config,
+            stream,
+            notifier: Notifier::default(),
+            payee: None,
+            metrics: Arc::default(),
+        })
+    }
+
+    /// Watches for settlements to `payee` that this deployment's settlement worker did not send,
+    /// counting them in `metrics` (`opentab_foreign_settlements_total`) with a warning: two
+    /// deployments sharing a payee address share its tabs and can over-commit them.
+    pub fn with_payee(mut self, payee: Address, metrics: Arc<Metrics>) -> Self {
+        self.payee = Some(payee);
+        self.metrics = metrics;
+        self
     }
 
     /// Publishes what each applied update changed to `notifier` (live updates for owners).
@@ -142,8 +165,32 @@ impl ChainListener {
                 self.notifier.publish(Change { owner: record.key.owner, key: Some(*key) });
             }
         }
+        if let Some(payee) = self.payee {
+            self.watch_foreign_settlements(payee, &events).await?;
+        }
         if !events.is_empty() || update.rollback_to.is_some() {
             tracing::debug!(events = events.len(), rollback_to = ?update.rollback_to, "applied chain update");
+        }
+        Ok(())
+    }
+}
+
+impl ChainListener {
+    async fn watch_foreign_settlements(&self, payee: Address, events: &[StoredEvent]) -> Result<()> {
+        for stored in events {
+            let opentab_core::ValidatorEvent::Settled { session_key, amount, .. } = stored.event else { continue };
+            let ours = match self.store.key(session_key).await? {
+                Some(record) => record.key.payee == payee,
+                None => false,
+            };
+            if ours && !self.store.settlement_sent(session_key, stored.tx_hash).await? {
+                self.metrics.foreign_settlements.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    key = %session_key, tx = %stored.tx_hash, amount = %amount.display(), payee = %payee,
+                    "a settlement to this payee that this deployment did not send: if another deployment uses the \
+                     same payee address, the two share its tabs and can over-commit them; give each its own payee"
+                );
+            }
         }
         Ok(())
     }

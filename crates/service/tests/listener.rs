@@ -51,7 +51,8 @@ async fn listener(w: &World, store: &Store) -> TestResult<ChainListener> {
 
 async fn converges_across_restart_and_reorg(store: Store) -> TestResult {
     let w = world().await?;
-    let mut l = listener(&w, &store).await?;
+    let metrics = std::sync::Arc::new(opentab_service::Metrics::default());
+    let mut l = listener(&w, &store).await?.with_payee(w.payee, metrics.clone());
 
     w.owner.mint_test_usdc(w.owner_key.address(), Usdc::parse_decimal("30")?).await?;
     w.owner.deposit(w.payee, Usdc::parse_decimal("30")?).await?;
@@ -73,6 +74,9 @@ async fn converges_across_restart_and_reorg(store: Store) -> TestResult {
     assert_eq!(record.chain_status, ChainStatus::Registered);
     assert_eq!(record.key.settled, Usdc::from_base_units(12_000_000));
     assert_eq!(store.tab(w.owner_key.address(), w.payee).await?.balance, Usdc::from_base_units(18_000_000));
+    // That settlement was sent straight to the chain, not by this deployment's worker: the
+    // listener counts it as foreign (another deployment sharing the payee would look the same).
+    assert_eq!(metrics.foreign_settlements.load(std::sync::atomic::Ordering::Relaxed), 1);
 
     // Restart: a new listener resumes from the cursor in storage and sees only what is new.
     drop(l);

@@ -177,6 +177,20 @@ impl Store {
             .transpose()
     }
 
+    /// Whether this deployment sent (or is sending) the settlement of `key` mined in `tx`: a
+    /// settlement row with that transaction, or one still open for the key (its worker may see
+    /// the receipt after the listener sees the event).
+    pub async fn settlement_sent(&self, key: Address, tx: B256) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM settlements WHERE session_key = $1 AND (tx_hash = $2 OR status = 'pending') LIMIT 1",
+        )
+        .bind(hex(key))
+        .bind(format!("{tx:#x}"))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// Writes an intent unless the key has one open (pending, or dead-lettered and waiting for
     /// a person) or a succeeded settlement covers its voucher already (another worker settled
     /// it while this one was planning; a settlement a short tab paid in part covers only what
