@@ -191,6 +191,27 @@ mod tests {
     }
 
     #[test]
+    fn base_units_print_and_parse_as_plain_digits() {
+        assert_eq!(Usdc(1_000).to_string(), "1000");
+        assert_eq!(format!("{:>6}", Usdc(42)), "    42", "formatting flags pass through");
+        assert_eq!("1000".parse::<Usdc>(), Ok(Usdc(1_000)));
+        // u64's own parser takes a sign; amounts are digits only.
+        for bad in ["", "+5", "-5", " 5", "5 ", "1.5", "0x10"] {
+            assert!(
+                matches!(
+                    bad.parse::<Usdc>(),
+                    Err(Error::InvalidAmount { reason: "expected base units as digits", .. })
+                ),
+                "{bad:?} must be refused as not digits"
+            );
+        }
+        assert!(matches!(
+            "18446744073709551616".parse::<Usdc>(),
+            Err(Error::InvalidAmount { reason: "too large", .. })
+        ));
+    }
+
+    #[test]
     fn arithmetic_is_checked() {
         assert_eq!(Usdc(u64::MAX).checked_add(Usdc(1)), Err(Error::AmountOverflow));
         assert_eq!(Usdc(1).checked_sub(Usdc(2)), Err(Error::AmountOverflow));

@@ -212,6 +212,54 @@ mod tests {
     }
 
     #[test]
+    fn the_limit_and_the_tab_are_exact_to_the_base_unit() {
+        // Exactly the limit is accepted; one base unit past it is refused.
+        let (mut key, mut owed) = (KeyCounters::default(), Usdc::ZERO);
+        assert!(charge(&mut key, &mut owed, &req(999, 1_000)).is_ok());
+        assert_eq!(charge(&mut key, &mut owed, &req(1, 1_000)).map(|c| c.remaining), Ok(Usdc::ZERO));
+        assert_eq!(
+            charge(&mut key, &mut owed, &req(1, 1_001)),
+            Err(ChargeRefused::LimitExceeded { needed: usdc(1_001), limit: usdc(1_000) })
+        );
+        // Exactly what the tab has free is accepted; one base unit more is refused.
+        let (mut key, mut owed) = (KeyCounters::default(), usdc(9_990));
+        assert_eq!(
+            charge(&mut key, &mut owed, &req(11, 11)),
+            Err(ChargeRefused::InsufficientFunds { available: usdc(10), needed: usdc(11) })
+        );
+        assert!(charge(&mut key, &mut owed, &req(10, 10)).is_ok());
+        assert_eq!(owed, usdc(10_000));
+    }
+
+    #[test]
+    fn the_first_signature_of_the_best_voucher_is_kept() {
+        let (mut key, mut owed) = (KeyCounters::default(), Usdc::ZERO);
+        let first = ChargeRequest { signature: sig(1), ..req(10, 20) };
+        assert!(charge(&mut key, &mut owed, &first).is_ok());
+        // The same amount again with another signature: the first one stays.
+        let again = ChargeRequest { signature: sig(2), ..req(10, 20) };
+        assert!(charge(&mut key, &mut owed, &again).is_ok());
+        assert_eq!((key.best, key.best_signature), (U256::from(20), Some(sig(1))));
+    }
+
+    #[test]
+    fn counters_restored_without_a_signature_take_the_next_equal_voucher_and_never_a_lower_one() {
+        // Rebuilt counters may know the best amount but not its signature yet.
+        let mut key = KeyCounters { served: usdc(10), best: U256::from(30), best_signature: None };
+        let mut owed = usdc(10);
+        let lower = ChargeRequest { signature: sig(2), ..req(10, 25) };
+        assert!(charge(&mut key, &mut owed, &lower).is_ok());
+        assert_eq!((key.best, key.best_signature), (U256::from(30), None), "a lower voucher never becomes best");
+        let equal = ChargeRequest { signature: sig(3), ..req(10, 30) };
+        assert!(charge(&mut key, &mut owed, &equal).is_ok());
+        assert_eq!(
+            (key.best, key.best_signature),
+            (U256::from(30), Some(sig(3))),
+            "the equal one brings its signature"
+        );
+    }
+
+    #[test]
     fn a_settlement_frees_nothing_and_loses_nothing() {
         // 10_000 in the tab, 10_000 served: nothing free.
         let (mut key, mut owed) = (KeyCounters::default(), usdc(10_000));

@@ -358,6 +358,8 @@ mod tests {
 
     #[test]
     fn a_key_folds_from_its_events() {
+        let frozen = [registered(), ValidatorEvent::Frozen { owner: OWNER, session_key: KEY, by: OWNER, at: 50 }];
+        assert_eq!(frozen.iter().fold(None, SessionKey::apply).and_then(|k| k.frozen_at), Some(50));
         let events = [
             registered(),
             settled(40, 40),
@@ -424,6 +426,44 @@ mod tests {
         assert_eq!(settled(1, 1).session_key(), Some(KEY));
         let settler = ValidatorEvent::SettlerSet { payee: PAYEE, settler: OWNER, allowed: true };
         assert_eq!((settler.account(), settler.tab()), (Some(PAYEE), None));
+    }
+
+    #[test]
+    fn events_and_skip_reasons_have_stable_names() {
+        // Stored in the database and sent in webhooks: these names must not change.
+        let named = [
+            (ValidatorEvent::Deposited { owner: OWNER, payee: PAYEE, amount: usdc(1) }, "deposited"),
+            (registered(), "registered"),
+            (ValidatorEvent::Frozen { owner: OWNER, session_key: KEY, by: OWNER, at: 1 }, "frozen"),
+            (ValidatorEvent::Unfrozen { owner: OWNER, session_key: KEY }, "unfrozen"),
+            (ValidatorEvent::Revoked { owner: OWNER, session_key: KEY, at: 1 }, "revoked"),
+            (settled(1, 1), "settled"),
+            (ValidatorEvent::ClaimSkipped { session_key: KEY, reason: SkipReason::EmptyTab }, "claim_skipped"),
+            (ValidatorEvent::SettlerSet { payee: PAYEE, settler: OWNER, allowed: true }, "settler_set"),
+            (ValidatorEvent::GuardianSet { owner: OWNER, guardian: PAYEE }, "guardian_set"),
+            (
+                ValidatorEvent::WithdrawalRequested { owner: OWNER, payee: PAYEE, amount: usdc(1), grace_ends_at: 1 },
+                "withdrawal_requested",
+            ),
+            (ValidatorEvent::WithdrawalCancelled { owner: OWNER, payee: PAYEE }, "withdrawal_cancelled"),
+            (ValidatorEvent::Withdrawn { owner: OWNER, payee: PAYEE, amount: usdc(1) }, "withdrawn"),
+        ];
+        for (event, name) in named {
+            assert_eq!(event.kind(), name);
+        }
+        let reasons = [
+            "unknown_key",
+            "wrong_payee",
+            "not_yet_valid",
+            "window_closed",
+            "above_limit",
+            "nothing_to_settle",
+            "invalid_signature",
+            "empty_tab",
+        ];
+        for (code, name) in (1..=8u8).zip(reasons) {
+            assert_eq!(SkipReason::from_code(code).map(SkipReason::as_str), Some(name));
+        }
     }
 
     #[test]
