@@ -144,6 +144,7 @@ contract SessionKeyValidator is EIP712, Nonces, ReentrancyGuardTransient {
     error SettlementWindowClosed(address sessionKey, uint256 closedAt);
     error SignatureExpired(uint256 deadline);
     error InvalidOwnerSignature(address owner);
+    error InvalidPayeeSignature(address payee);
     error InvalidVoucherSignature(address sessionKey);
     error VoucherAboveLimit(address sessionKey, uint256 cumulativeAmount, uint128 limit);
     error NothingToSettle(address sessionKey, uint256 cumulativeAmount, uint128 settled);
@@ -246,7 +247,7 @@ contract SessionKeyValidator is EIP712, Nonces, ReentrancyGuardTransient {
         if (payee == address(0)) revert ZeroAddress();
         _useCheckedNonce(payee, nonce);
         bytes32 digest = settlerDigest(payee, settler, allowed, nonce, deadline);
-        if (!SignatureChecker.isValidSignatureNow(payee, digest, signature)) revert InvalidOwnerSignature(payee);
+        if (!SignatureChecker.isValidSignatureNow(payee, digest, signature)) revert InvalidPayeeSignature(payee);
         _setSettler(payee, settler, allowed);
     }
 
@@ -272,9 +273,12 @@ contract SessionKeyValidator is EIP712, Nonces, ReentrancyGuardTransient {
             mstore(add(m, 0x04), and(to, 0xffffffffffffffffffffffffffffffffffffffff))
             mstore(add(m, 0x24), amount)
             let ok := call(gas(), token, 0, m, 0x44, 0x00, 0x20)
-            // Success: the call went through and returned true, or returned nothing from a token
-            // that has code.
-            if iszero(and(ok, or(eq(mload(0x00), 1), and(iszero(returndatasize()), gt(extcodesize(token), 0))))) {
+            // Success: the call went through and returned a full word equal to true, or returned
+            // nothing from a token that has code. (Fewer than 32 bytes leave stale scratch at 0x00,
+            // so they never count as true.)
+            let returnedTrue := and(gt(returndatasize(), 31), eq(mload(0x00), 1))
+            let returnedNothing := and(iszero(returndatasize()), gt(extcodesize(token), 0))
+            if iszero(and(ok, or(returnedTrue, returnedNothing))) {
                 returndatacopy(m, 0, returndatasize())
                 revert(m, returndatasize())
             }

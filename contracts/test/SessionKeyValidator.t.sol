@@ -13,6 +13,21 @@ import {ERC1271Wallet, FeeOnTransferToken} from "./utils/Mocks.sol";
 /// @notice Unit tests: every function, every revert reason, every event.
 contract SessionKeyValidatorTest is ValidatorFixture {
     bytes32 internal constant TRANSFER_TOPIC = keccak256("Transfer(address,address,uint256)");
+    /// @dev A payee whose key signs `SetSettler` for a relayer (its key is kept cold).
+    uint256 internal constant PAYEE_PK = 0xC01D;
+
+    address internal coldPayee;
+    address internal worker = address(0x3047); // a settlement worker
+
+    function setUp() public override {
+        super.setUp();
+        coldPayee = vm.addr(PAYEE_PK);
+        vm.label(coldPayee, "coldPayee");
+        vm.label(worker, "worker");
+        // The fixture's relayer is both payees' settlement worker.
+        _allowRelayer(payee);
+        _allowRelayer(payee2);
+    }
 
     // ============================================================ constructor
 
@@ -28,6 +43,7 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         vm.assertEq(validator.FREEZE_TYPEHASH(), Digests.FREEZE_TYPEHASH, "freeze");
         vm.assertEq(validator.UNFREEZE_TYPEHASH(), Digests.UNFREEZE_TYPEHASH, "unfreeze");
         vm.assertEq(validator.REVOKE_TYPEHASH(), Digests.REVOKE_TYPEHASH, "revoke");
+        vm.assertEq(validator.SET_SETTLER_TYPEHASH(), Digests.SET_SETTLER_TYPEHASH, "setSettler");
     }
 
     function test_constructor_revertsOnZeroToken() public {
@@ -52,19 +68,23 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         vm.assertEq(longest.GRACE(), validator.MAX_GRACE(), "max grace");
     }
 
+
     // ================================================================ deposit
 
-    function test_deposit_pullsTokensCreditsEscrowAndEmits() public {
+    function test_deposit_pullsTokensCreditsTheTabAndEmits() public {
         usdc.mint(owner, 50 * USDC_1);
         vm.prank(owner);
         usdc.approve(address(validator), 50 * USDC_1);
 
         vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.Deposited(owner, 30 * USDC_1);
+        emit SessionKeyValidator.Deposited(owner, payee, 30 * USDC_1);
         vm.prank(owner);
-        validator.deposit(30 * USDC_1);
+        validator.deposit(payee, 30 * USDC_1);
 
-        vm.assertEq(validator.escrowOf(owner), 30 * USDC_1, "escrow");
+        (uint128 balance, uint80 withdrawing, uint48 graceEndsAt) = validator.tabOf(owner, payee);
+        vm.assertEq(balance, 30 * USDC_1, "tab");
+        vm.assertEq(withdrawing, 0, "no withdrawal");
+        vm.assertEq(graceEndsAt, 0, "no grace");
         vm.assertEq(usdc.balanceOf(owner), 20 * USDC_1, "owner balance");
         vm.assertEq(usdc.balanceOf(address(validator)), 30 * USDC_1, "validator balance");
     }
@@ -72,13 +92,43 @@ contract SessionKeyValidatorTest is ValidatorFixture {
     function test_deposit_accumulates() public {
         _deposit(owner, 10);
         _deposit(owner, 15);
-        vm.assertEq(validator.escrowOf(owner), 25, "escrow");
+        vm.assertEq(_tab(owner, payee), 25, "tab");
+    }
+
+    function test_deposit_opensOneTabPerPayee() public {
+        _deposit(owner, payee, 10);
+        _deposit(owner, payee2, 15);
+        _deposit(stranger, payee, 7);
+        vm.assertEq(_tab(owner, payee), 10, "owner / payee");
+        vm.assertEq(_tab(owner, payee2), 15, "owner / payee2");
+        vm.assertEq(_tab(stranger, payee), 7, "stranger / payee");
+        vm.assertEq(_tab(stranger, payee2), 0, "stranger / payee2");
+        vm.assertEq(_tab(payee, owner), 0, "no tab the other way round");
+        vm.assertEq(usdc.balanceOf(address(validator)), 32, "balance equals the sum of tabs");
     }
 
     function test_deposit_revertsOnZeroAmount() public {
         vm.expectRevert(SessionKeyValidator.ZeroAmount.selector);
         vm.prank(owner);
-        validator.deposit(0);
+        validator.deposit(payee, 0);
+    }
+
+    function test_deposit_revertsOnZeroPayee() public {
+        usdc.mint(owner, 10);
+        vm.prank(owner);
+        usdc.approve(address(validator), 10);
+        vm.expectRevert(SessionKeyValidator.ZeroAddress.selector);
+        vm.prank(owner);
+        validator.deposit(address(0), 10);
+    }
+
+    function test_deposit_revertsWhenPayeeIsTheValidator() public {
+        usdc.mint(owner, 10);
+        vm.prank(owner);
+        usdc.approve(address(validator), 10);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidPayee.selector, address(validator)));
+        vm.prank(owner);
+        validator.deposit(address(validator), 10);
     }
 
     function test_deposit_revertsWithoutAllowance() public {
@@ -87,7 +137,7 @@ contract SessionKeyValidatorTest is ValidatorFixture {
             abi.encodeWithSelector(IERC20Errors.ERC20InsufficientAllowance.selector, address(validator), 0, 10)
         );
         vm.prank(owner);
-        validator.deposit(10);
+        validator.deposit(payee, 10);
     }
 
     function test_deposit_creditsOnlyWhatAFeeOnTransferTokenDelivers() public {
@@ -98,12 +148,13 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         fee.approve(address(v), 1_000);
 
         vm.expectEmit(true, true, true, true, address(v));
-        emit SessionKeyValidator.Deposited(owner, 990);
+        emit SessionKeyValidator.Deposited(owner, payee, 990);
         vm.prank(owner);
-        v.deposit(1_000);
+        v.deposit(payee, 1_000);
 
-        vm.assertEq(v.escrowOf(owner), 990, "escrow is what arrived");
-        vm.assertEq(fee.balanceOf(address(v)), 990, "balance equals escrow");
+        (uint128 balance,,) = v.tabOf(owner, payee);
+        vm.assertEq(balance, 990, "tab is what arrived");
+        vm.assertEq(fee.balanceOf(address(v)), 990, "balance equals the tab");
     }
 
     // ======================================================== setGuardian
@@ -267,14 +318,14 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         vm.assertEq(validator.sessionKeyOf(key).owner, address(wallet), "wallet owns the key");
         vm.assertEq(validator.nonces(address(wallet)), 1, "wallet nonce spent");
 
-        // The wallet funds it and the key's vouchers settle from the wallet's escrow.
+        // The wallet opens a tab with the payee, and the key's vouchers settle from it.
         usdc.mint(address(wallet), 10 * USDC_1);
         vm.startPrank(owner);
         wallet.execute(address(usdc), abi.encodeCall(usdc.approve, (address(validator), 10 * USDC_1)));
-        wallet.execute(address(validator), abi.encodeCall(validator.deposit, (10 * USDC_1)));
+        wallet.execute(address(validator), abi.encodeCall(validator.deposit, (payee, 10 * USDC_1)));
         vm.stopPrank();
-        validator.settle(key, 4 * USDC_1, _voucher(KEY_PK, payee, 4 * USDC_1));
-        vm.assertEq(validator.escrowOf(address(wallet)), 6 * USDC_1, "wallet escrow");
+        _settle(key, 4 * USDC_1, _voucher(KEY_PK, payee, 4 * USDC_1));
+        vm.assertEq(_tab(address(wallet), payee), 6 * USDC_1, "wallet's tab");
         vm.assertEq(usdc.balanceOf(payee), 4 * USDC_1, "payee");
     }
 
@@ -540,10 +591,10 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         vm.expectRevert(
             abi.encodeWithSelector(SessionKeyValidator.SettlementWindowClosed.selector, key, T0 + GRACE)
         );
-        validator.settle(key, 3 * USDC_1, sig);
+        _settle(key, 3 * USDC_1, sig);
         vm.prank(owner);
         validator.unfreeze(key);
-        validator.settle(key, 3 * USDC_1, sig);
+        _settle(key, 3 * USDC_1, sig);
         vm.assertEq(usdc.balanceOf(payee), 3 * USDC_1, "payee paid after unfreeze");
     }
 
@@ -672,45 +723,331 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         validator.revokeWithSig(key, 0, T0 - 1, sig);
     }
 
+
+    // ============================================================== settlers
+
+    function test_setSettler_storesAndEmits() public {
+        vm.expectEmit(true, true, true, true, address(validator));
+        emit SessionKeyValidator.SettlerSet(payee, worker, true);
+        vm.prank(payee);
+        validator.setSettler(worker, true);
+        vm.assertTrue(validator.isSettler(payee, worker), "authorised");
+        vm.assertFalse(validator.isSettler(payee2, worker), "for the caller only");
+        vm.assertFalse(validator.isSettler(worker, payee), "not the other way round");
+    }
+
+    function test_setSettler_authorisedSettlerSettles() public {
+        _fundAndRegister();
+        vm.prank(payee);
+        validator.setSettler(worker, true);
+        vm.prank(worker);
+        validator.settle(key, 3 * USDC_1, _voucher(KEY_PK, payee, 3 * USDC_1));
+        vm.assertEq(usdc.balanceOf(payee), 3 * USDC_1, "paid to the payee");
+        vm.assertEq(usdc.balanceOf(worker), 0, "the settler gets nothing");
+    }
+
+    function test_setSettler_falseRemovesTheSettler() public {
+        _fundAndRegister();
+        vm.prank(payee);
+        validator.setSettler(worker, true);
+        vm.expectEmit(true, true, true, true, address(validator));
+        emit SessionKeyValidator.SettlerSet(payee, worker, false);
+        vm.prank(payee);
+        validator.setSettler(worker, false);
+        vm.assertFalse(validator.isSettler(payee, worker), "removed");
+
+        bytes memory sig = _voucher(KEY_PK, payee, 3 * USDC_1);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NotSettler.selector, payee, worker));
+        vm.prank(worker);
+        validator.settle(key, 3 * USDC_1, sig);
+        SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](1);
+        claims[0] = SessionKeyValidator.Claim(key, 3 * USDC_1, sig);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NotSettler.selector, payee, worker));
+        vm.prank(worker);
+        validator.settleBatch(payee, claims);
+        vm.assertEq(_settled(key), 0, "nothing settled");
+    }
+
+    function test_setSettler_revertsOnZeroSettler() public {
+        vm.expectRevert(SessionKeyValidator.ZeroAddress.selector);
+        vm.prank(payee);
+        validator.setSettler(address(0), true);
+    }
+
+    function test_setSettler_ofAnotherPayeeCannotSettleForThisOne() public {
+        _fundAndRegister();
+        vm.prank(payee2);
+        validator.setSettler(worker, true);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NotSettler.selector, payee, worker));
+        vm.prank(worker);
+        validator.settle(key, 1, _voucher(KEY_PK, payee, 1));
+    }
+
+    function test_setSettlerWithSig_relayedAuthorisation() public {
+        uint256 deadline = T0 + 1 hours;
+        bytes memory sig = _settlerSig(PAYEE_PK, worker, true, 0, deadline);
+        vm.expectEmit(true, true, true, true, address(validator));
+        emit SessionKeyValidator.SettlerSet(coldPayee, worker, true);
+        vm.prank(relayer);
+        validator.setSettlerWithSig(coldPayee, worker, true, 0, deadline, sig);
+        vm.assertTrue(validator.isSettler(coldPayee, worker), "authorised");
+        vm.assertEq(validator.nonces(coldPayee), 1, "payee nonce spent");
+        vm.assertEq(validator.nonces(relayer), 0, "relayer nonce untouched");
+
+        // The worker now settles what is owed to the cold payee.
+        _deposit(owner, coldPayee, 10 * USDC_1);
+        _register(owner, key, coldPayee, LIMIT);
+        vm.prank(worker);
+        validator.settle(key, 2 * USDC_1, _voucher(KEY_PK, coldPayee, 2 * USDC_1));
+        vm.assertEq(usdc.balanceOf(coldPayee), 2 * USDC_1, "cold payee paid");
+    }
+
+    function test_setSettlerWithSig_removesASettler() public {
+        validator.setSettlerWithSig(coldPayee, worker, true, 0, T0, _settlerSig(PAYEE_PK, worker, true, 0, T0));
+        vm.expectEmit(true, true, true, true, address(validator));
+        emit SessionKeyValidator.SettlerSet(coldPayee, worker, false);
+        validator.setSettlerWithSig(coldPayee, worker, false, 1, T0, _settlerSig(PAYEE_PK, worker, false, 1, T0));
+        vm.assertFalse(validator.isSettler(coldPayee, worker), "removed");
+        vm.assertEq(validator.nonces(coldPayee), 2, "two nonces spent");
+    }
+
+    function test_setSettlerWithSig_revertsWhenNonceReplayed() public {
+        bytes memory allow = _settlerSig(PAYEE_PK, worker, true, 0, T0 + 1 days);
+        validator.setSettlerWithSig(coldPayee, worker, true, 0, T0 + 1 days, allow);
+        // The same signature again…
+        vm.expectRevert(abi.encodeWithSelector(Nonces.InvalidAccountNonce.selector, coldPayee, 1));
+        validator.setSettlerWithSig(coldPayee, worker, true, 0, T0 + 1 days, allow);
+        // …and, after the payee removed the worker, replayed to bring it back.
+        validator.setSettlerWithSig(coldPayee, worker, false, 1, T0, _settlerSig(PAYEE_PK, worker, false, 1, T0));
+        vm.expectRevert(abi.encodeWithSelector(Nonces.InvalidAccountNonce.selector, coldPayee, 2));
+        validator.setSettlerWithSig(coldPayee, worker, true, 0, T0 + 1 days, allow);
+        vm.assertFalse(validator.isSettler(coldPayee, worker), "stays removed");
+    }
+
+    function test_setSettlerWithSig_revertsOnFutureNonce() public {
+        bytes memory sig = _settlerSig(PAYEE_PK, worker, true, 3, T0);
+        vm.expectRevert(abi.encodeWithSelector(Nonces.InvalidAccountNonce.selector, coldPayee, 0));
+        validator.setSettlerWithSig(coldPayee, worker, true, 3, T0, sig);
+    }
+
+    function test_setSettlerWithSig_acceptsDeadlineEqualToNow() public {
+        validator.setSettlerWithSig(coldPayee, worker, true, 0, T0, _settlerSig(PAYEE_PK, worker, true, 0, T0));
+        vm.assertTrue(validator.isSettler(coldPayee, worker), "authorised");
+    }
+
+    function test_setSettlerWithSig_revertsWhenSignatureExpired() public {
+        bytes memory sig = _settlerSig(PAYEE_PK, worker, true, 0, T0);
+        vm.warp(T0 + 1);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.SignatureExpired.selector, T0));
+        validator.setSettlerWithSig(coldPayee, worker, true, 0, T0, sig);
+        vm.assertFalse(validator.isSettler(coldPayee, worker), "not authorised");
+    }
+
+    function test_setSettlerWithSig_revertsWhenSignedByAnotherKey() public {
+        // OTHER_PK signs the cold payee's authorisation.
+        bytes memory sig =
+            _sign(OTHER_PK, Digests.setSettler(_separator(address(validator)), coldPayee, worker, true, 0, T0));
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidPayeeSignature.selector, coldPayee));
+        validator.setSettlerWithSig(coldPayee, worker, true, 0, T0, sig);
+        vm.assertFalse(validator.isSettler(coldPayee, worker), "not authorised");
+    }
+
+    function test_setSettlerWithSig_revertsWhenATermIsChanged() public {
+        bytes memory sig = _settlerSig(PAYEE_PK, worker, false, 0, T0);
+        // The relayer flips `allowed`…
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidPayeeSignature.selector, coldPayee));
+        validator.setSettlerWithSig(coldPayee, worker, true, 0, T0, sig);
+        // …swaps the settler…
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidPayeeSignature.selector, coldPayee));
+        validator.setSettlerWithSig(coldPayee, stranger, false, 0, T0, sig);
+        // …or presents it for another payee.
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidPayeeSignature.selector, payee));
+        validator.setSettlerWithSig(payee, worker, false, 0, T0, sig);
+        vm.assertEq(validator.nonces(coldPayee), 0, "no nonce spent on failure");
+    }
+
+    function test_setSettlerWithSig_revertsOnZeroPayee() public {
+        bytes memory sig = _settlerSig(PAYEE_PK, worker, true, 0, T0);
+        vm.expectRevert(SessionKeyValidator.ZeroAddress.selector);
+        validator.setSettlerWithSig(address(0), worker, true, 0, T0, sig);
+    }
+
+    function test_setSettlerWithSig_revertsOnZeroSettler() public {
+        bytes memory sig = _settlerSig(PAYEE_PK, address(0), true, 0, T0);
+        vm.expectRevert(SessionKeyValidator.ZeroAddress.selector);
+        validator.setSettlerWithSig(coldPayee, address(0), true, 0, T0, sig);
+    }
+
+    function test_setSettlerWithSig_erc1271Payee() public {
+        ERC1271Wallet wallet = new ERC1271Wallet(coldPayee);
+        bytes memory sig =
+            _sign(PAYEE_PK, Digests.setSettler(_separator(address(validator)), address(wallet), worker, true, 0, T0));
+        vm.expectEmit(true, true, true, true, address(validator));
+        emit SessionKeyValidator.SettlerSet(address(wallet), worker, true);
+        validator.setSettlerWithSig(address(wallet), worker, true, 0, T0, sig);
+        vm.assertTrue(validator.isSettler(address(wallet), worker), "authorised for the wallet");
+        vm.assertFalse(validator.isSettler(coldPayee, worker), "not for the wallet's signer");
+        vm.assertEq(validator.nonces(address(wallet)), 1, "wallet nonce spent");
+    }
+
     // ================================================================ settle
 
     function test_settle_paysTheDeltaToThePayeeAndEmits() public {
         _fundAndRegister();
         vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.Settled(owner, key, payee, 7 * USDC_1, 7 * USDC_1);
-        vm.prank(stranger); // anyone may settle
-        uint256 paid = validator.settle(key, 7 * USDC_1, _voucher(KEY_PK, payee, 7 * USDC_1));
+        emit SessionKeyValidator.Settled(key, 7 * USDC_1, 7 * USDC_1);
+        uint256 paid = _settle(key, 7 * USDC_1, _voucher(KEY_PK, payee, 7 * USDC_1));
         vm.assertEq(paid, 7 * USDC_1, "paid");
 
         vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.Settled(owner, key, payee, 5 * USDC_1, 12 * USDC_1);
-        paid = validator.settle(key, 12 * USDC_1, _voucher(KEY_PK, payee, 12 * USDC_1));
+        emit SessionKeyValidator.Settled(key, 5 * USDC_1, 12 * USDC_1);
+        paid = _settle(key, 12 * USDC_1, _voucher(KEY_PK, payee, 12 * USDC_1));
         vm.assertEq(paid, 5 * USDC_1, "second delta");
 
         vm.assertEq(usdc.balanceOf(payee), 12 * USDC_1, "payee");
-        vm.assertEq(usdc.balanceOf(stranger), 0, "caller gets nothing");
-        vm.assertEq(validator.escrowOf(owner), 988 * USDC_1, "escrow");
+        vm.assertEq(usdc.balanceOf(relayer), 0, "the settler gets nothing");
+        vm.assertEq(_tab(owner, payee), 988 * USDC_1, "tab");
         vm.assertEq(_settled(key), 12 * USDC_1, "settled");
-        vm.assertEq(usdc.balanceOf(address(validator)), 988 * USDC_1, "balance equals escrow");
+        vm.assertEq(usdc.balanceOf(address(validator)), 988 * USDC_1, "balance equals the tab");
     }
 
-    function test_settle_acceptsExactlyTheLimit() public {
+    function test_settle_byThePayeeItself() public {
         _fundAndRegister();
-        validator.settle(key, LIMIT, _voucher(KEY_PK, payee, LIMIT));
-        vm.assertEq(usdc.balanceOf(payee), LIMIT, "payee");
+        vm.prank(payee);
+        uint256 paid = validator.settle(key, 7 * USDC_1, _voucher(KEY_PK, payee, 7 * USDC_1));
+        vm.assertEq(paid, 7 * USDC_1, "paid");
+        vm.assertEq(usdc.balanceOf(payee), 7 * USDC_1, "payee");
     }
 
-    function test_settle_acceptsExactlyTheWholeEscrow() public {
-        _deposit(owner, 5);
-        _register(owner, key, payee, LIMIT);
-        validator.settle(key, 5, _voucher(KEY_PK, payee, 5));
-        vm.assertEq(validator.escrowOf(owner), 0, "escrow drained exactly");
-        vm.assertEq(usdc.balanceOf(payee), 5, "payee");
+    function test_settle_revertsForAStranger() public {
+        _fundAndRegister();
+        bytes memory sig = _voucher(KEY_PK, payee, 7 * USDC_1);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NotSettler.selector, payee, stranger));
+        vm.prank(stranger);
+        validator.settle(key, 7 * USDC_1, sig);
+        vm.assertEq(_settled(key), 0, "nothing settled");
+    }
+
+    function test_settle_revertsForTheSessionKeyItself() public {
+        _fundAndRegister();
+        bytes memory sig = _voucher(KEY_PK, payee, 7 * USDC_1);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NotSettler.selector, payee, key));
+        vm.prank(key);
+        validator.settle(key, 7 * USDC_1, sig);
+    }
+
+    function test_settle_revertsForTheKeysOwner() public {
+        _fundAndRegister();
+        bytes memory sig = _voucher(KEY_PK, payee, 7 * USDC_1);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NotSettler.selector, payee, owner));
+        vm.prank(owner);
+        validator.settle(key, 7 * USDC_1, sig);
+    }
+
+    function test_settle_revertsForAnotherPayee() public {
+        _fundAndRegister();
+        bytes memory sig = _voucher(KEY_PK, payee, 7 * USDC_1);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NotSettler.selector, payee, payee2));
+        vm.prank(payee2);
+        validator.settle(key, 7 * USDC_1, sig);
     }
 
     function test_settle_revertsForUnknownKey() public {
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.UnknownSessionKey.selector, key));
+        _settle(key, 1, _voucher(KEY_PK, payee, 1));
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.UnknownSessionKey.selector, key));
+        vm.prank(stranger);
         validator.settle(key, 1, _voucher(KEY_PK, payee, 1));
+    }
+
+    function test_settle_acceptsExactlyTheLimit() public {
+        _fundAndRegister();
+        _settle(key, LIMIT, _voucher(KEY_PK, payee, LIMIT));
+        vm.assertEq(usdc.balanceOf(payee), LIMIT, "payee");
+    }
+
+    function test_settle_acceptsExactlyTheWholeTab() public {
+        _deposit(owner, 5);
+        _register(owner, key, payee, LIMIT);
+        uint256 paid = _settle(key, 5, _voucher(KEY_PK, payee, 5));
+        vm.assertEq(paid, 5, "paid in full");
+        vm.assertEq(_tab(owner, payee), 0, "tab drained exactly");
+        vm.assertEq(usdc.balanceOf(payee), 5, "payee");
+    }
+
+    function test_settle_shortTabPaysWhatItHolds() public {
+        _deposit(owner, 25);
+        _register(owner, key, payee, LIMIT);
+        vm.expectEmit(true, true, true, true, address(validator));
+        emit SessionKeyValidator.Settled(key, 25, 25);
+        uint256 paid = _settle(key, 30, _voucher(KEY_PK, payee, 30));
+        vm.assertEq(paid, 25, "paid what the tab held");
+        vm.assertEq(_settled(key), 25, "settled advanced by what was paid");
+        vm.assertEq(_tab(owner, payee), 0, "tab empty");
+        vm.assertEq(usdc.balanceOf(payee), 25, "payee");
+        vm.assertEq(usdc.balanceOf(address(validator)), 0, "nothing left");
+    }
+
+    function test_settle_restOfAPartlyPaidVoucherStaysClaimable() public {
+        _deposit(owner, 25);
+        _register(owner, key, payee, LIMIT);
+        bytes memory sig = _voucher(KEY_PK, payee, 30);
+        _settle(key, 30, sig);
+
+        _deposit(owner, 3);
+        vm.expectEmit(true, true, true, true, address(validator));
+        emit SessionKeyValidator.Settled(key, 3, 28);
+        vm.assertEq(_settle(key, 30, sig), 3, "the same voucher pays the top-up");
+
+        _deposit(owner, 10);
+        vm.expectEmit(true, true, true, true, address(validator));
+        emit SessionKeyValidator.Settled(key, 2, 30);
+        vm.assertEq(_settle(key, 30, sig), 2, "and then only what is still owed");
+        vm.assertEq(_tab(owner, payee), 8, "the rest stays in the tab");
+        vm.assertEq(usdc.balanceOf(payee), 30, "payee got the voucher in full");
+
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NothingToSettle.selector, key, 30, 30));
+        _settle(key, 30, sig);
+    }
+
+    function test_settle_revertsOnEmptyTab() public {
+        _deposit(owner, payee2, 1_000 * USDC_1); // a tab with another payee does not count
+        _register(owner, key, payee, LIMIT);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.EmptyTab.selector, owner, payee));
+        _settle(key, 1, _voucher(KEY_PK, payee, 1));
+        vm.assertEq(_settled(key), 0, "nothing settled");
+        vm.assertEq(_tab(owner, payee2), 1_000 * USDC_1, "the other tab untouched");
+    }
+
+    function test_settle_checksTheVoucherBeforeTheTab() public {
+        _register(owner, key, payee, LIMIT); // no tab at all
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidVoucherSignature.selector, key));
+        _settle(key, 1, _voucher(OTHER_PK, key, payee, 1));
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.VoucherAboveLimit.selector, key, LIMIT + 1, LIMIT));
+        _settle(key, LIMIT + 1, _voucher(KEY_PK, payee, LIMIT + 1));
+    }
+
+    function test_settle_drawsOnlyOnTheOwnersTabWithTheKeysPayee() public {
+        _deposit(owner, payee, 100);
+        _deposit(owner, payee2, 100);
+        _deposit(stranger, payee, 100);
+        _register(owner, key, payee, LIMIT);
+        uint256 paid = _settle(key, 150, _voucher(KEY_PK, payee, 150));
+        vm.assertEq(paid, 100, "no more than owner's tab with payee");
+        vm.assertEq(_tab(owner, payee), 0, "owner / payee");
+        vm.assertEq(_tab(owner, payee2), 100, "owner / payee2 untouched");
+        vm.assertEq(_tab(stranger, payee), 100, "stranger / payee untouched");
+    }
+
+    function test_settle_drawsOnAPendingWithdrawal() public {
+        _fundAndRegister();
+        vm.prank(owner);
+        validator.requestWithdrawal(payee, 1_000 * USDC_1);
+        _settle(key, 30 * USDC_1, _voucher(KEY_PK, payee, 30 * USDC_1));
+        (uint128 balance, uint80 withdrawing, uint48 graceEndsAt) = validator.tabOf(owner, payee);
+        vm.assertEq(balance, 970 * USDC_1, "balance");
+        vm.assertEq(withdrawing, 1_000 * USDC_1, "request unchanged");
+        vm.assertEq(graceEndsAt, T0 + GRACE, "grace unchanged");
     }
 
     function test_settle_revertsBeforeValidAfter() public {
@@ -722,10 +1059,10 @@ contract SessionKeyValidatorTest is ValidatorFixture {
 
         vm.warp(validAfter - 1);
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.KeyNotYetValid.selector, key, validAfter));
-        validator.settle(key, 1, sig);
+        _settle(key, 1, sig);
 
         vm.warp(validAfter);
-        validator.settle(key, 1, sig);
+        _settle(key, 1, sig);
         vm.assertEq(usdc.balanceOf(payee), 1, "settles from validAfter on");
     }
 
@@ -734,10 +1071,10 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         bytes memory sig = _voucher(KEY_PK, payee, 2);
         uint256 closesAt = T0 + LIFETIME + GRACE;
         vm.warp(closesAt);
-        validator.settle(key, 1, _voucher(KEY_PK, payee, 1)); // the last second still settles
+        _settle(key, 1, _voucher(KEY_PK, payee, 1)); // the last second still settles
         vm.warp(closesAt + 1);
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.SettlementWindowClosed.selector, key, closesAt));
-        validator.settle(key, 2, sig);
+        _settle(key, 2, sig);
         vm.assertEq(usdc.balanceOf(payee), 1, "only the in-window voucher paid");
     }
 
@@ -745,53 +1082,57 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         _fundAndRegister();
         vm.prank(owner);
         validator.freeze(key);
+        vm.warp(T0 + GRACE);
+        _settle(key, 1, _voucher(KEY_PK, payee, 1)); // the last second of grace
         vm.warp(T0 + GRACE + 1);
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.SettlementWindowClosed.selector, key, T0 + GRACE));
-        validator.settle(key, 1, _voucher(KEY_PK, payee, 1));
+        _settle(key, 2, _voucher(KEY_PK, payee, 2));
     }
 
     function test_settle_revertsWhenRevokedPastGrace() public {
         _fundAndRegister();
         vm.prank(owner);
         validator.revoke(key);
+        vm.warp(T0 + GRACE);
+        _settle(key, 1, _voucher(KEY_PK, payee, 1)); // the last second of grace
         vm.warp(T0 + GRACE + 1);
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.SettlementWindowClosed.selector, key, T0 + GRACE));
-        validator.settle(key, 1, _voucher(KEY_PK, payee, 1));
+        _settle(key, 2, _voucher(KEY_PK, payee, 2));
     }
 
     function test_settle_revertsAboveLimit() public {
         _fundAndRegister();
         uint256 amount = uint256(LIMIT) + 1;
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.VoucherAboveLimit.selector, key, amount, LIMIT));
-        validator.settle(key, amount, _voucher(KEY_PK, payee, amount));
+        _settle(key, amount, _voucher(KEY_PK, payee, amount));
     }
 
     function test_settle_revertsOnZeroVoucher() public {
         _fundAndRegister();
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NothingToSettle.selector, key, 0, 0));
-        validator.settle(key, 0, _voucher(KEY_PK, payee, 0));
+        _settle(key, 0, _voucher(KEY_PK, payee, 0));
     }
 
     function test_settle_revertsOnSameOrLowerVoucher() public {
         _fundAndRegister();
-        validator.settle(key, 9, _voucher(KEY_PK, payee, 9));
+        _settle(key, 9, _voucher(KEY_PK, payee, 9));
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NothingToSettle.selector, key, 9, 9));
-        validator.settle(key, 9, _voucher(KEY_PK, payee, 9));
+        _settle(key, 9, _voucher(KEY_PK, payee, 9));
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NothingToSettle.selector, key, 8, 9));
-        validator.settle(key, 8, _voucher(KEY_PK, payee, 8));
+        _settle(key, 8, _voucher(KEY_PK, payee, 8));
     }
 
     function test_settle_revertsWhenSignedByAnotherKey() public {
         _fundAndRegister();
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidVoucherSignature.selector, key));
-        validator.settle(key, 1, _voucher(OTHER_PK, key, payee, 1));
+        _settle(key, 1, _voucher(OTHER_PK, key, payee, 1));
     }
 
     function test_settle_revertsWhenAmountDiffersFromSigned() public {
         _fundAndRegister();
         bytes memory sig = _voucher(KEY_PK, payee, 1);
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidVoucherSignature.selector, key));
-        validator.settle(key, 2, sig);
+        _settle(key, 2, sig);
     }
 
     function test_settle_revertsOnMalformedSignature() public {
@@ -802,19 +1143,12 @@ contract SessionKeyValidatorTest is ValidatorFixture {
             short[i] = sig[i];
         }
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidVoucherSignature.selector, key));
-        validator.settle(key, 1, short);
+        _settle(key, 1, short);
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidVoucherSignature.selector, key));
-        validator.settle(key, 1, "");
+        _settle(key, 1, "");
         sig[64] = bytes1(uint8(29)); // invalid v
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidVoucherSignature.selector, key));
-        validator.settle(key, 1, sig);
-    }
-
-    function test_settle_revertsWhenEscrowTooSmall() public {
-        _deposit(owner, 10);
-        _register(owner, key, payee, LIMIT);
-        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InsufficientEscrow.selector, owner, 11, 10));
-        validator.settle(key, 11, _voucher(KEY_PK, payee, 11));
+        _settle(key, 1, sig);
     }
 
     // =========================================================== settleBatch
@@ -824,15 +1158,89 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         c = SessionKeyValidator.Claim(k, amount, _voucher(pk, validator.sessionKeyOf(k).payee, amount));
     }
 
+    function _claimFor(uint256 pk, address to, uint256 amount)
+        internal
+        view
+        returns (SessionKeyValidator.Claim memory)
+    {
+        return SessionKeyValidator.Claim(vm.addr(pk), amount, _voucher(pk, to, amount));
+    }
+
+    /// @dev Settles `claims` for `payee`, sent by `relayer`.
+    function _batch(SessionKeyValidator.Claim[] memory claims) internal returns (uint256) {
+        vm.prank(relayer);
+        return validator.settleBatch(payee, claims);
+    }
+
     function _transfersOf(Vm.Log[] memory logs) internal view returns (uint256 n) {
         for (uint256 i; i < logs.length; ++i) {
             if (logs[i].emitter == address(usdc) && logs[i].topics[0] == TRANSFER_TOPIC) ++n;
         }
     }
 
+    function _expectSkip(address sessionKey, SessionKeyValidator.SkipReason reason) internal {
+        vm.expectEmit(true, true, true, true, address(validator));
+        emit SessionKeyValidator.ClaimSkipped(sessionKey, reason);
+    }
+
+    function _expectSettled(address sessionKey, uint256 amount, uint256 settled) internal {
+        vm.expectEmit(true, true, true, true, address(validator));
+        emit SessionKeyValidator.Settled(sessionKey, amount, settled);
+    }
+
+    /// @dev A batch [key: 1 USDC, `bad`, key3: 3 USDC] for `payee`: `bad` is skipped for
+    ///      `reason` and the two good claims are paid, in one transfer.
+    function _assertBatchSkips(SessionKeyValidator.Claim memory bad, SessionKeyValidator.SkipReason reason)
+        internal
+    {
+        uint256 payeeBefore = usdc.balanceOf(payee);
+        uint256 tabBefore = _tab(owner, payee);
+        uint256 badSettledBefore = _settled(bad.sessionKey);
+        SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](3);
+        claims[0] = _claim(KEY_PK, 1 * USDC_1);
+        claims[1] = bad;
+        claims[2] = _claim(KEY3_PK, 3 * USDC_1);
+
+        _expectSettled(key, 1 * USDC_1, 1 * USDC_1);
+        _expectSkip(bad.sessionKey, reason);
+        _expectSettled(key3, 3 * USDC_1, 3 * USDC_1);
+        vm.recordLogs();
+        uint256 total = _batch(claims);
+
+        vm.assertEq(total, 4 * USDC_1, "the good claims are paid");
+        vm.assertEq(_transfersOf(vm.getRecordedLogs()), 1, "in one transfer");
+        vm.assertEq(usdc.balanceOf(payee) - payeeBefore, 4 * USDC_1, "payee");
+        vm.assertEq(tabBefore - _tab(owner, payee), 4 * USDC_1, "tab");
+        vm.assertEq(_settled(key), 1 * USDC_1, "key settled");
+        vm.assertEq(_settled(key3), 3 * USDC_1, "key3 settled");
+        vm.assertEq(_settled(bad.sessionKey), badSettledBefore, "the skipped key is untouched");
+    }
+
     function test_settleBatch_revertsOnEmptyBatch() public {
         vm.expectRevert(SessionKeyValidator.EmptyBatch.selector);
-        validator.settleBatch(new SessionKeyValidator.Claim[](0));
+        _batch(new SessionKeyValidator.Claim[](0));
+    }
+
+    function test_settleBatch_revertsForAnUnauthorisedCaller() public {
+        _fundAndRegister();
+        SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](1);
+        claims[0] = _claim(KEY_PK, 1 * USDC_1);
+        address[4] memory callers = [stranger, key, owner, payee2];
+        for (uint256 i; i < callers.length; ++i) {
+            vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NotSettler.selector, payee, callers[i]));
+            vm.prank(callers[i]);
+            validator.settleBatch(payee, claims);
+        }
+        vm.assertEq(_settled(key), 0, "nothing settled");
+    }
+
+    function test_settleBatch_byThePayeeItself() public {
+        _fundAndRegister();
+        SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](1);
+        claims[0] = _claim(KEY_PK, 2 * USDC_1);
+        vm.prank(payee);
+        vm.assertEq(validator.settleBatch(payee, claims), 2 * USDC_1, "total");
+        vm.assertEq(usdc.balanceOf(payee), 2 * USDC_1, "payee");
     }
 
     function test_settleBatch_severalKeysOnePayeeInOneTransfer() public {
@@ -844,51 +1252,37 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         claims[1] = _claim(KEY2_PK, 2 * USDC_1);
         claims[2] = _claim(KEY3_PK, 3 * USDC_1);
 
-        vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.Settled(owner, key, payee, 1 * USDC_1, 1 * USDC_1);
-        vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.Settled(owner, key2, payee, 2 * USDC_1, 2 * USDC_1);
-        vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.Settled(owner, key3, payee, 3 * USDC_1, 3 * USDC_1);
+        _expectSettled(key, 1 * USDC_1, 1 * USDC_1);
+        _expectSettled(key2, 2 * USDC_1, 2 * USDC_1);
+        _expectSettled(key3, 3 * USDC_1, 3 * USDC_1);
         vm.recordLogs();
-        vm.prank(relayer);
-        uint256 total = validator.settleBatch(claims);
+        uint256 total = _batch(claims);
 
         vm.assertEq(total, 6 * USDC_1, "total");
         vm.assertEq(_transfersOf(vm.getRecordedLogs()), 1, "one transfer for one payee");
         vm.assertEq(usdc.balanceOf(payee), 6 * USDC_1, "payee");
-        vm.assertEq(validator.escrowOf(owner), 994 * USDC_1, "escrow");
+        vm.assertEq(_tab(owner, payee), 994 * USDC_1, "tab");
         vm.assertEq(_settled(key), 1 * USDC_1, "key settled");
         vm.assertEq(_settled(key2), 2 * USDC_1, "key2 settled");
         vm.assertEq(_settled(key3), 3 * USDC_1, "key3 settled");
     }
 
-    function test_settleBatch_mixedPayeesAndOwners() public {
+    function test_settleBatch_severalOwnersOnePayee() public {
         _fundAndRegister(); // key -> payee, owner
-        _register(owner, key2, payee2, LIMIT); // key2 -> payee2, owner
         _deposit(stranger, 50 * USDC_1);
         _register(stranger, key3, payee, LIMIT); // key3 -> payee, stranger
-        SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](3);
+        SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](2);
         claims[0] = _claim(KEY_PK, 1 * USDC_1);
-        claims[1] = _claim(KEY2_PK, 2 * USDC_1);
-        claims[2] = _claim(KEY3_PK, 4 * USDC_1);
-
-        vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.Settled(owner, key, payee, 1 * USDC_1, 1 * USDC_1);
-        vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.Settled(owner, key2, payee2, 2 * USDC_1, 2 * USDC_1);
-        vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.Settled(stranger, key3, payee, 4 * USDC_1, 4 * USDC_1);
+        claims[1] = _claim(KEY3_PK, 4 * USDC_1);
         vm.recordLogs();
-        uint256 total = validator.settleBatch(claims);
+        uint256 total = _batch(claims);
 
-        vm.assertEq(total, 7 * USDC_1, "total");
-        vm.assertEq(_transfersOf(vm.getRecordedLogs()), 3, "payee, payee2, payee: three runs");
+        vm.assertEq(total, 5 * USDC_1, "total");
+        vm.assertEq(_transfersOf(vm.getRecordedLogs()), 1, "one transfer");
         vm.assertEq(usdc.balanceOf(payee), 5 * USDC_1, "payee");
-        vm.assertEq(usdc.balanceOf(payee2), 2 * USDC_1, "payee2");
-        vm.assertEq(validator.escrowOf(owner), 997 * USDC_1, "owner escrow");
-        vm.assertEq(validator.escrowOf(stranger), 46 * USDC_1, "stranger escrow");
-        vm.assertEq(usdc.balanceOf(address(validator)), 1_043 * USDC_1, "balance equals escrows");
+        vm.assertEq(_tab(owner, payee), 999 * USDC_1, "owner's tab paid key's claim only");
+        vm.assertEq(_tab(stranger, payee), 46 * USDC_1, "stranger's tab paid key3's claim only");
+        vm.assertEq(usdc.balanceOf(address(validator)), 1_045 * USDC_1, "balance equals the tabs");
     }
 
     function test_settleBatch_sameKeyTwicePaysEachDelta() public {
@@ -896,62 +1290,179 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](2);
         claims[0] = _claim(KEY_PK, 3 * USDC_1);
         claims[1] = _claim(KEY_PK, 5 * USDC_1);
-        uint256 total = validator.settleBatch(claims);
+        _expectSettled(key, 3 * USDC_1, 3 * USDC_1);
+        _expectSettled(key, 2 * USDC_1, 5 * USDC_1);
+        uint256 total = _batch(claims);
         vm.assertEq(total, 5 * USDC_1, "total is the highest voucher");
         vm.assertEq(usdc.balanceOf(payee), 5 * USDC_1, "payee");
         vm.assertEq(_settled(key), 5 * USDC_1, "settled");
     }
 
-    function test_settleBatch_isAllOrNothing() public {
+    function test_settleBatch_skipsAnUnknownKey() public {
         _fundAndRegister();
-        _register(owner, key2, payee2, LIMIT);
         _register(owner, key3, payee, LIMIT);
-        validator.settle(key3, 2, _voucher(KEY3_PK, payee, 2));
-
-        SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](3);
-        claims[0] = _claim(KEY_PK, 1 * USDC_1);
-        claims[1] = _claim(KEY2_PK, 2 * USDC_1);
-        claims[2] = _claim(KEY3_PK, 2); // already settled: fails the whole batch
-        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NothingToSettle.selector, key3, 2, 2));
-        validator.settleBatch(claims);
-
-        vm.assertEq(_settled(key), 0, "key untouched");
-        vm.assertEq(_settled(key2), 0, "key2 untouched");
-        vm.assertEq(usdc.balanceOf(payee), 2, "payee only has the earlier settle");
-        vm.assertEq(usdc.balanceOf(payee2), 0, "payee2 untouched");
-        vm.assertEq(validator.escrowOf(owner), 1_000 * USDC_1 - 2, "escrow untouched");
+        _assertBatchSkips(_claimFor(KEY2_PK, payee, 2 * USDC_1), SessionKeyValidator.SkipReason.UnknownKey);
     }
 
-    function test_settleBatch_revertsWhenAnyClaimHasABadSignature() public {
+    function test_settleBatch_skipsAKeyOfAnotherPayee() public {
         _fundAndRegister();
+        _register(owner, key3, payee, LIMIT);
+        _deposit(owner, payee2, 100 * USDC_1);
+        _register(owner, key2, payee2, LIMIT);
+        _assertBatchSkips(_claim(KEY2_PK, 2 * USDC_1), SessionKeyValidator.SkipReason.WrongPayee);
+        vm.assertEq(usdc.balanceOf(payee2), 0, "payee2 not paid through payee's batch");
+        vm.assertEq(_tab(owner, payee2), 100 * USDC_1, "payee2's tab untouched");
+    }
+
+    function test_settleBatch_skipsAKeyNotYetValid() public {
+        _fundAndRegister();
+        _register(owner, key3, payee, LIMIT);
+        vm.prank(owner);
+        validator.registerSessionKey(key2, payee, LIMIT, u48(T0 + 1 hours), u48(T0 + 1 days));
+        _assertBatchSkips(_claim(KEY2_PK, 2 * USDC_1), SessionKeyValidator.SkipReason.NotYetValid);
+    }
+
+    function test_settleBatch_skipsAKeyPastItsWindow() public {
+        _fundAndRegister();
+        _register(owner, key3, payee, LIMIT);
         _register(owner, key2, payee, LIMIT);
-        SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](2);
-        claims[0] = _claim(KEY_PK, 1 * USDC_1);
-        claims[1] = SessionKeyValidator.Claim(key2, 1 * USDC_1, _voucher(KEY_PK, key2, payee, 1 * USDC_1));
-        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidVoucherSignature.selector, key2));
-        validator.settleBatch(claims);
-        vm.assertEq(usdc.balanceOf(payee), 0, "nothing paid");
+        vm.prank(owner);
+        validator.revoke(key2);
+        vm.warp(T0 + GRACE + 1);
+        _assertBatchSkips(_claim(KEY2_PK, 2 * USDC_1), SessionKeyValidator.SkipReason.WindowClosed);
     }
 
-    function test_settleBatch_revertsForUnknownKey() public {
+    function test_settleBatch_skipsAVoucherAboveTheLimit() public {
+        _fundAndRegister();
+        _register(owner, key3, payee, LIMIT);
+        _register(owner, key2, payee, 5);
+        _assertBatchSkips(_claim(KEY2_PK, 6), SessionKeyValidator.SkipReason.AboveLimit);
+    }
+
+    function test_settleBatch_skipsASettledVoucher() public {
+        _fundAndRegister();
+        _register(owner, key3, payee, LIMIT);
+        _register(owner, key2, payee, LIMIT);
+        _settle(key2, 2 * USDC_1, _voucher(KEY2_PK, payee, 2 * USDC_1));
+        _assertBatchSkips(_claim(KEY2_PK, 2 * USDC_1), SessionKeyValidator.SkipReason.NothingToSettle);
+    }
+
+    function test_settleBatch_skipsABadSignature() public {
+        _fundAndRegister();
+        _register(owner, key3, payee, LIMIT);
+        _register(owner, key2, payee, LIMIT);
+        _assertBatchSkips(
+            SessionKeyValidator.Claim(key2, 2 * USDC_1, _voucher(KEY_PK, key2, payee, 2 * USDC_1)),
+            SessionKeyValidator.SkipReason.InvalidSignature
+        );
+    }
+
+    function test_settleBatch_skipsAnEmptyTab() public {
+        _fundAndRegister();
+        _register(owner, key3, payee, LIMIT);
+        _deposit(stranger, payee2, 100 * USDC_1); // the stranger's only tab is with payee2
+        _register(stranger, key2, payee, LIMIT);
+        _assertBatchSkips(_claim(KEY2_PK, 2 * USDC_1), SessionKeyValidator.SkipReason.EmptyTab);
+        vm.assertEq(_tab(stranger, payee2), 100 * USDC_1, "the stranger's other tab untouched");
+    }
+
+    /// One claim of every kind that cannot pay, between two that can.
+    function test_settleBatch_everySkipReasonInOneBatchStillPaysTheGoodClaims() public {
+        _fundAndRegister();
+        _register(owner, key3, payee, LIMIT);
+        uint256 base = 0xC1A1;
+        address[8] memory bad;
+        for (uint256 i; i < 8; ++i) {
+            bad[i] = vm.addr(base + i);
+        }
+        // bad[0]: never registered.
+        _register(owner, bad[1], payee2, LIMIT); // another payee's key
+        vm.prank(owner);
+        validator.registerSessionKey(bad[2], payee, LIMIT, u48(T0 + 3 * GRACE), u48(T0 + 4 * GRACE));
+        _register(owner, bad[3], payee, LIMIT);
+        vm.prank(owner);
+        validator.revoke(bad[3]);
+        _register(owner, bad[4], payee, 1);
+        _register(owner, bad[5], payee, LIMIT);
+        _settle(bad[5], 7, _voucher(base + 5, payee, 7));
+        _register(owner, bad[6], payee, LIMIT);
+        _register(stranger, bad[7], payee, LIMIT); // the stranger has no tab with payee
+        vm.warp(T0 + GRACE + 1); // bad[3]'s window has closed
+
+        SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](10);
+        claims[0] = _claim(KEY_PK, 1 * USDC_1);
+        claims[1] = _claimFor(base, payee, 5);
+        claims[2] = _claimFor(base + 1, payee2, 5);
+        claims[3] = _claimFor(base + 2, payee, 5);
+        claims[4] = _claimFor(base + 3, payee, 5);
+        claims[5] = _claimFor(base + 4, payee, 5);
+        claims[6] = _claimFor(base + 5, payee, 7);
+        claims[7] = SessionKeyValidator.Claim(bad[6], 5, _voucher(base, bad[6], payee, 5));
+        claims[8] = _claimFor(base + 7, payee, 5);
+        claims[9] = _claim(KEY3_PK, 3 * USDC_1);
+
+        _expectSettled(key, 1 * USDC_1, 1 * USDC_1);
+        _expectSkip(bad[0], SessionKeyValidator.SkipReason.UnknownKey);
+        _expectSkip(bad[1], SessionKeyValidator.SkipReason.WrongPayee);
+        _expectSkip(bad[2], SessionKeyValidator.SkipReason.NotYetValid);
+        _expectSkip(bad[3], SessionKeyValidator.SkipReason.WindowClosed);
+        _expectSkip(bad[4], SessionKeyValidator.SkipReason.AboveLimit);
+        _expectSkip(bad[5], SessionKeyValidator.SkipReason.NothingToSettle);
+        _expectSkip(bad[6], SessionKeyValidator.SkipReason.InvalidSignature);
+        _expectSkip(bad[7], SessionKeyValidator.SkipReason.EmptyTab);
+        _expectSettled(key3, 3 * USDC_1, 3 * USDC_1);
+        vm.recordLogs();
+        uint256 total = _batch(claims);
+
+        vm.assertEq(total, 4 * USDC_1, "total");
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        vm.assertEq(_transfersOf(logs), 1, "one transfer");
+        uint256 skipped;
+        for (uint256 i; i < logs.length; ++i) {
+            if (logs[i].topics[0] == SessionKeyValidator.ClaimSkipped.selector) ++skipped;
+        }
+        vm.assertEq(skipped, 8, "eight skips, one per bad claim");
+        vm.assertEq(usdc.balanceOf(payee), 4 * USDC_1 + 7, "payee: the good claims and the earlier settle");
+        vm.assertEq(_settled(bad[5]), 7, "the settled key keeps its total");
+        for (uint256 i; i < 8; ++i) {
+            if (i != 5) vm.assertEq(_settled(bad[i]), 0, "a skipped key settles nothing");
+        }
+    }
+
+    function test_settleBatch_allClaimsSkippedPaysNothingAndDoesNotRevert() public {
         _fundAndRegister();
         SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](2);
-        claims[0] = _claim(KEY_PK, 1);
-        claims[1] = SessionKeyValidator.Claim(key2, 1, _voucher(KEY2_PK, payee, 1));
-        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.UnknownSessionKey.selector, key2));
-        validator.settleBatch(claims);
+        claims[0] = _claimFor(KEY2_PK, payee, 1); // unknown
+        claims[1] = _claim(KEY_PK, uint256(LIMIT) + 1); // above the limit
+        _expectSkip(key2, SessionKeyValidator.SkipReason.UnknownKey);
+        _expectSkip(key, SessionKeyValidator.SkipReason.AboveLimit);
+        vm.recordLogs();
+        uint256 total = _batch(claims);
+        vm.assertEq(total, 0, "total");
+        vm.assertEq(_transfersOf(vm.getRecordedLogs()), 0, "no transfer");
+        vm.assertEq(usdc.balanceOf(payee), 0, "payee");
+        vm.assertEq(_tab(owner, payee), 1_000 * USDC_1, "tab");
     }
 
-    function test_settleBatch_revertsWhenEscrowRunsOutMidway() public {
+    function test_settleBatch_tabRunningOutMidwayPaysWhatItHolds() public {
         _deposit(owner, 10);
         _register(owner, key, payee, LIMIT);
         _register(owner, key2, payee, LIMIT);
-        SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](2);
+        _register(owner, key3, payee, LIMIT);
+        SessionKeyValidator.Claim[] memory claims = new SessionKeyValidator.Claim[](3);
         claims[0] = _claim(KEY_PK, 6);
         claims[1] = _claim(KEY2_PK, 6);
-        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InsufficientEscrow.selector, owner, 6, 4));
-        validator.settleBatch(claims);
-        vm.assertEq(validator.escrowOf(owner), 10, "escrow untouched");
+        claims[2] = _claim(KEY3_PK, 6);
+        _expectSettled(key, 6, 6);
+        _expectSettled(key2, 4, 4); // partial: the tab's last 4
+        _expectSkip(key3, SessionKeyValidator.SkipReason.EmptyTab);
+        uint256 total = _batch(claims);
+        vm.assertEq(total, 10, "the whole tab");
+        vm.assertEq(_tab(owner, payee), 0, "tab empty");
+        vm.assertEq(_settled(key), 6, "key");
+        vm.assertEq(_settled(key2), 4, "key2 partly");
+        vm.assertEq(_settled(key3), 0, "key3 waits");
+        vm.assertEq(usdc.balanceOf(payee), 10, "payee");
     }
 
     // ===================================================== withdrawals
@@ -959,130 +1470,245 @@ contract SessionKeyValidatorTest is ValidatorFixture {
     function test_requestWithdrawal_recordsAndEmits() public {
         _deposit(owner, 100);
         vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.WithdrawalRequested(owner, 60, u48(T0 + GRACE));
+        emit SessionKeyValidator.WithdrawalRequested(owner, payee, 60, u48(T0 + GRACE));
         vm.prank(owner);
-        validator.requestWithdrawal(60);
-        (uint208 amount, uint48 readyAt) = validator.withdrawalOf(owner);
-        vm.assertEq(amount, 60, "amount");
-        vm.assertEq(readyAt, T0 + GRACE, "readyAt");
-        vm.assertEq(validator.escrowOf(owner), 100, "escrow stays until withdrawn");
+        validator.requestWithdrawal(payee, 60);
+        (uint128 balance, uint80 withdrawing, uint48 graceEndsAt) = validator.tabOf(owner, payee);
+        vm.assertEq(withdrawing, 60, "amount");
+        vm.assertEq(graceEndsAt, T0 + GRACE, "graceEndsAt");
+        vm.assertEq(balance, 100, "the tab keeps it until withdrawn");
+    }
+
+    function test_requestWithdrawal_acceptsTheWholeTab() public {
+        _deposit(owner, 100);
+        vm.prank(owner);
+        validator.requestWithdrawal(payee, 100);
+        (, uint80 withdrawing,) = validator.tabOf(owner, payee);
+        vm.assertEq(withdrawing, 100, "amount");
     }
 
     function test_requestWithdrawal_replacesPendingRequestAndRestartsTheWait() public {
         _deposit(owner, 100);
         vm.prank(owner);
-        validator.requestWithdrawal(60);
+        validator.requestWithdrawal(payee, 60);
         vm.warp(T0 + 1 hours);
         vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.WithdrawalRequested(owner, 30, u48(T0 + 1 hours + GRACE));
+        emit SessionKeyValidator.WithdrawalRequested(owner, payee, 30, u48(T0 + 1 hours + GRACE));
         vm.prank(owner);
-        validator.requestWithdrawal(30);
-        (uint208 amount, uint48 readyAt) = validator.withdrawalOf(owner);
-        vm.assertEq(amount, 30, "amount replaced");
-        vm.assertEq(readyAt, T0 + 1 hours + GRACE, "wait restarted");
+        validator.requestWithdrawal(payee, 30);
+        (, uint80 withdrawing, uint48 graceEndsAt) = validator.tabOf(owner, payee);
+        vm.assertEq(withdrawing, 30, "amount replaced");
+        vm.assertEq(graceEndsAt, T0 + 1 hours + GRACE, "wait restarted");
+    }
+
+    function test_requestWithdrawal_isPerTab() public {
+        _deposit(owner, payee, 100);
+        _deposit(owner, payee2, 50);
+        vm.prank(owner);
+        validator.requestWithdrawal(payee, 60);
+        (uint128 balance2, uint80 withdrawing2, uint48 graceEndsAt2) = validator.tabOf(owner, payee2);
+        vm.assertEq(balance2, 50, "other tab's balance");
+        vm.assertEq(withdrawing2, 0, "other tab has no request");
+        vm.assertEq(graceEndsAt2, 0, "other tab has no grace");
     }
 
     function test_requestWithdrawal_revertsOnZeroAmount() public {
         _deposit(owner, 100);
         vm.expectRevert(SessionKeyValidator.ZeroAmount.selector);
         vm.prank(owner);
-        validator.requestWithdrawal(0);
+        validator.requestWithdrawal(payee, 0);
     }
 
-    function test_requestWithdrawal_revertsAboveEscrow() public {
+    function test_requestWithdrawal_revertsAboveTheTab() public {
         _deposit(owner, 100);
-        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InsufficientEscrow.selector, owner, 101, 100));
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InsufficientTab.selector, owner, payee, 101, 100));
         vm.prank(owner);
-        validator.requestWithdrawal(101);
+        validator.requestWithdrawal(payee, 101);
+    }
+
+    function test_requestWithdrawal_countsOnlyTheTabWithThatPayee() public {
+        _deposit(owner, payee, 100);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InsufficientTab.selector, owner, payee2, 1, 0));
+        vm.prank(owner);
+        validator.requestWithdrawal(payee2, 1);
     }
 
     function test_cancelWithdrawal_clearsAndEmits() public {
         _deposit(owner, 100);
         vm.prank(owner);
-        validator.requestWithdrawal(100);
+        validator.requestWithdrawal(payee, 100);
         vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.WithdrawalCancelled(owner);
+        emit SessionKeyValidator.WithdrawalCancelled(owner, payee);
         vm.prank(owner);
-        validator.cancelWithdrawal();
-        (uint208 amount, uint48 readyAt) = validator.withdrawalOf(owner);
-        vm.assertEq(amount, 0, "amount cleared");
-        vm.assertEq(readyAt, 0, "readyAt cleared");
-        vm.warp(T0 + GRACE);
-        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NoPendingWithdrawal.selector, owner));
+        validator.cancelWithdrawal(payee);
+        (uint128 balance, uint80 withdrawing, uint48 graceEndsAt) = validator.tabOf(owner, payee);
+        vm.assertEq(balance, 100, "balance kept");
+        vm.assertEq(withdrawing, 0, "amount cleared");
+        vm.assertEq(graceEndsAt, 0, "graceEndsAt cleared");
+        vm.warp(T0 + GRACE + 1);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NoPendingWithdrawal.selector, owner, payee));
         vm.prank(owner);
-        validator.withdraw();
+        validator.withdraw(payee);
     }
 
     function test_cancelWithdrawal_revertsWithoutPendingRequest() public {
-        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NoPendingWithdrawal.selector, owner));
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NoPendingWithdrawal.selector, owner, payee));
         vm.prank(owner);
-        validator.cancelWithdrawal();
+        validator.cancelWithdrawal(payee);
     }
 
-    function test_withdraw_paysAfterGraceAndEmits() public {
+    function test_cancelWithdrawal_onlyTouchesThatTab() public {
+        _deposit(owner, payee, 100);
+        _deposit(owner, payee2, 100);
+        vm.prank(owner);
+        validator.requestWithdrawal(payee, 40);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NoPendingWithdrawal.selector, owner, payee2));
+        vm.prank(owner);
+        validator.cancelWithdrawal(payee2);
+        vm.prank(stranger);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NoPendingWithdrawal.selector, stranger, payee));
+        validator.cancelWithdrawal(payee);
+        (, uint80 withdrawing,) = validator.tabOf(owner, payee);
+        vm.assertEq(withdrawing, 40, "the request stands");
+    }
+
+    function test_withdraw_paysStrictlyAfterGraceAndEmits() public {
         _deposit(owner, 100);
         vm.prank(owner);
-        validator.requestWithdrawal(60);
-        vm.warp(T0 + GRACE);
+        validator.requestWithdrawal(payee, 60);
+        vm.warp(T0 + GRACE + 1);
         vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.Withdrawn(owner, 60);
+        emit SessionKeyValidator.Withdrawn(owner, payee, 60);
         vm.prank(owner);
-        uint256 amount = validator.withdraw();
+        uint256 amount = validator.withdraw(payee);
         vm.assertEq(amount, 60, "returned amount");
         vm.assertEq(usdc.balanceOf(owner), 60, "owner got the tokens");
-        vm.assertEq(validator.escrowOf(owner), 40, "escrow");
-        vm.assertEq(usdc.balanceOf(address(validator)), 40, "balance equals escrow");
-        (uint208 pending,) = validator.withdrawalOf(owner);
-        vm.assertEq(pending, 0, "request consumed");
+        (uint128 balance, uint80 withdrawing, uint48 graceEndsAt) = validator.tabOf(owner, payee);
+        vm.assertEq(balance, 40, "tab");
+        vm.assertEq(withdrawing, 0, "request consumed");
+        vm.assertEq(graceEndsAt, 0, "grace cleared");
+        vm.assertEq(usdc.balanceOf(address(validator)), 40, "balance equals the tab");
     }
 
-    function test_withdraw_revertsBeforeReady() public {
+    function test_withdraw_revertsUpToAndIncludingGraceEndsAt() public {
         _deposit(owner, 100);
         vm.prank(owner);
-        validator.requestWithdrawal(60);
-        vm.warp(T0 + GRACE - 1);
+        validator.requestWithdrawal(payee, 60);
+        uint48 graceEndsAt = u48(T0 + GRACE);
+        vm.warp(graceEndsAt - 1);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.WithdrawalNotReady.selector, graceEndsAt));
+        vm.prank(owner);
+        validator.withdraw(payee);
+        vm.warp(graceEndsAt); // the payee's last second
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.WithdrawalNotReady.selector, graceEndsAt));
+        vm.prank(owner);
+        validator.withdraw(payee);
+        vm.warp(graceEndsAt + 1);
+        vm.prank(owner);
+        vm.assertEq(validator.withdraw(payee), 60, "the next second it pays");
+    }
+
+    function test_withdraw_andSettleMeetAtGraceEndsAtWithoutOverlap() public {
+        _fundAndRegister();
+        bytes memory owed = _voucher(KEY_PK, payee, 30 * USDC_1);
+        vm.startPrank(owner);
+        validator.freeze(key); // stops at T0: settleable until T0 + GRACE
+        validator.requestWithdrawal(payee, 1_000 * USDC_1); // graceEndsAt = T0 + GRACE
+        vm.stopPrank();
+        vm.assertEq(validator.settleableUntil(key), T0 + GRACE, "settle window");
+
+        vm.warp(T0 + GRACE);
         vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.WithdrawalNotReady.selector, u48(T0 + GRACE)));
         vm.prank(owner);
-        validator.withdraw();
+        validator.withdraw(payee);
+        vm.assertEq(_settle(key, 30 * USDC_1, owed), 30 * USDC_1, "settle: yes");
+
+        vm.warp(T0 + GRACE + 1);
+        bytes memory late = _voucher(KEY_PK, payee, 31 * USDC_1);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.SettlementWindowClosed.selector, key, T0 + GRACE));
+        _settle(key, 31 * USDC_1, late);
+        vm.prank(owner);
+        vm.assertEq(validator.withdraw(payee), 970 * USDC_1, "withdraw: yes");
     }
 
     function test_withdraw_revertsWithoutPendingRequest() public {
         _deposit(owner, 100);
-        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NoPendingWithdrawal.selector, owner));
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NoPendingWithdrawal.selector, owner, payee));
         vm.prank(owner);
-        validator.withdraw();
+        validator.withdraw(payee);
     }
 
     function test_withdraw_revertsWhenRepeated() public {
         _deposit(owner, 100);
         vm.prank(owner);
-        validator.requestWithdrawal(60);
-        vm.warp(T0 + GRACE);
+        validator.requestWithdrawal(payee, 60);
+        vm.warp(T0 + GRACE + 1);
         vm.prank(owner);
-        validator.withdraw();
-        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NoPendingWithdrawal.selector, owner));
+        validator.withdraw(payee);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NoPendingWithdrawal.selector, owner, payee));
         vm.prank(owner);
-        validator.withdraw();
+        validator.withdraw(payee);
         vm.assertEq(usdc.balanceOf(owner), 60, "paid once");
+    }
+
+    function test_withdraw_paysWhatIsLeftAfterSettlements() public {
+        _fundAndRegister();
+        vm.prank(owner);
+        validator.requestWithdrawal(payee, 995 * USDC_1);
+        _settle(key, 10 * USDC_1, _voucher(KEY_PK, payee, 10 * USDC_1));
+        vm.warp(T0 + GRACE + 1);
+        vm.expectEmit(true, true, true, true, address(validator));
+        emit SessionKeyValidator.Withdrawn(owner, payee, 990 * USDC_1);
+        vm.prank(owner);
+        vm.assertEq(validator.withdraw(payee), 990 * USDC_1, "min(requested, balance)");
+        vm.assertEq(_tab(owner, payee), 0, "tab empty");
     }
 
     function test_withdraw_paysZeroWhenSettlementsTookEverything() public {
         _fundAndRegister();
         vm.prank(owner);
-        validator.requestWithdrawal(LIMIT);
-        // Another key drains the rest of the escrow during the wait.
+        validator.requestWithdrawal(payee, LIMIT);
+        // Another key drains the rest of the tab during the wait.
         _register(owner, key2, payee, type(uint128).max);
-        validator.settle(key2, 1_000 * USDC_1, _voucher(KEY2_PK, payee, 1_000 * USDC_1));
-        vm.warp(T0 + GRACE);
+        _settle(key2, 1_000 * USDC_1, _voucher(KEY2_PK, payee, 1_000 * USDC_1));
+        vm.warp(T0 + GRACE + 1);
         vm.expectEmit(true, true, true, true, address(validator));
-        emit SessionKeyValidator.Withdrawn(owner, 0);
+        emit SessionKeyValidator.Withdrawn(owner, payee, 0);
+        vm.recordLogs();
         vm.prank(owner);
-        uint256 amount = validator.withdraw();
+        uint256 amount = validator.withdraw(payee);
         vm.assertEq(amount, 0, "nothing left");
+        vm.assertEq(_transfersOf(vm.getRecordedLogs()), 0, "no transfer");
         vm.assertEq(usdc.balanceOf(owner), 0, "owner got nothing");
+        (, uint80 withdrawing,) = validator.tabOf(owner, payee);
+        vm.assertEq(withdrawing, 0, "request consumed");
+    }
+
+    function test_withdraw_fromOneTabLeavesTheOthers() public {
+        _deposit(owner, payee, 100);
+        _deposit(owner, payee2, 100);
+        vm.startPrank(owner);
+        validator.requestWithdrawal(payee, 100);
+        validator.requestWithdrawal(payee2, 30);
+        vm.stopPrank();
+        vm.warp(T0 + GRACE + 1);
+        vm.prank(owner);
+        validator.withdraw(payee);
+        vm.assertEq(_tab(owner, payee), 0, "emptied");
+        (uint128 balance2, uint80 withdrawing2, uint48 graceEndsAt2) = validator.tabOf(owner, payee2);
+        vm.assertEq(balance2, 100, "other tab's balance");
+        vm.assertEq(withdrawing2, 30, "other tab's request stands");
+        vm.assertEq(graceEndsAt2, T0 + GRACE, "other tab's grace");
     }
 
     // ================================================================= views
+
+    function test_tabOf_unknownTabIsAllZero() public view {
+        (uint128 balance, uint80 withdrawing, uint48 graceEndsAt) = validator.tabOf(owner, payee);
+        vm.assertEq(balance, 0, "balance");
+        vm.assertEq(withdrawing, 0, "withdrawing");
+        vm.assertEq(graceEndsAt, 0, "graceEndsAt");
+    }
 
     function test_sessionKeyOf_unknownKeyIsAllZero() public view {
         SessionKeyValidator.SessionKey memory k = validator.sessionKeyOf(key);
@@ -1134,6 +1760,18 @@ contract SessionKeyValidatorTest is ValidatorFixture {
             validator.keyActionDigest(Digests.REVOKE_TYPEHASH, key, 1, 2),
             Digests.keyAction(sep, Digests.REVOKE_TYPEHASH, key, 1, 2),
             "revoke digest"
+        );
+    }
+
+    function test_settlerDigest_matchesIndependentEip712() public view {
+        vm.assertEq(
+            validator.settlerDigest(payee, relayer, true, 3, 4),
+            Digests.setSettler(_separator(address(validator)), payee, relayer, true, 3, 4),
+            "setSettler digest"
+        );
+        vm.assertTrue(
+            validator.settlerDigest(payee, relayer, true, 3, 4) != validator.settlerDigest(payee, relayer, false, 3, 4),
+            "allowed is signed"
         );
     }
 

@@ -127,9 +127,9 @@ contract VectorsTest is Test {
         }
     }
 
-    /// Every case goes through `settle` at its own domain: small amounts are paid for real;
-    /// larger ones pass the signature check and stop at the escrow (or at the uint128 limit);
-    /// zero has nothing to settle.
+    /// Every case goes through `settle` at its own domain, sent by the case's payee: small
+    /// amounts are paid for real; larger ones pass the signature check and stop at the empty
+    /// tab (or at the uint128 limit); zero has nothing to settle.
     function test_vectors_settleWithTheFilesSignatures() public {
         uint256 paidCases;
         for (uint256 i; i < CASES; ++i) {
@@ -142,27 +142,29 @@ contract VectorsTest is Test {
 
             if (c.amount == 0) {
                 vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.NothingToSettle.selector, c.sessionKey, 0, 0));
+                vm.prank(c.payee);
                 v.settle(c.sessionKey, 0, c.signature);
             } else if (c.amount <= SETTLE_MAX) {
                 usdc.mint(address(this), c.amount);
                 usdc.approve(address(v), c.amount);
-                v.deposit(c.amount);
+                v.deposit(c.payee, c.amount);
                 uint256 before = usdc.balanceOf(c.payee);
                 vm.expectEmit(true, true, true, true, address(v));
-                emit SessionKeyValidator.Settled(address(this), c.sessionKey, c.payee, c.amount, c.amount);
+                emit SessionKeyValidator.Settled(c.sessionKey, c.amount, c.amount);
+                vm.prank(c.payee);
                 v.settle(c.sessionKey, c.amount, c.signature);
                 vm.assertEq(usdc.balanceOf(c.payee) - before, c.amount, _msg(i, "payee paid"));
                 vm.assertEq(v.sessionKeyOf(c.sessionKey).settled, c.amount, _msg(i, "settled"));
-                vm.assertEq(v.escrowOf(address(this)), 0, _msg(i, "escrow spent"));
+                (uint128 tab,,) = v.tabOf(address(this), c.payee);
+                vm.assertEq(tab, 0, _msg(i, "tab spent"));
                 ++paidCases;
             } else if (c.amount <= type(uint128).max) {
-                // The signature is checked before the escrow: reaching InsufficientEscrow means
-                // the contract accepted the file's signature.
+                // The signature is checked before the tab: reaching EmptyTab means the contract
+                // accepted the file's signature.
                 vm.expectRevert(
-                    abi.encodeWithSelector(
-                        SessionKeyValidator.InsufficientEscrow.selector, address(this), c.amount, 0
-                    )
+                    abi.encodeWithSelector(SessionKeyValidator.EmptyTab.selector, address(this), c.payee)
                 );
+                vm.prank(c.payee);
                 v.settle(c.sessionKey, c.amount, c.signature);
             } else {
                 vm.expectRevert(
@@ -170,6 +172,7 @@ contract VectorsTest is Test {
                         SessionKeyValidator.VoucherAboveLimit.selector, c.sessionKey, c.amount, type(uint128).max
                     )
                 );
+                vm.prank(c.payee);
                 v.settle(c.sessionKey, c.amount, c.signature);
             }
         }
@@ -185,6 +188,7 @@ contract VectorsTest is Test {
             v.registerSessionKey(c.sessionKey, c.payee, uint128(c.amount), 0, u48(block.timestamp + 1 days));
             vm.chainId(c.chainId + 1);
             vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidVoucherSignature.selector, c.sessionKey));
+            vm.prank(c.payee);
             v.settle(c.sessionKey, c.amount, c.signature);
         }
     }

@@ -161,6 +161,18 @@ abstract contract ValidatorFixture is Test {
         _register(owner, key, payee, LIMIT);
     }
 
+    /// @dev Lets `relayer` settle for `to`, as a payee authorises its settlement worker.
+    function _allowRelayer(address to) internal {
+        vm.prank(to);
+        validator.setSettler(relayer, true);
+    }
+
+    /// @dev Settles as `relayer` (a settler of the key's payee, see `_allowRelayer`).
+    function _settle(address sessionKey, uint256 amount, bytes memory sig) internal returns (uint256) {
+        vm.prank(relayer);
+        return validator.settle(sessionKey, amount, sig);
+    }
+
     function _settled(address sessionKey) internal view returns (uint256) {
         return validator.sessionKeyOf(sessionKey).settled;
     }

@@ -224,7 +224,7 @@ async fn a_payee_authorises_a_settler_with_a_relayed_signature() -> TestResult {
     forged.payee = c.payee;
     forged.nonce = c.relayer.nonce_of(c.payee).await?;
     let refused = c.relayer.set_settler_with_sig(&forged, &forged_sig).await;
-    assert!(matches!(refused, Err(Error::Reverted(E::InvalidOwnerSignature(_)))), "{refused:?}");
+    assert!(matches!(refused, Err(Error::Reverted(E::InvalidPayeeSignature(_)))), "{refused:?}");
     Ok(())
 }
 

@@ -39,6 +39,7 @@ export const validatorAbi = parseAbi([
   "error InsufficientTab(address owner, address payee, uint256 needed, uint256 available)",
   "error InvalidAccountNonce(address account, uint256 currentNonce)",
   "error InvalidOwnerSignature(address owner)",
+  "error InvalidPayeeSignature(address payee)",
   "error InvalidPayee(address payee)",
   "error InvalidShortString()",
   "error InvalidValidityWindow(uint48 validAfter, uint48 validUntil)",
