@@ -164,3 +164,12 @@ stop_redis() {
     rm -rf "$redis_dir"
   fi
 }
+
+# cargo-mutants (crates.io, pinned), for the mutation check of the money rules.
+CARGO_MUTANTS_VERSION=27.1.0
+ensure_cargo_mutants() {
+  if ! cargo mutants --version 2>/dev/null | grep -q "$CARGO_MUTANTS_VERSION"; then
+    echo "installing cargo-mutants $CARGO_MUTANTS_VERSION (once per machine)"
+    cargo install --locked --quiet cargo-mutants --version "$CARGO_MUTANTS_VERSION"
+  fi
+}

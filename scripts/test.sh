@@ -56,6 +56,14 @@ fi
 stage "rust: doc examples"
 cargo test --workspace --locked --doc --quiet
 
+stage "rust: mutants of the money rules (cargo mutants: every mutant must be caught)"
+ensure_cargo_mutants
+# The pure rules that decide money: the charge, amounts, settlement timing, tab and key folds.
+# Each surviving mutant is a money rule no test pins down; the list is in target/mutants.
+cargo mutants --package opentab-core --output target/mutants --no-shuffle --colors never \
+  --file crates/core/src/charge.rs --file crates/core/src/amount.rs \
+  --file crates/core/src/settlement.rs --file crates/core/src/events.rs
+
 stage "typescript: typecheck"
 (cd packages && npm run --silent typecheck)
 
