@@ -25,7 +25,8 @@
 //! upstream = "http://127.0.0.1:9000"         # or --upstream
 //! redis_url = "redis://127.0.0.1:6379"       # counters shared by every proxy; without it,
 //!                                            # in-process counters (one proxy only)
-//! redis_prefix = "opentab"                   # default
+//! redis_prefix = "opentab"                   # default; key names also carry the payee, so
+//!                                            # gateways of different payees may share a Redis
 //! timeout_secs = 60                          # upstream answer deadline (default 60)
 //! rules = "enforce"                          # the rule engine: enforce (default) or shadow
 //!
@@ -218,7 +219,10 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let secret = args.gateway_secret.as_deref();
     let (app, counters) = match &redis_url {
         Some(url) => {
-            let counters = RedisCounters::connect(url, &section.redis_prefix)
+            // Budgets are per (owner, payee): an owner's served total at one payee's gateways must
+            // never count against its tab with another payee sharing the Redis.
+            let prefix = format!("{}:{:#x}", section.redis_prefix, file.payee);
+            let counters = RedisCounters::connect(url, &prefix)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .context("connecting to Redis")?
