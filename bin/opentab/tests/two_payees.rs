@@ -7,6 +7,10 @@
 //! what it served within the grace window; A keeps serving up to exactly what its own tab holds,
 //! and every call A served stays covered by A's tab. After the grace window the owner takes back
 //! what B's tab still holds; the token is conserved throughout.
+//!
+//! Both gateways keep their counters in one Redis under one prefix (`OPENTAB_TEST_REDIS`,
+//! default 127.0.0.1:6379; a fresh prefix per run), as two APIs of one operator might: what the
+//! owner was served at one payee must never count against its tab with the other.
 
 mod common;
 
@@ -38,7 +42,7 @@ struct Api {
     accepted: Requirements,
 }
 
-async fn api(anvil: &Anvil, deployment: &Deployment, payee_account: usize) -> TestResult<Api> {
+async fn api(anvil: &Anvil, deployment: &Deployment, payee_account: usize, redis_prefix: &str) -> TestResult<Api> {
     let payee = anvil.signer(payee_account)?.address();
     let database_url = opentab_store::testing::fresh_postgres_url().await?;
     let dir = tempfile::tempdir()?;
@@ -48,11 +52,13 @@ async fn api(anvil: &Anvil, deployment: &Deployment, payee_account: usize) -> Te
         format!(
             "listen = \"127.0.0.1:0\"\ndatabase_url = \"{database_url}\"\nrpc_url = \"{}\"\n\
              validator = \"{:#x}\"\ndeployed_at_block = {}\npayee = \"{payee:#x}\"\ndomain = \"127.0.0.1\"\n\
-             confirmations = 0\nsettle_every_secs = 1\n\n[proxy]\nlisten = \"127.0.0.1:0\"\nrules = \"shadow\"\n\n\
+             confirmations = 0\nsettle_every_secs = 1\n\n[proxy]\nlisten = \"127.0.0.1:0\"\nrules = \"shadow\"\n\
+             redis_url = \"{}\"\nredis_prefix = \"{redis_prefix}\"\n\n\
              [proxy.routes]\n\"POST /v1/work\" = \"1\"\n",
             anvil.endpoint(),
             deployment.validator,
-            deployment.deployed_at_block
+            deployment.deployed_at_block,
+            std::env::var("OPENTAB_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
         ),
     )?;
     let config = config.to_string_lossy().into_owned();
@@ -155,7 +161,8 @@ async fn nothing_the_owner_does_to_one_tab_starves_the_other() -> TestResult {
     let deployment = deploy_dev_contracts(&signing_provider(&rpc, anvil.signer(0)?)?, &rpc, GRACE).await?;
     let owner_address = anvil.signer(1)?.address();
     let owner = Validator::connect(signing_provider(&rpc, anvil.signer(1)?)?, deployment.validator).await?;
-    let (a, b) = (api(&anvil, &deployment, 2).await?, api(&anvil, &deployment, 3).await?);
+    let prefix = format!("opentab-test-{:016x}", rand::random::<u64>());
+    let (a, b) = (api(&anvil, &deployment, 2, &prefix).await?, api(&anvil, &deployment, 3, &prefix).await?);
 
     // A 20 USDC tab with each API, and a key for each.
     owner.mint_test_usdc(owner_address, Usdc::from_base_units(100 * USDC)).await?;
