@@ -135,6 +135,19 @@ ensure_schemathesis() {
   export OPENTAB_SCHEMATHESIS="$venv/bin/schemathesis"
 }
 
+# Starlette on uvicorn (PyPI, pinned) in the same virtualenv: one of the real upstreams the
+# bypass corpus runs against behind `opentab proxy`. Exports OPENTAB_PYTHON.
+STARLETTE_VERSION=1.10.0
+UVICORN_VERSION=0.54.0
+ensure_python_upstreams() {
+  local venv="$PWD/.venv-tools"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  if ! "$venv/bin/python" -c "import starlette, uvicorn; assert starlette.__version__ == '$STARLETTE_VERSION'" 2>/dev/null; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "starlette==$STARLETTE_VERSION" "uvicorn==$UVICORN_VERSION"
+  fi
+  export OPENTAB_PYTHON="$venv/bin/python"
+}
+
 # Redis for the counter-store tests: the one on 127.0.0.1:6379 when it answers, otherwise one
 # of our own on a free port (Debian's redis-server, installed if missing), stopped at exit.
 # Exports OPENTAB_TEST_REDIS; tests use a fresh key prefix each.

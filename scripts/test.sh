@@ -18,6 +18,7 @@ ensure_package_tools
 ensure_web_tools
 ensure_chromium
 ensure_schemathesis
+ensure_python_upstreams
 
 stage "contracts: build + artifacts"
 (cd contracts && ./node_modules/.bin/forge build --quiet && node tools/export-artifacts.mjs --check)

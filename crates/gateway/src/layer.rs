@@ -22,7 +22,7 @@ use crate::gateway::{
     CounterStore, Decision, GatewayConfig, KeyDirectory, Paid, Refusal, UsageKind, UsageLedger, UsageRecord, decide,
     unix_now,
 };
-use crate::pricing::{PricedRoute, Pricing};
+use crate::pricing::{PricedRoute, Pricing, Resolution};
 use crate::protocol::{
     ErrorCode, IDEMPOTENCY_KEY, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT,
     check_idempotency_key, decode_payment, decode_payment_v1, encode_header,
@@ -111,9 +111,16 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gateway = self.gateway.clone();
         Box::pin(async move {
-            let Some(route) = gateway.pricing.find(req.method().as_str(), req.uri().path()).cloned() else {
-                return inner.call(req).await;
+            let (route, path) = match gateway.pricing.resolve(req.method().as_str(), req.uri().path()) {
+                Resolution::Free => return inner.call(req).await,
+                Resolution::Refused(reason) => return Ok(refused(reason)),
+                Resolution::Priced { route, path } => (route.clone(), path),
             };
+            // The API sees the path that was priced, whatever spelling the client used.
+            let mut req = req;
+            if let Some(uri) = with_path(req.uri(), &path) {
+                *req.uri_mut() = uri;
+            }
             let payment = PaymentHeaders {
                 v2: header_text(&req, PAYMENT_SIGNATURE),
                 v1: header_text(&req, X_PAYMENT),
@@ -316,6 +323,26 @@ fn challenge(config: &GatewayConfig, route: &PricedRoute, url: &str, refusal: Op
         payment_required: Some(base64::engine::general_purpose::STANDARD.encode(&json)),
         body: json,
     }
+}
+
+/// `uri` with its path replaced by `path` (query kept).
+fn with_path(uri: &axum::http::Uri, path: &str) -> Option<axum::http::Uri> {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    axum::http::Uri::from_parts(parts).ok()
+}
+
+/// 400 for a request on a priced prefix whose path has no single normal form.
+fn refused(reason: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": "ambiguous_path", "message": reason }).to_string();
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn unavailable() -> Answer {
