@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use opentab_client::PayingClient;
+use opentab_client::{Payer, PayingClient, Trust};
 use opentab_core::{SigningKey, Usdc};
 
 use crate::demo::DemoFile;
@@ -23,6 +23,10 @@ pub(crate) struct PayArgs {
     /// The most this client will ever sign for the payee, in USDC.
     #[arg(long, default_value = "10")]
     cap: String,
+    /// The most one call may cost, in USDC (default: the demo route's price). A 402 asking
+    /// more, or naming another payee, chain or validator than demo.json's, is refused unsigned.
+    #[arg(long)]
+    max_price: Option<String>,
 }
 
 pub(crate) async fn run(args: PayArgs) -> anyhow::Result<()> {
@@ -33,7 +37,14 @@ pub(crate) async fn run(args: PayArgs) -> anyhow::Result<()> {
     let key: SigningKey = demo.session_key.private_key.parse().context("demo.json: sessionKey.privateKey")?;
     let cap = Usdc::parse_decimal(&args.cap).context("--cap")?;
     let counter = args.demo.with_file_name("client-totals.json");
-    let client = PayingClient::new(key, cap, Some(counter))?;
+    let max_price = match &args.max_price {
+        Some(text) => Usdc::parse_decimal(text).context("--max-price")?,
+        None => route.price,
+    };
+    let trust =
+        Trust { payee: demo.payee, network: format!("eip155:{}", demo.chain_id), validator: demo.validator, max_price };
+    let origin = reqwest::Url::parse(&demo.url).context("demo.json: url")?.origin().ascii_serialization();
+    let client = PayingClient::new(Payer::new(key, cap, Some(counter))?.trust(&origin, trust));
     let method = reqwest::Method::from_bytes(route.method.as_bytes()).context("demo.json: route method")?;
     let url = format!("{}{}", demo.url, route.path);
 

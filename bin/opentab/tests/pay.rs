@@ -160,7 +160,7 @@ async fn paying_freezing_and_resuming_through_the_gateway() -> TestResult {
 
 #[tokio::test]
 async fn the_reqwest_middleware_pays_whatever_the_client_sends() -> TestResult {
-    use opentab_client::{Error, Payer, PaymentMiddleware, receipt_of, refusal_of};
+    use opentab_client::{Error, Payer, PaymentMiddleware, Trust, Untrusted, receipt_of, refusal_of};
     use opentab_core::{SigningKey, U256, Usdc};
 
     let dir = tempfile::tempdir()?;
@@ -171,10 +171,18 @@ async fn the_reqwest_middleware_pays_whatever_the_client_sends() -> TestResult {
     let payee: opentab_core::Address = demo["payee"].as_str().ok_or("payee")?.parse()?;
     let key: SigningKey = demo["sessionKey"]["privateKey"].as_str().ok_or("key")?.parse()?;
     let totals = dir.path().join("totals.json");
-    let client = |key: SigningKey, cap: &str, file: &std::path::Path| -> TestResult<_> {
-        let payer = Payer::new(key, Usdc::parse_decimal(cap)?, Some(file.to_owned()))?;
+    let origin = demo["url"].as_str().ok_or("url")?.trim_end_matches('/').to_owned();
+    let trust = Trust {
+        payee,
+        network: format!("eip155:{}", demo["chainId"].as_u64().ok_or("chainId")?),
+        validator: demo["validator"].as_str().ok_or("validator")?.parse()?,
+        max_price: Usdc::parse_decimal("0.002")?,
+    };
+    let client_at = |origin: &str, key: SigningKey, cap: &str, file: &std::path::Path| -> TestResult<_> {
+        let payer = Payer::new(key, Usdc::parse_decimal(cap)?, Some(file.to_owned()))?.trust(origin, trust.clone());
         Ok(reqwest_middleware::ClientBuilder::new(common::client()).with(PaymentMiddleware::new(payer)).build())
     };
+    let client = |key: SigningKey, cap: &str, file: &std::path::Path| client_at(&origin, key, cap, file);
     let agent = client(key.clone(), "1", &totals)?;
 
     // A plain request, built as with reqwest: the body reaches the API on the paid retry.
@@ -224,6 +232,48 @@ async fn the_reqwest_middleware_pays_whatever_the_client_sends() -> TestResult {
     let slot = format!("{:#x}->{payee:#x}", key.address());
     assert_eq!(saved[&slot], "20000", "a refused cap raises nothing: {saved}");
 
+    // A hostile 402 at a trusted origin (the real payee and validator, a price of the whole
+    // cap): refused with a typed error, nothing signed, the saved total untouched. So are
+    // another payee, another chain and another validator, and any origin nobody trusted.
+    let real = agent_challenge(&url).await?;
+    for (name, tamper) in [
+        ("price", Box::new(|r: &mut opentab_core::x402::Requirements| r.amount = Usdc::ONE) as Box<dyn Fn(&mut _)>),
+        (
+            "payee",
+            Box::new(|r: &mut opentab_core::x402::Requirements| r.pay_to = opentab_core::Address::repeat_byte(7)),
+        ),
+        ("network", Box::new(|r: &mut opentab_core::x402::Requirements| r.network = "eip155:1".into())),
+        (
+            "validator",
+            Box::new(|r: &mut opentab_core::x402::Requirements| {
+                r.extra.validator = opentab_core::Address::repeat_byte(6)
+            }),
+        ),
+    ] {
+        let mut hostile = real.clone();
+        for offer in &mut hostile.accepts {
+            tamper(offer);
+        }
+        let page = hostile_page(hostile).await?;
+        let victim = client_at(&page, key.clone(), "1", &totals)?;
+        let err =
+            Error::from(victim.post(format!("{page}/v1/chat/completions")).body("{}").send().await.err().ok_or(name)?);
+        assert!(matches!(err, Error::Untrusted(_)), "{name}: {err}");
+        let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&totals)?)?;
+        assert_eq!(saved[&slot], "20000", "{name}: nothing signed: {saved}");
+    }
+    let page = hostile_page(real).await?;
+    let err = Error::from(
+        client(key.clone(), "1", &totals)?
+            .post(format!("{page}/v1/chat/completions"))
+            .body("{}")
+            .send()
+            .await
+            .err()
+            .ok_or("origin")?,
+    );
+    assert!(matches!(err, Error::Untrusted(Untrusted::Origin { .. })), "{err}");
+
     // A key the service does not know: the gateway's refusal comes back as a readable 402.
     let stranger = client(SigningKey::random(), "1", &dir.path().join("stranger.json"))?;
     let response = stranger.post(&url).body("{}").send().await?;
@@ -232,19 +282,42 @@ async fn the_reqwest_middleware_pays_whatever_the_client_sends() -> TestResult {
 
     // A retry under the same idempotency key is refused (409), not charged, and still is
     // after a restart: the in-process counters come back from the ledger with the key.
-    let agent = client(key, "1", &totals)?;
+    let agent = client(key.clone(), "1", &totals)?;
     let job = |url: String| agent.post(url).header("idempotency-key", "job-7").body("{}").send();
     assert_eq!(job(url.clone()).await?.status(), 200);
     assert_eq!(job(url.clone()).await?.status(), 409);
     assert!(dev.stop("INT")?.success());
     let dev = Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
-    let url = format!("{}/v1/chat/completions", dev.field("url").ok_or("no url")?);
+    let origin = dev.field("url").ok_or("no url")?;
+    let url = format!("{origin}/v1/chat/completions");
+    // Restarted on another port: another origin, trusted anew.
+    let agent = client_at(&origin, key.clone(), "1", &totals)?;
+    let job = |url: String| agent.post(url).header("idempotency-key", "job-7").body("{}").send();
     let retry = job(url.clone()).await?;
     assert_eq!(retry.status(), 409, "{}", retry.text().await?);
     let next = agent.post(&url).body("{}").send().await?;
     assert_eq!(receipt_of(&next).ok_or("receipt")?.receipt.served.base_units(), 24_000, "job-7 was paid once");
     drop(dev);
     Ok(())
+}
+
+/// The 402 a paid route answers without payment.
+async fn agent_challenge(url: &str) -> TestResult<opentab_core::x402::PaymentRequired> {
+    let response = common::client().post(url).body("{}").send().await?;
+    Ok(opentab_client::read_challenge(response.headers())?)
+}
+
+/// A page that answers every request with `challenge` as its 402; its origin.
+async fn hostile_page(challenge: opentab_core::x402::PaymentRequired) -> TestResult<String> {
+    let header = opentab_core::x402::encode_header(&challenge);
+    let app = axum::Router::new().fallback(move || {
+        let header = header.clone();
+        async move { (axum::http::StatusCode::PAYMENT_REQUIRED, [("payment-required", header)], "pay up") }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let origin = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(origin)
 }
 
 /// A fresh `opentab dev` with its demo file read.

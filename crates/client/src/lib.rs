@@ -9,18 +9,29 @@
 //!   the client pays when asked to, whatever its method, headers or body.
 //! - [`PayingClient`], a small convenience over it that returns status, body and receipt.
 //!
-//! Both sign with a [`Payer`]: it writes the running total to a file before each voucher
-//! leaves, so a restarted client never signs a lower total than one it already gave away, and
-//! a spending cap bounds what it will ever sign.
+//! Both sign with a [`Payer`]: it signs only for the origins it was given [`Trust`] for (their
+//! payee, network, validator and a per-call maximum price; any other 402 is an [`Untrusted`]
+//! error, nothing signed), writes the running total to a file before each voucher leaves, so a
+//! restarted client never signs a lower total than one it already gave away, and a spending
+//! cap bounds what it will ever sign.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use opentab_client::{Payer, PaymentMiddleware, receipt_of};
+//! use opentab_client::{Payer, PaymentMiddleware, Trust, receipt_of};
 //! use opentab_core::{SigningKey, Usdc};
 //!
 //! let key: SigningKey = std::env::var("SESSION_KEY")?.parse()?;
-//! // Never sign more than 5 USDC in total; remember the total across restarts.
-//! let payer = Payer::new(key, Usdc::parse_decimal("5")?, Some("totals.json".into()))?;
+//! // Never sign more than 5 USDC in total; remember the total across restarts. Pay only this
+//! // API, only to the payee and validator the key was registered for, at most 0.01 a call.
+//! let payer = Payer::new(key, Usdc::parse_decimal("5")?, Some("totals.json".into()))?.trust(
+//!     "http://127.0.0.1:8402",
+//!     Trust {
+//!         payee: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".parse()?,
+//!         network: "eip155:31337".into(),
+//!         validator: "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512".parse()?,
+//!         max_price: Usdc::parse_decimal("0.01")?,
+//!     },
+//! );
 //! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
 //!     .with(PaymentMiddleware::new(payer))
 //!     .build();
@@ -41,7 +52,7 @@ mod middleware;
 mod payer;
 
 pub use middleware::{Paid, PayingClient, PaymentMiddleware};
-pub use payer::{Payer, read_challenge, receipt_of, refusal_of};
+pub use payer::{Payer, Trust, Untrusted, read_challenge, receipt_of, refusal_of};
 
 use std::path::PathBuf;
 
@@ -80,6 +91,9 @@ pub enum Error {
         /// The 402's `message`.
         message: String,
     },
+    /// The 402 asked for something this client does not trust; nothing was signed.
+    #[error("refused to sign: {0}")]
+    Untrusted(#[from] Untrusted),
     /// The counter file could not be read or written.
     #[error("counter file {path}: {reason}")]
     Counter {

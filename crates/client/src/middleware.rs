@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use opentab_core::x402::{PAYMENT_SIGNATURE, PaymentResponse, encode_header};
-use opentab_core::{Address, SigningKey, U256, Usdc};
+use opentab_core::{Address, U256};
 use reqwest::header::HeaderValue;
 use reqwest::{Request, Response, StatusCode};
 use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
@@ -52,8 +52,9 @@ impl Middleware for PaymentMiddleware {
             return Ok(first);
         }
         let mut replay = replay.ok_or_else(|| reqwest_middleware::Error::middleware(Error::NotReplayable))?;
+        let origin = replay.url().origin().ascii_serialization();
         let payment = read_challenge(first.headers())
-            .and_then(|challenge| self.payer.answer(challenge))
+            .and_then(|challenge| self.payer.answer(&origin, challenge))
             .map_err(reqwest_middleware::Error::middleware)?;
         let header = HeaderValue::from_str(&encode_header(&payment))
             .map_err(|e| reqwest_middleware::Error::middleware(Error::Requirements(e.to_string())))?;
@@ -82,13 +83,13 @@ pub struct PayingClient {
 }
 
 impl PayingClient {
-    /// A client paying with `key`; see [`Payer::new`].
-    pub fn new(key: SigningKey, cap: Usdc, counter_file: Option<std::path::PathBuf>) -> Result<Self, Error> {
-        let payer = Arc::new(Payer::new(key, cap, counter_file)?);
+    /// A client paying with `payer` (see [`Payer::new`] and [`Payer::trust`]).
+    pub fn new(payer: Payer) -> Self {
+        let payer = Arc::new(payer);
         let http = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
             .with(PaymentMiddleware::shared(payer.clone()))
             .build();
-        Ok(Self { http, payer })
+        Self { http, payer }
     }
 
     /// The underlying client, for requests of any shape (each one pays when asked to).
