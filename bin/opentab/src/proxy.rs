@@ -258,17 +258,9 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     writeln!(out, "ready; Ctrl-C stops after the calls under way")?;
     out.flush()?;
     drop(out);
-    axum_serve(socket, app).await?;
+    crate::server::serve(socket, app, shutdown_signal()).await?;
     store.close().await;
     Ok(())
-}
-
-/// Serves with the peer's address known, for `x-forwarded-for`; in-flight calls finish first.
-async fn axum_serve(socket: tokio::net::TcpListener, app: Router) -> anyhow::Result<()> {
-    axum::serve(socket, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")
 }
 
 fn app<D, C, L>(

@@ -17,12 +17,15 @@ pub struct Running {
 impl Running {
     /// Starts `opentab args…` and reads stdout until a line starting with `ready_prefix`.
     pub fn start(args: &[&str], envs: &[(&str, &str)], ready_prefix: &str) -> TestResult<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_opentab"))
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_opentab"));
+        command.args(args).envs(envs.iter().copied());
+        Self::start_command(command, ready_prefix)
+    }
+
+    /// Starts `command` (an `opentab` run, possibly through a wrapper) and reads stdout until a
+    /// line starting with `ready_prefix`.
+    pub fn start_command(mut command: Command, ready_prefix: &str) -> TestResult<Self> {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut printed = String::new();
         let mut lines = BufReader::new(stdout).lines();
