@@ -155,9 +155,14 @@ where
         Ok(req) => req,
         Err(err) => return bad_request(&format!("the void request is not {{\"chargeId\": \"…\"}}: {err}")),
     };
+    // The charge id carries the voucher and its signature: never echoed back.
     let unknown = || {
-        let message = format!("no open charge {:?}: unknown, voided already, or older than ten minutes", req.charge_id);
+        let message = "no open charge with this id: unknown, voided already, or older than ten minutes";
         (StatusCode::NOT_FOUND, Json(json!({ "error": "unknown_charge", "message": message }))).into_response()
+    };
+    let unavailable = || {
+        let message = "the gateway cannot void right now; nothing was voided, retry";
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "unavailable", "message": message }))).into_response()
     };
     let Some((ticket, seal)) = unseal(&state.secret, &req.charge_id) else { return unknown() };
     if unix_now().saturating_sub(ticket.at) >= VOID_WINDOW_SECS {
@@ -168,14 +173,19 @@ where
         Ok(true) => {}
         Ok(false) => return unknown(),
         Err(err) => {
-            tracing::error!(error = %err, "cannot record the void: refusing it, the app may retry");
-            let message = "the gateway cannot void right now; retry";
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "unavailable", "message": message })))
-                .into_response();
+            tracing::error!(error = %err, "cannot claim the void: refusing it, the app may retry");
+            return unavailable();
         }
     }
-    state.gateway.void(&ticket.charge).await;
-    Json(json!({ "status": "voided", "chargeId": req.charge_id })).into_response()
+    if let Err(err) = state.gateway.void_durably(&ticket.charge).await {
+        // Nothing was voided: give the claim back so the app's retry can void it.
+        tracing::error!(error = %err, route = %ticket.charge.route, "cannot record the void: refusing it, the app may retry");
+        if let Err(err) = state.gateway.counters.release(ticket.charge.paid.owner, seal).await {
+            tracing::error!(error = %err, "cannot release the void's claim: a retry will find the charge voided");
+        }
+        return unavailable();
+    }
+    Json(json!({ "status": "voided" })).into_response()
 }
 
 fn authenticated(headers: &HeaderMap, secret: &str) -> bool {

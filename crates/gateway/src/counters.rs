@@ -134,4 +134,9 @@ impl CounterStore for InProcessCounters {
         state.claims.insert(id, now + ttl_secs);
         Ok(true)
     }
+
+    async fn release(&self, _owner: Address, id: B256) -> Result<(), Unavailable> {
+        self.lock()?.claims.remove(&id);
+        Ok(())
+    }
 }

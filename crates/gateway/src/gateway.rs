@@ -57,6 +57,9 @@ pub trait CounterStore: Send + Sync {
     /// Marks `id` (in `owner`'s slot) as used for `ttl_secs`: true the first time only. What
     /// makes a charge API void count once, whichever gateway node it reaches.
     fn claim(&self, owner: Address, id: B256, ttl_secs: u64) -> impl Future<Output = Result<bool, Unavailable>> + Send;
+
+    /// Gives a [`CounterStore::claim`] back, so a void that failed after it can be retried.
+    fn release(&self, owner: Address, id: B256) -> impl Future<Output = Result<(), Unavailable>> + Send;
 }
 
 impl<T: KeyDirectory> KeyDirectory for std::sync::Arc<T> {
@@ -87,6 +90,10 @@ impl<T: CounterStore> CounterStore for std::sync::Arc<T> {
 
     fn claim(&self, owner: Address, id: B256, ttl_secs: u64) -> impl Future<Output = Result<bool, Unavailable>> + Send {
         self.as_ref().claim(owner, id, ttl_secs)
+    }
+
+    fn release(&self, owner: Address, id: B256) -> impl Future<Output = Result<(), Unavailable>> + Send {
+        self.as_ref().release(owner, id)
     }
 }
 

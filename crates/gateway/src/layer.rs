@@ -276,15 +276,25 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
         Authorized::Paid(Box::new(charge))
     }
 
-    /// Voids `charge` (the call failed: the user never pays for an error) and records the
-    /// void in the ledger.
-    pub async fn void(&self, charge: &Charge) {
+    /// Voids `charge` (the call failed: the user never pays for an error), durable first: the
+    /// ledger's void row, then the counters. When the ledger cannot take it, nothing changed and
+    /// the error says so (the charge API answers 503 and the app retries). Counters that fail
+    /// after the ledger has the void over-count the key until they are rebuilt from the ledger:
+    /// they may refuse a call, never serve one unpaid.
+    pub async fn void_durably(&self, charge: &Charge) -> Result<(), crate::Unavailable> {
         let p = &charge.paid;
+        self.ledger.record(record(charge, UsageKind::Void)).await?;
         if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency).await {
-            tracing::error!(error = %err, key = %p.key, price = %p.price, "could not void a charge for a failed call");
+            tracing::error!(error = %err, key = %p.key, price = %p.price, "the ledger has a void the counters missed");
         }
-        if let Err(err) = self.ledger.record(record(charge, UsageKind::Void)).await {
-            tracing::error!(error = %err, key = %p.key, price = %p.price, "could not record a void");
+        Ok(())
+    }
+
+    /// [`Gateway::void_durably`] for the layer, which has no one to retry: a failure is logged.
+    pub async fn void(&self, charge: &Charge) {
+        if let Err(err) = self.void_durably(charge).await {
+            let p = &charge.paid;
+            tracing::error!(error = %err, key = %p.key, price = %p.price, "could not record a void for a failed call");
         }
     }
 }

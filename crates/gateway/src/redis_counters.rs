@@ -290,6 +290,13 @@ impl CounterStore for RedisCounters {
             .map_err(unavailable)?;
         Ok(set.is_some())
     }
+
+    async fn release(&self, owner: Address, id: B256) -> Result<(), Unavailable> {
+        let mut conn = self.conn.clone();
+        let name = format!("{}:{{{owner:#x}}}:claim:{id:x}", self.prefix);
+        let _: i64 = redis::cmd("DEL").arg(&name).query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(())
+    }
 }
 
 impl RedisCounters {

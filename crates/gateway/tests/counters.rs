@@ -107,6 +107,10 @@ async fn an_id_is_claimed_once<S: Probe>(s: Arc<S>) -> TestResult {
     assert_eq!(won, 1);
     assert!(!s.claim(OWNER, a, 60).await?, "claimed already");
     assert!(s.claim(OWNER, b, 60).await?, "another id is its own");
+    // A claim given back (its void failed) can be claimed again, once.
+    s.release(OWNER, a).await?;
+    assert!(s.claim(OWNER, a, 60).await?, "released, claimable again");
+    assert!(!s.claim(OWNER, a, 60).await?);
     Ok(())
 }
 

@@ -438,11 +438,21 @@ async fn the_charge_api_charges_voids_and_refuses_strangers() -> TestResult {
     let void = json!({ "chargeId": paid["chargeId"] });
     let (status, _, _) = call("/gateway/v1/void", None, void.clone()).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The ledger is away: nothing is voided, the app is told to retry, and its retry works
+    // once the ledger is back (the claim was given back, not spent).
+    *w.ledger.down.lock().map_err(|_| "poisoned")? = true;
+    let (status, body, _) = call("/gateway/v1/void", auth, void.clone()).await?;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::from_base_units(PRICE), "nothing voided");
+    *w.ledger.down.lock().map_err(|_| "poisoned")? = false;
     let (status, body, _) = call("/gateway/v1/void", auth, void.clone()).await?;
     assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("voided")));
+    let charge_id = paid["chargeId"].as_str().ok_or("a charge id")?;
+    assert!(!body.to_string().contains(charge_id), "the charge id (voucher, signature) is not echoed: {body}");
     assert_eq!(w.counters.key(key.address())?.served, Usdc::ZERO);
     let (status, body, _) = call("/gateway/v1/void", auth, void).await?;
     assert_eq!((status, body["error"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_charge")));
+    assert!(!body.to_string().contains(charge_id), "not in a refusal either: {body}");
     let kinds: Vec<UsageKind> = w.ledger.records.lock().map_err(|_| "poisoned")?.iter().map(|r| r.kind).collect();
     assert_eq!(kinds, [UsageKind::Charge, UsageKind::Void]);
 
