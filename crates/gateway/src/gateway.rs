@@ -282,6 +282,16 @@ pub async fn decide<D: KeyDirectory, C: CounterStore>(
         return Decision::Refused(Refusal::new(ErrorCode::WrongPayee, msg));
     }
     let p = &payment.payload;
+    // The signature before anything that costs I/O: a junk payment costs one recovery and no
+    // lookup. The voucher must name this payee; hashing with the configured payee checks that.
+    let digest = config.domain.digest(&Voucher::new(p.session_key, config.pay_to, p.cumulative_amount));
+    match p.signature.recover(&digest) {
+        Ok(signer) if signer == p.session_key => {}
+        _ => {
+            let msg = format!("the signature is not session key {}'s over this voucher", p.session_key);
+            return Decision::Refused(Refusal::new(ErrorCode::InvalidSignature, msg));
+        }
+    }
     let info = match directory.key(p.session_key).await {
         Ok(Some(info)) => info,
         Ok(None) => {
@@ -306,15 +316,6 @@ pub async fn decide<D: KeyDirectory, C: CounterStore>(
     };
     if let Some((code, what)) = refused_status {
         return Decision::Refused(Refusal::new(code, format!("session key {} {what}", key.address)));
-    }
-    // The voucher must name this payee; hashing with the configured payee checks that too.
-    let digest = config.domain.digest(&Voucher::new(key.address, config.pay_to, p.cumulative_amount));
-    match p.signature.recover(&digest) {
-        Ok(signer) if signer == key.address => {}
-        _ => {
-            let msg = format!("the signature is not session key {}'s over this voucher", key.address);
-            return Decision::Refused(Refusal::new(ErrorCode::InvalidSignature, msg));
-        }
     }
     let request = ChargeRequest {
         price: route.price,

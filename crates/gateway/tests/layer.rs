@@ -31,10 +31,13 @@ const PRICE: u64 = 2_000;
 struct Directory {
     keys: Mutex<HashMap<Address, KeyInfo>>,
     down: Mutex<bool>,
+    /// Lookups made (each a database round trip in production).
+    lookups: std::sync::atomic::AtomicU32,
 }
 
 impl KeyDirectory for Directory {
     async fn key(&self, key: Address) -> Result<Option<KeyInfo>, Unavailable> {
+        self.lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if *self.down.lock().map_err(|_| Unavailable("poisoned".into()))? {
             return Err(Unavailable("database is down".into()));
         }
@@ -232,8 +235,11 @@ async fn every_refusal_has_its_code_and_charges_nothing() -> TestResult {
     let named = w.add_key(1_000_000, 10_000_000)?;
     let mut forged = w.payment(&stranger, PRICE, "POST /v1/chat")?;
     forged["payload"]["sessionKey"] = json!(named.address());
+    let lookups = w.directory.lookups.load(std::sync::atomic::Ordering::SeqCst);
     let (_, body, _) = w.send("POST", "/v1/chat", Some((PAYMENT_SIGNATURE, b64(&forged)))).await?;
     assert_eq!(body["error"], "invalid_signature");
+    // Refused before any lookup: a junk signature costs the server no I/O.
+    assert_eq!(w.directory.lookups.load(std::sync::atomic::Ordering::SeqCst), lookups, "no lookup for a bad signature");
 
     let mut wrong_network = w.payment(&named, PRICE, "POST /v1/chat")?;
     wrong_network["accepted"]["network"] = json!("eip155:137");
