@@ -227,7 +227,10 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .context("connecting to Redis")?
                 .with_source(Arc::new(StoreCounterSource::new(store.clone())));
-            (app(config, pricing, directory, counters, ledger, forward, secret), format!("Redis {url}"))
+            (
+                app(config, pricing, directory, counters, ledger, forward, secret),
+                format!("Redis {}", opentab_core::redact_url(url)),
+            )
         }
         None => {
             let counters = InProcessCounters::default();

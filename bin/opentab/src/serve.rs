@@ -13,7 +13,7 @@
 //! payee = "0x…"                              # the one payee keys created here may pay
 //! domain = "api.example.com"                 # what Sign-In with Ethereum messages must name
 //! confirmations = 2                          # default
-//! secure_cookies = true                      # default false; set it behind HTTPS
+//! secure_cookies = false                     # default true (HTTPS); false only for plain-HTTP testing
 //! webhook_url = "https://hooks.example.com/opentab"   # optional; needs OPENTAB_WEBHOOK_SECRET
 //! settle_every_secs = 2                      # default
 //! rule_guardian = "0x…"                      # optional: the account `opentab proxy` freezes
@@ -86,7 +86,8 @@ struct Config {
     domain: String,
     #[serde(default = "default_confirmations")]
     confirmations: u64,
-    #[serde(default)]
+    /// Session cookies marked `Secure` (on by default: production is served over HTTPS).
+    #[serde(default = "secure_by_default")]
     secure_cookies: bool,
     #[serde(default)]
     webhook_url: Option<String>,
@@ -107,7 +108,11 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8402))
 }
 
-const fn default_confirmations() -> u64 {
+const fn secure_by_default() -> bool {
+    true
+}
+
+fn default_confirmations() -> u64 {
     2
 }
 

@@ -219,9 +219,9 @@ async fn authorize(
         payee.clone()
     };
     let provider = signing_provider(rpc_url, tx_signer(&sender)?)?;
-    let contract = Validator::connect(provider, validator)
-        .await
-        .with_context(|| format!("connecting to the SessionKeyValidator {validator} through {rpc_url}"))?;
+    let contract = Validator::connect(provider, validator).await.with_context(|| {
+        format!("connecting to the SessionKeyValidator {validator} through {}", opentab_core::redact_url(rpc_url))
+    })?;
     let tx = if relay {
         let deadline = now().saturating_add(3600);
         let (message, signature) = contract.sign_set_settler(&payee, settler, allowed, deadline).await?;

@@ -258,9 +258,9 @@ async fn withdraw(
 async fn connect(args: &OwnerArgs, flags: &ChainFlags, owner: &SigningKey) -> anyhow::Result<Validator> {
     let (rpc, validator) = args.chain(flags)?;
     let provider = signing_provider(&rpc, tx_signer(owner)?)?;
-    Validator::connect(provider, validator)
-        .await
-        .with_context(|| format!("connecting to the SessionKeyValidator {validator} through {rpc}"))
+    Validator::connect(provider, validator).await.with_context(|| {
+        format!("connecting to the SessionKeyValidator {validator} through {}", opentab_core::redact_url(&rpc))
+    })
 }
 
 async fn write_outcome(

@@ -38,6 +38,28 @@ async fn serve_reads_its_config_and_reports_readiness() -> TestResult {
     let (status, nonce) = get(&format!("{url}/api/auth/nonce")).await?;
     assert_eq!(status, 200);
     assert!(nonce.contains("\"domain\":\"api.example.com\""), "{nonce}");
+    // The session cookie is `Secure` unless the config says otherwise.
+    let owner = opentab_core::SigningKey::random();
+    let nonce: serde_json::Value = serde_json::from_str(&nonce)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let text = opentab_core::siwe::SiweMessage::compose(
+        "api.example.com",
+        "https://api.example.com",
+        owner.address(),
+        anvil.chain_id(),
+        nonce["nonce"].as_str().ok_or("nonce")?,
+        now,
+        now + 600,
+    );
+    let signature = owner.sign_digest(&opentab_core::eip191_hash_message(&text)).to_string();
+    let login = common::client()
+        .post(format!("{url}/api/auth/login"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "message": text, "signature": signature }).to_string())
+        .send()
+        .await?;
+    let cookie = login.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(login.status().is_success() && cookie.contains("; Secure"), "{cookie}");
 
     // The RPC endpoint goes away: not ready (503), yet alive.
     drop(anvil);
@@ -123,5 +145,63 @@ async fn an_unauthorised_settler_is_reported_until_the_payee_authorises_it() -> 
     let validator =
         opentab_chain::Validator::connect(opentab_chain::read_provider(&rpc)?, deployment.validator).await?;
     assert!(!validator.is_settler(payee, settler).await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_password_in_a_redis_url_is_never_printed() -> TestResult {
+    let anvil = Anvil::spawn(AnvilConfig::default())?;
+    let rpc = anvil.endpoint();
+    let deployment = deploy_dev_contracts(&signing_provider(&rpc, anvil.signer(0)?)?, &rpc, 86_400).await?;
+    let database_url = opentab_store::testing::fresh_postgres_url().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("opentab.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndatabase_url = \"{database_url}\"\nrpc_url = \"{rpc}\"\nvalidator = \"{}\"\n\
+             deployed_at_block = {}\npayee = \"{}\"\ndomain = \"127.0.0.1\"\n\n[proxy]\nlisten = \"127.0.0.1:0\"\n\n\
+             [proxy.routes]\n\"POST /v1/chat\" = \"0.002\"\n",
+            deployment.validator,
+            deployment.deployed_at_block,
+            anvil.signer(2)?.address(),
+        ),
+    )?;
+    // A Redis that wants a password: the proxy connects with it, and never prints it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let redis_dir = tempfile::tempdir()?;
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--requirepass", "hunter2-secret"])
+        .arg("--dir")
+        .arg(redis_dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let config = config.to_string_lossy().into_owned();
+    let redis_url = format!("redis://:hunter2-secret@127.0.0.1:{port}/0");
+    let proxy = Running::start(
+        &["proxy", "--config", &config, "--upstream", "http://127.0.0.1:9", "--redis-url", &redis_url],
+        &[],
+        "ready",
+    );
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let proxy = proxy?;
+    assert!(proxy.printed.contains(&format!("redis://:***@127.0.0.1:{port}/0")), "{}", proxy.printed);
+    assert!(!proxy.printed.contains("hunter2-secret"), "the password leaked: {}", proxy.printed);
+    // A wrong password fails with an error that does not repeat the URL's secret either.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_opentab"))
+        .args(["proxy", "--config", &config, "--upstream", "http://127.0.0.1:9"])
+        .args(["--redis-url", "redis://:hunter2-secret@127.0.0.1:1/0"])
+        .output()?;
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{printed}");
+    assert!(!printed.contains("hunter2-secret"), "the password leaked: {printed}");
     Ok(())
 }

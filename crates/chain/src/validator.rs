@@ -18,7 +18,7 @@ use crate::{Error, Result};
 /// runs ahead when a call fails during gas estimation, or when the chain reorganises, and
 /// every later transaction then waits forever behind the gap.
 pub fn signing_provider(rpc_url: &str, signer: PrivateKeySigner) -> Result<DynProvider> {
-    let url = rpc_url.parse().map_err(|_| Error::InvalidRpcUrl(rpc_url.to_owned()))?;
+    let url = rpc_url.parse().map_err(|_| Error::InvalidRpcUrl(opentab_core::redact_url(rpc_url)))?;
     install_tls_provider();
     Ok(ProviderBuilder::new()
         .disable_recommended_fillers()
@@ -32,7 +32,7 @@ pub fn signing_provider(rpc_url: &str, signer: PrivateKeySigner) -> Result<DynPr
 
 /// A read-only provider for `rpc_url`.
 pub fn read_provider(rpc_url: &str) -> Result<DynProvider> {
-    let url = rpc_url.parse().map_err(|_| Error::InvalidRpcUrl(rpc_url.to_owned()))?;
+    let url = rpc_url.parse().map_err(|_| Error::InvalidRpcUrl(opentab_core::redact_url(rpc_url)))?;
     install_tls_provider();
     Ok(ProviderBuilder::new().connect_http(url).erased())
 }

@@ -40,3 +40,63 @@ pub use events::{SkipReason, Tab, ValidatorEvent};
 pub use session_key::{GRACE_DEFAULT_SECS, KeyStatus, SessionKey};
 pub use signature::{Signature, SigningKey};
 pub use siwe::format_rfc3339;
+
+/// `url` with any credentials in it replaced by `***`: the password of `user:password@`, a
+/// bare `token@`, and the values of query parameters named like `password`, `secret` or
+/// `token`. For logs, printed settings and error messages, which must never carry a secret.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("***@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = query.split_once('#').map_or((query, None), |(q, f)| (q, Some(f)));
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _))
+                        if ["password", "secret", "token", "key"]
+                            .iter()
+                            .any(|s| name.to_ascii_lowercase().contains(s)) =>
+                    {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+            format!("{path}?{}{fragment}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_never_survive_redaction() {
+        assert_eq!(redact_url("redis://:hunter2@cache:6379/0"), "redis://:***@cache:6379/0");
+        assert_eq!(redact_url("redis://default:hunter2@cache:6379"), "redis://default:***@cache:6379");
+        assert_eq!(redact_url("rediss://tok3n@cache"), "rediss://***@cache");
+        assert_eq!(
+            redact_url("postgres://opentab@db/opentab?sslmode=require&password=hunter2"),
+            "postgres://***@db/opentab?sslmode=require&password=***"
+        );
+        assert_eq!(redact_url("https://rpc.example/v2?apiKey=abc#x"), "https://rpc.example/v2?apiKey=***#x");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379", "nothing to hide");
+        assert_eq!(redact_url("not a url"), "not a url");
+        for url in ["redis://:hunter2@h", "redis://u:hunter2@h/?password=hunter2"] {
+            assert!(!redact_url(url).contains("hunter2"), "{url}");
+        }
+    }
+}

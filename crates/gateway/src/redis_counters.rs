@@ -136,7 +136,8 @@ impl std::fmt::Debug for RedisCounters {
 impl RedisCounters {
     /// Connects to `url` (`redis://host:port`); every key name starts with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, Unavailable> {
-        let client = redis::Client::open(url).map_err(|e| Unavailable(format!("redis URL {url:?}: {e}")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| Unavailable(format!("redis URL {:?}: {e}", opentab_core::redact_url(url))))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
