@@ -23,7 +23,7 @@ mod rules;
 pub use directory::{StoreCounterSource, StoreDirectory, StoreLedger, restore_counters};
 pub use error::{Error, Result};
 pub use listener::{ChainListener, ListenerConfig};
-pub use notify::{Change, Notifier};
+pub use notify::{Change, MAX_STREAMS_PER_OWNER, Notifier, TooManyStreams};
 pub use ops::{Metrics, Ops, with_ops};
 pub use rules::{Guardian, Mailer, RuleEngine, RuledLedger};
 

@@ -327,3 +327,36 @@ async fn an_expired_session_is_refused() -> TestResult {
     assert_eq!((status, problem["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthenticated")));
     Ok(())
 }
+
+#[tokio::test]
+async fn an_owner_holds_a_bounded_number_of_event_streams() -> TestResult {
+    let api = api().await?;
+    let (owner, other) = (SigningKey::random(), SigningKey::random());
+    let token = api.sign_in(&owner).await?;
+    let open = |token: String| {
+        let app = api.app.clone();
+        async move {
+            let req = Request::builder()
+                .uri("/api/session-keys/events")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())?;
+            TestResult::Ok(app.oneshot(req).await?)
+        }
+    };
+    // Streams held open (their responses kept) up to the cap; one more is refused with 429.
+    let mut streams = Vec::new();
+    for _ in 0..opentab_service::MAX_STREAMS_PER_OWNER {
+        let res = open(token.clone()).await?;
+        assert_eq!(res.status(), StatusCode::OK);
+        streams.push(res);
+    }
+    let refused = open(token.clone()).await?;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = serde_json::from_slice(&refused.into_body().collect().await?.to_bytes())?;
+    assert_eq!(body["code"], "too_many_streams", "{body}");
+    // Another owner is not affected, and a closed stream frees its place.
+    assert_eq!(open(api.sign_in(&other).await?).await?.status(), StatusCode::OK);
+    drop(streams.pop());
+    assert_eq!(open(token).await?.status(), StatusCode::OK);
+    Ok(())
+}

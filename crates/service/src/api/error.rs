@@ -93,6 +93,11 @@ impl ApiError {
         Self { status: StatusCode::CONFLICT, code, detail: detail.into(), field: None }
     }
 
+    /// 429: the caller has too many of something open already.
+    pub fn too_many(code: &'static str, detail: impl Into<String>) -> Self {
+        Self { status: StatusCode::TOO_MANY_REQUESTS, code, detail: detail.into(), field: None }
+    }
+
     /// 422: well-formed, but refused (the contract's reason, a stale signature, …).
     pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
         Self { status: StatusCode::UNPROCESSABLE_ENTITY, code, detail: detail.into(), field: None }

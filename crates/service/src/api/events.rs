@@ -18,17 +18,21 @@ use crate::Change;
 
 #[utoipa::path(get, path = "/api/session-keys/events", tag = "session-keys", security(("bearer" = []), ("cookie" = [])),
     responses((status = 200, content_type = "text/event-stream", description = "events: ready, key, tabs, resync"),
-        (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
+        (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 429, body = super::Problem, content_type = "application/problem+json"), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
 pub(super) async fn events(
     State(state): State<AppState>,
     SignedIn(owner): SignedIn,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let rx = state.notifier.subscribe();
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, super::ApiError> {
+    let rx = state
+        .notifier
+        .subscribe(owner)
+        .map_err(|err| super::ApiError::too_many("too_many_streams", err.to_string()))?;
     let ready = futures_util::stream::once(async { Ok(Event::default().event("ready").data("{}")) });
     let changes = futures_util::stream::unfold((rx, state, owner), |(mut rx, state, owner)| async move {
         loop {
             let event = match rx.recv().await {
                 Ok(change) if change.owner == owner => render(&state, owner, change).await,
+                // Only this owner's changes reach its channel; skip anything else all the same.
                 Ok(_) => continue,
                 Err(RecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "event stream fell behind; asking the client to resync");
@@ -39,7 +43,7 @@ pub(super) async fn events(
             return Some((Ok(event), (rx, state, owner)));
         }
     });
-    Sse::new(futures_util::StreamExt::chain(ready, changes)).keep_alive(KeepAlive::default())
+    Ok(Sse::new(futures_util::StreamExt::chain(ready, changes)).keep_alive(KeepAlive::default()))
 }
 
 async fn render(state: &AppState, owner: Address, change: Change) -> Event {
