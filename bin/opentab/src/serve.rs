@@ -14,6 +14,7 @@
 //! domain = "api.example.com"                 # what Sign-In with Ethereum messages must name
 //! confirmations = 2                          # default
 //! secure_cookies = false                     # default true (HTTPS); false only for plain-HTTP testing
+//! relay_daily_quota = 20                     # default; relayed transactions per owner a day
 //! webhook_url = "https://hooks.example.com/opentab"   # optional; needs OPENTAB_WEBHOOK_SECRET
 //! settle_every_secs = 2                      # default
 //! rule_guardian = "0x…"                      # optional: the account `opentab proxy` freezes
@@ -95,6 +96,10 @@ struct Config {
     settle_every_secs: u64,
     #[serde(default)]
     rule_guardian: Option<Address>,
+    /// Transactions the relayer sends per owner in 24 hours (key creations, on-chain unfreezes
+    /// and deletions; freezes are never refused).
+    #[serde(default = "default_relay_quota")]
+    relay_daily_quota: u64,
     /// `opentab proxy`'s settings: checked here too, read by the proxy.
     #[serde(default, rename = "proxy")]
     _proxy: Option<crate::proxy::Section>,
@@ -108,7 +113,11 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8402))
 }
 
-const fn secure_by_default() -> bool {
+const fn default_relay_quota() -> u64 {
+    20
+}
+
+fn secure_by_default() -> bool {
     true
 }
 
@@ -152,6 +161,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut api_config = ApiConfig::new(config.domain.clone(), chain_id, config.validator);
     api_config.secure_cookies = config.secure_cookies;
     api_config.rule_guardian = config.rule_guardian;
+    api_config.relay_daily_quota = config.relay_daily_quota;
     api_config.payee = Some(config.payee);
     api_config.usdc = Some(deployed.usdc());
     api_config.grace_secs = deployed.grace();

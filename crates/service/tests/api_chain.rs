@@ -26,6 +26,10 @@ struct World {
 }
 
 async fn world() -> TestResult<World> {
+    world_with(|_| {}).await
+}
+
+async fn world_with(configure: impl FnOnce(&mut ApiConfig)) -> TestResult<World> {
     let anvil = Anvil::spawn(AnvilConfig::default())?;
     let rpc = anvil.endpoint();
     let provider = signing_provider(&rpc, anvil.signer(0)?)?;
@@ -34,7 +38,8 @@ async fn world() -> TestResult<World> {
     let dir = tempfile::tempdir()?;
     let store = opentab_store::testing::fresh_sqlite(dir.path()).await?;
     let payee = anvil.signer(2)?.address();
-    let config = ApiConfig::new("localhost:8402", anvil.chain_id(), deployment.validator);
+    let mut config = ApiConfig::new("localhost:8402", anvil.chain_id(), deployment.validator);
+    configure(&mut config);
     let domain = relayer.domain().clone();
     let state = AppState::new(store.clone(), config).with_chain(ChainAccess { relayer, payee });
     let listener_config = ListenerConfig {
@@ -314,5 +319,42 @@ async fn live_events_reach_their_owner_and_no_one_else() -> TestResult {
     assert!(seen.is_some(), "alice sees her key become active");
     let leaked = next_event(&mut stream_b, std::time::Duration::from_millis(300), |t| t.contains(&address)).await?;
     assert_eq!(leaked, None, "bob sees nothing of alice's key");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_relayer_sends_an_owner_at_most_its_daily_quota_but_always_freezes() -> TestResult {
+    let mut w = world_with(|config| config.relay_daily_quota = 2).await?;
+    let owner = SigningKey::random();
+    let token = w.sign_in(&owner).await?;
+    let key = w.create_key(&owner, &token).await?;
+    w.create_key(&owner, &token).await?;
+    // A third creation would be the third transaction today: refused before anything is sent.
+    let body = json!({ "limit": "5000000", "validUntil": now() + 3600 });
+    let (_, prepared) = w.call("POST", "/api/session-keys/prepare", &token, Some(body)).await?;
+    let message = &prepared["typedData"]["message"];
+    let signature = owner.sign_digest(&w.domain.digest(&registration(message)?)).to_string();
+    let (status, problem) = w
+        .call("POST", "/api/session-keys", &token, Some(json!({ "message": message, "signature": signature })))
+        .await?;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("relay_quota_exceeded")),
+        "{problem}"
+    );
+    let third: Address = prepared["sessionKey"].as_str().ok_or("sessionKey")?.parse()?;
+    let (status, _) = w.call("GET", &format!("/api/session-keys/{third:#x}"), &token, None).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored or sent for it");
+    // Freezing stops spending: it is never refused.
+    w.listener.catch_up().await?;
+    let uri = format!("/api/session-keys/{key:#x}");
+    let (_, typed) = w.call("GET", &format!("{uri}/freeze"), &token, None).await?;
+    let freeze = w.sign_action(&owner, &typed)?;
+    let (status, frozen) = w.call("POST", &format!("{uri}/freeze"), &token, Some(freeze)).await?;
+    assert_eq!((status, frozen["key"]["status"].as_str()), (StatusCode::OK, Some("frozen")), "{frozen}");
+    // Another owner has its own quota.
+    let other = SigningKey::random();
+    let token = w.sign_in(&other).await?;
+    w.create_key(&other, &token).await?;
     Ok(())
 }

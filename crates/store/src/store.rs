@@ -648,6 +648,20 @@ impl Store {
         Ok(())
     }
 
+    /// How many transactions the API relayed for `owner` since `since` (key creations, on-chain
+    /// unfreezes and deletions; freezes are free, and so is lifting a gateway-only freeze).
+    pub async fn relayed_since(&self, owner: Address, since: u64) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM audit_log WHERE actor = $1 AND at >= $2 \
+             AND action IN ('key.create', 'key.unfreeze', 'key.delete') AND detail NOT LIKE '%offchainOnly%'",
+        )
+        .bind(hex(owner))
+        .bind(secs(since)?)
+        .fetch_one(&self.pool)
+        .await?;
+        get_u64(&row, "n")
+    }
+
     /// The audit log of one subject, oldest first.
     pub async fn audit_of(&self, subject: &str) -> Result<Vec<AuditEntry>> {
         let rows =

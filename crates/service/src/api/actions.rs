@@ -175,6 +175,7 @@ pub(super) async fn create(
         return Err(ApiError::invalid("message.payee", format!("this service's only payee is {}", chain.payee)));
     }
     check_terms(m.limit, m.valid_after, m.valid_until, now(), "message.")?;
+    within_quota(&state, owner).await?;
     let nonce = parse_u256(&m.nonce, "message.nonce")?;
     let terms = KeyTerms {
         session_key: m.session_key,
@@ -290,6 +291,11 @@ async fn signed_action(
         let key = view(state, &owned_key(state, owner, key).await?, now).await?;
         return Ok(Relayed { key, tx_hash: None, tx_status: "not_needed" });
     }
+    // Freezing is never refused (it stops spending); what the relayer pays for otherwise is
+    // bounded per owner.
+    if action != KeyAction::Freeze {
+        within_quota(state, owner).await?;
+    }
     // The gateway must stop serving the moment the signed-in owner asks, not when a block is
     // mined. Should the relay then fail, the key stays frozen off-chain: the safe direction.
     if action == KeyAction::Freeze {
@@ -402,6 +408,22 @@ fn parse_action(text: &str) -> Result<KeyAction, ApiError> {
 
 fn parse_u256(text: &str, field: &'static str) -> Result<U256, ApiError> {
     U256::from_str_radix(text, 10).map_err(|_| ApiError::invalid(field, "expected a decimal integer string"))
+}
+
+/// Refuses (429) when the relayer already sent the owner's daily quota of transactions.
+async fn within_quota(state: &AppState, owner: Address) -> Result<(), ApiError> {
+    let quota = state.config.relay_daily_quota;
+    let used = state.store.relayed_since(owner, now().saturating_sub(24 * 3600)).await?;
+    if used >= quota {
+        return Err(ApiError::too_many(
+            "relay_quota_exceeded",
+            format!(
+                "opentab relayed {used} transactions for you in the last 24 hours, its daily quota of {quota}: \
+                 try again later (freezing a key is never refused)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn audit(state: &AppState, owner: Address, action: &str, key: Address, detail: Value) -> Result<(), ApiError> {

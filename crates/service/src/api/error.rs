@@ -52,6 +52,9 @@ pub(super) enum ActionProblems {
     /// The contract refused: stale nonce, bad signature, expired deadline, …
     #[response(status = 422, content_type = "application/problem+json")]
     Refused(Problem<'static>),
+    /// The owner's daily quota of relayed transactions is spent (`relay_quota_exceeded`).
+    #[response(status = 429, content_type = "application/problem+json")]
+    TooMany(Problem<'static>),
     /// The database or the chain is away; nothing changed.
     #[response(status = 503, content_type = "application/problem+json")]
     Unavailable(Problem<'static>),

@@ -51,6 +51,9 @@ pub struct ApiConfig {
     pub usdc: Option<Address>,
     /// The validator's grace window in seconds (a withdrawal waits this long).
     pub grace_secs: u64,
+    /// Transactions the relayer sends for one owner in 24 hours, at most (key creations,
+    /// on-chain unfreezes and deletions; freezes are never refused). Default 20.
+    pub relay_daily_quota: u64,
 }
 
 impl ApiConfig {
@@ -68,6 +71,7 @@ impl ApiConfig {
             payee: None,
             usdc: None,
             grace_secs: opentab_core::GRACE_DEFAULT_SECS,
+            relay_daily_quota: 20,
         }
     }
 }
