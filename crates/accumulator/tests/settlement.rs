@@ -316,7 +316,9 @@ async fn two_workers_share_the_queue_and_settle_each_key_once() -> TestResult {
         w.serve(&key, 5, 2 * USDC).await?;
         keys.push(key);
     }
-    // Two nodes, each paying gas from its own account, racing over one database.
+    // Two nodes, each paying gas from its own account, racing over one database. The second
+    // node's account is a settler the payee authorised (only the payee and its settlers settle).
+    w.settler.set_settler(w.anvil.signer(3)?.address(), true).await?;
     let other = w.settler.with_provider(signing_provider(&w.anvil.endpoint(), w.anvil.signer(3)?)?);
     let (one, two) = (w.worker(&w.settler, "node-1"), w.worker(&other, "node-2"));
     let t = now();
