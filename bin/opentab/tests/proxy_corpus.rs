@@ -67,7 +67,8 @@ async fn axum_upstream() -> TestResult<Upstream> {
         .route("/v1/chat", post(count(served.clone())))
         .route("/v1/report", get(count(served.clone())))
         .route("/v1/models/{id}", get(count(served.clone())))
-        .route("/v1/files/{name}", post(count(served.clone())));
+        .route("/v1/files/{name}", post(count(served.clone())))
+        .route("/{tenant}/report", get(count(served.clone())));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -111,12 +111,21 @@ impl Pricing {
                     .map_or(Resolution::Free, |route| Resolution::Priced { route, path: forwarded(route, &parts) })
             }
             None => {
-                // Read leniently (as some server might): does it land on a priced prefix?
-                let lenient: Vec<String> = lenient_segments(path).iter().map(|p| p.to_lowercase()).collect();
+                // Read it the ways servers do (leniently normalised, or segment by segment with the
+                // odd ones kept, as a router hands `.` or `a/b` to a parameter): does any reading
+                // land on a priced prefix? A route that starts with a parameter or `*` covers them
+                // all.
+                let readings = [lenient_segments(path), raw_segments(path)]
+                    .map(|r| r.iter().map(|p| p.to_lowercase()).collect::<Vec<String>>());
                 let on_priced_prefix = self.routes.iter().any(|r| {
-                    matches(&r.segments, &lenient)
-                        || matches!((r.segments.first(), lenient.first()),
-                            (Some(Segment::Literal { folded, .. }), Some(first)) if folded == first)
+                    readings.iter().any(|parts| {
+                        matches(&r.segments, parts)
+                            || match r.segments.first() {
+                                Some(Segment::Literal { folded, .. }) => parts.first() == Some(folded),
+                                Some(Segment::Param | Segment::Rest) => true,
+                                None => false,
+                            }
+                    })
                 });
                 if on_priced_prefix {
                     Resolution::Refused(
@@ -222,6 +231,14 @@ fn lenient_segments(path: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The path split on its literal `/`s only, each segment decoded and kept as it is (`.`, `..`,
+/// empty, or holding a decoded `/`): how a router hands segments to parameters.
+fn raw_segments(path: &str) -> Vec<String> {
+    let body = path.strip_prefix('/').unwrap_or(path);
+    let body = body.strip_suffix('/').unwrap_or(body);
+    body.split('/').map(percent_decode).collect()
 }
 
 /// Percent-decodes `raw`; a `%` not followed by two hex digits stays as it is, and bytes that are
@@ -365,6 +382,18 @@ mod tests {
         // Outside every priced prefix such paths are the API's business.
         assert_eq!(pricing.resolve("GET", "/static//a.css"), Resolution::Free);
         assert_eq!(pricing.resolve("GET", "/docs/../index.html"), Resolution::Free);
+        Ok(())
+    }
+
+    #[test]
+    fn a_route_starting_with_a_parameter_covers_every_ambiguous_path() -> Result<(), PricingError> {
+        let pricing = Pricing::new([("GET /:tenant/report", "0.001")])?;
+        let refused = |p| matches!(pricing.resolve("GET", p), Resolution::Refused(_));
+        // A router hands `.` or `a/b` to `:tenant` and serves these: they must not be free.
+        for path in ["/./report", "/a%2Fb/report", "/x/../y/report", "//report", "/t;x/report"] {
+            assert!(refused(path), "{path} must be refused");
+        }
+        assert!(matches!(pricing.resolve("GET", "/acme/REPORT"), Resolution::Priced { .. }));
         Ok(())
     }
 

@@ -14,6 +14,7 @@ app.post("/v1/chat", serve);
 app.get("/v1/report", serve);
 app.get("/v1/models/:id", serve);
 app.post("/v1/files/:name", serve);
+app.get("/:tenant/report", serve);
 app.get("/__served", (_req, res) => res.json({ served }));
 const server = app.listen(0, "127.0.0.1", () => {
   console.log(`listening http://127.0.0.1:${server.address().port}`);

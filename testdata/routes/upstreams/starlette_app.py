@@ -25,6 +25,7 @@ app = Starlette(
         Route("/v1/report", serve, methods=["GET"]),
         Route("/v1/models/{id}", serve, methods=["GET"]),
         Route("/v1/files/{name}", serve, methods=["POST"]),
+        Route("/{tenant}/report", serve, methods=["GET"]),
         Route("/__served", count, methods=["GET"]),
     ]
 )
