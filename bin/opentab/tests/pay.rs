@@ -273,6 +273,20 @@ async fn the_reqwest_middleware_pays_whatever_the_client_sends() -> TestResult {
             .ok_or("origin")?,
     );
     assert!(matches!(err, Error::Untrusted(Untrusted::Origin { .. })), "{err}");
+    // A trusted origin that redirects to another one: the 402 came from elsewhere, refused.
+    let redirect = redirect_to(format!("{page}/v1/chat/completions")).await?;
+    let err = Error::from(
+        client_at(&redirect, key.clone(), "1", &totals)?
+            .post(format!("{redirect}/v1/chat/completions"))
+            .body("{}")
+            .send()
+            .await
+            .err()
+            .ok_or("redirect")?,
+    );
+    assert!(matches!(&err, Error::Untrusted(Untrusted::Origin { origin }) if *origin == page), "{err}");
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&totals)?)?;
+    assert_eq!(saved[&slot], "20000", "nothing signed for a redirect: {saved}");
 
     // A key the service does not know: the gateway's refusal comes back as a readable 402.
     let stranger = client(SigningKey::random(), "1", &dir.path().join("stranger.json"))?;
@@ -313,6 +327,18 @@ async fn hostile_page(challenge: opentab_core::x402::PaymentRequired) -> TestRes
     let app = axum::Router::new().fallback(move || {
         let header = header.clone();
         async move { (axum::http::StatusCode::PAYMENT_REQUIRED, [("payment-required", header)], "pay up") }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let origin = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(origin)
+}
+
+/// A page that answers every request with a 307 to `target`; its origin.
+async fn redirect_to(target: String) -> TestResult<String> {
+    let app = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move { (axum::http::StatusCode::TEMPORARY_REDIRECT, [("location", target)], "moved") }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let origin = format!("http://{}", listener.local_addr()?);

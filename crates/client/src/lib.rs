@@ -6,7 +6,9 @@
 //! to use it:
 //!
 //! - [`PaymentMiddleware`], a [`reqwest_middleware`] middleware: every request sent through
-//!   the client pays when asked to, whatever its method, headers or body.
+//!   the client pays when asked to, whatever its method, headers or body. A 402 reached through
+//!   a redirect to another origin is refused; give the client a redirect policy that stays
+//!   within one origin (as [`PayingClient`] does), so a paid retry is never carried elsewhere.
 //! - [`PayingClient`], a small convenience over it that returns status, body and receipt.
 //!
 //! Both sign with a [`Payer`]: it signs only for the origins it was given [`Trust`] for (their

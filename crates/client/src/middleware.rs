@@ -52,7 +52,16 @@ impl Middleware for PaymentMiddleware {
             return Ok(first);
         }
         let mut replay = replay.ok_or_else(|| reqwest_middleware::Error::middleware(Error::NotReplayable))?;
+        // The origin that asked is the one that answered, which a redirect may have changed:
+        // trust is checked against it, and a 402 from anywhere but the request's own origin is
+        // refused (the paid retry goes to the request's origin, not to where it was sent).
         let origin = replay.url().origin().ascii_serialization();
+        let answered = first.url().origin().ascii_serialization();
+        if answered != origin {
+            return Err(reqwest_middleware::Error::middleware(Error::Untrusted(crate::Untrusted::Origin {
+                origin: answered,
+            })));
+        }
         let payment = read_challenge(first.headers())
             .and_then(|challenge| self.payer.answer(&origin, challenge))
             .map_err(reqwest_middleware::Error::middleware)?;
@@ -83,12 +92,21 @@ pub struct PayingClient {
 }
 
 impl PayingClient {
-    /// A client paying with `payer` (see [`Payer::new`] and [`Payer::trust`]).
+    /// A client paying with `payer` (see [`Payer::new`] and [`Payer::trust`]). It follows
+    /// redirects only within one origin, so a paid request's voucher never leaves it.
     pub fn new(payer: Payer) -> Self {
         let payer = Arc::new(payer);
-        let http = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-            .with(PaymentMiddleware::shared(payer.clone()))
-            .build();
+        let same_origin = reqwest::redirect::Policy::custom(|attempt| {
+            let from = attempt.previous().last().map(|u| u.origin());
+            if from.as_ref() == Some(&attempt.url().origin()) && attempt.previous().len() < 10 {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        });
+        let client = reqwest::Client::builder().redirect(same_origin).build().unwrap_or_default();
+        let http =
+            reqwest_middleware::ClientBuilder::new(client).with(PaymentMiddleware::shared(payer.clone())).build();
         Self { http, payer }
     }
 
