@@ -62,7 +62,7 @@ enum SettlementsCommand {
         #[arg(long)]
         relay: bool,
         /// The chain's JSON-RPC endpoint.
-        #[arg(long, env = "OPENTAB_RPC_URL")]
+        #[arg(long, env = "OPENTAB_RPC_URL", hide_env_values = true)]
         rpc_url: String,
         /// The SessionKeyValidator.
         #[arg(long, env = "OPENTAB_VALIDATOR")]

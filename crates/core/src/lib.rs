@@ -42,8 +42,10 @@ pub use signature::{Signature, SigningKey};
 pub use siwe::format_rfc3339;
 
 /// `url` with any credentials in it replaced by `***`: the password of `user:password@`, a
-/// bare `token@`, and the values of query parameters named like `password`, `secret` or
-/// `token`. For logs, printed settings and error messages, which must never carry a secret.
+/// bare `token@`, path segments that look like API keys (16 or more letters, digits, `-` and
+/// `_`, with both letters and digits: RPC providers put keys there, `/v2/<key>`), and the values
+/// of query parameters named like `password`, `secret`, `token` or `key`. For logs, printed
+/// settings and error messages, which must never carry a secret.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -55,6 +57,16 @@ pub fn redact_url(url: &str) -> String {
         },
         None => authority.to_owned(),
     };
+    let looks_like_key = |segment: &str| {
+        segment.len() >= 16
+            && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && segment.bytes().any(|b| b.is_ascii_digit())
+            && segment.bytes().any(|b| b.is_ascii_alphabetic())
+    };
+    let (path, rest) = tail.find(['?', '#']).map_or((tail, ""), |i| tail.split_at(i));
+    let path: Vec<&str> = path.split('/').map(|s| if looks_like_key(s) { "***" } else { s }).collect();
+    let tail = format!("{}{rest}", path.join("/"));
+    let tail = tail.as_str();
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
             let (query, fragment) = query.split_once('#').map_or((query, None), |(q, f)| (q, Some(f)));
@@ -93,6 +105,11 @@ mod redact_tests {
             "postgres://***@db/opentab?sslmode=require&password=***"
         );
         assert_eq!(redact_url("https://rpc.example/v2?apiKey=abc#x"), "https://rpc.example/v2?apiKey=***#x");
+        assert_eq!(
+            redact_url("https://polygon-mainnet.g.alchemy.com/v2/aB3dE5fG7hI9jK1lM3nO5"),
+            "https://polygon-mainnet.g.alchemy.com/v2/***"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:8545/"), "http://127.0.0.1:8545/", "short segments stay");
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379", "nothing to hide");
         assert_eq!(redact_url("not a url"), "not a url");
         for url in ["redis://:hunter2@h", "redis://u:hunter2@h/?password=hunter2"] {

@@ -3,7 +3,7 @@
 //! - [`ChainListener`]: follows the validator's events from the cursor saved in storage, a
 //!   confirmation depth behind the tip, and applies each update (reorg rollbacks included)
 //!   to storage in one transaction together with the new cursor.
-//! - [`api`]: the REST API (`/api/auth/*`, `/api/session-keys`, `/api/escrow`) with
+//! - [`api`]: the REST API (`/api/auth/*`, `/api/session-keys`, `/api/tabs`) with
 //!   Sign-In with Ethereum; every route serves the signed-in owner's data only.
 //! - [`StoreDirectory`], [`StoreLedger`], [`restore_counters`]: the gateway's key lookups,
 //!   durable usage ledger and counter rebuild, backed by storage.

@@ -65,6 +65,8 @@ impl Notifier {
     /// A new subscription to `owner`'s changes, unless it has too many open already.
     pub fn subscribe(&self, owner: Address) -> Result<broadcast::Receiver<Change>, TooManyStreams> {
         let mut owners = self.owners.lock().map_err(|_| TooManyStreams { open: 0, max: 0 })?;
+        // Forget the channels whose streams all closed, so owners who left cost nothing.
+        owners.retain(|_, tx| tx.receiver_count() > 0);
         let tx = owners.entry(owner).or_insert_with(|| broadcast::channel(256).0);
         let open = tx.receiver_count();
         if open >= self.max_streams {

@@ -2,8 +2,9 @@
 //! default), through sqlx's `Any` driver so both run the same queries.
 //!
 //! - owners, session keys (on-chain state mirrored from events, plus opentab's own pending /
-//!   off-chain-freeze / deleted marks), escrows, the chain events and listener cursor, and an
-//!   append-only audit log, the usage ledger, settlement intents and the webhook outbox;
+//!   off-chain-freeze / deleted marks), tabs per (owner, payee), the chain events and listener
+//!   cursor, an append-only audit log, the usage ledger, settlement intents and the webhook
+//!   outbox;
 //! - versioned migrations per backend under `migrations/{postgres,sqlite}`, embedded in the
 //!   binary and applied by [`Store::connect`].
 //!

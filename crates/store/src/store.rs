@@ -40,7 +40,7 @@ impl Backend {
         } else if url.starts_with("sqlite:") {
             Ok(Self::Sqlite)
         } else {
-            Err(Error::UnsupportedUrl(url.to_owned()))
+            Err(Error::UnsupportedUrl(opentab_core::redact_url(url)))
         }
     }
 }
@@ -322,7 +322,13 @@ impl Store {
             if let Some(payee) = payee {
                 tabs.insert((owner.clone(), payee));
             }
-            owners.insert(owner);
+            // Only owners: a payee's settler choice and an unknown key's skipped claim are filed
+            // under an address that owns nothing.
+            if event.account().is_some() && !matches!(event, ValidatorEvent::SettlerSet { .. })
+                || matches!(event, ValidatorEvent::Settled { .. })
+            {
+                owners.insert(owner);
+            }
             if let Some(key) = event.session_key() {
                 keys.insert(hex(key));
             }
@@ -762,9 +768,18 @@ async fn event_parties(conn: &mut AnyConnection, event: &ValidatorEvent) -> Resu
                 .bind(hex(key))
                 .fetch_optional(&mut *conn)
                 .await?;
-                match row {
-                    Some(row) => Ok((row.try_get("owner")?, row.try_get("payee")?)),
-                    None => Ok((hex(Address::ZERO), None)),
+                match (row, event) {
+                    (Some(row), _) => Ok((row.try_get("owner")?, row.try_get("payee")?)),
+                    // A payment from a key never seen registered would leave its tab over-stated
+                    // (and the gateway serving against money that left): stop, loudly.
+                    (None, ValidatorEvent::Settled { .. }) => Err(Error::Corrupt {
+                        column: "chain_events",
+                        value: format!(
+                            "a settlement of {key:#x}, whose registration was never read: \
+                             is deployed_at_block later than the validator's deployment?"
+                        ),
+                    }),
+                    (None, _) => Ok((hex(Address::ZERO), None)),
                 }
             }
             (None, None) => Ok((hex(Address::ZERO), None)),

@@ -204,7 +204,8 @@ pub struct SettlementView {
     /// Paid by this settlement.
     #[schema(value_type = String, example = "25000000")]
     pub amount: Usdc,
-    /// The key's settled total after it.
+    /// The key's settled total after it (the voucher's amount, or less when a short tab paid
+    /// part of it; the field keeps its name for the UI).
     #[schema(value_type = String, example = "25000000")]
     pub cumulative: Usdc,
     /// The transaction.
