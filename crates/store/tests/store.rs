@@ -50,7 +50,26 @@ on_both_backends!(
     idempotency_keys_stand_while_their_charges_outnumber_their_voids,
     settlement_intents_are_leased_once_and_announce_every_change,
     key_changes_are_announced_once_even_when_replayed,
+    a_settlement_of_a_key_never_seen_registered_is_refused,
 );
+
+async fn a_settlement_of_a_key_never_seen_registered_is_refused(store: Store) -> TestResult {
+    let deposit =
+        at(30, 0, ValidatorEvent::Deposited { owner: OWNER_A, payee: PAYEE, amount: Usdc::from_base_units(9) });
+    store.apply_chain_update(VALIDATOR, None, &[deposit], "{\"cursor\":30}", 300).await?;
+    // A listener started past the key's registration would see its payment only: applying it
+    // would leave the tab over-stated, so the update is refused and nothing of it is kept.
+    let orphan = ValidatorEvent::Settled {
+        session_key: Address::repeat_byte(0x42),
+        amount: Usdc::from_base_units(5),
+        settled: Usdc::from_base_units(5),
+    };
+    let refused = store.apply_chain_update(VALIDATOR, None, &[at(31, 0, orphan)], "{\"cursor\":31}", 301).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(store.tab(OWNER_A, PAYEE).await?.balance, Usdc::from_base_units(9));
+    assert_eq!(store.chain_cursor(VALIDATOR).await?.as_deref(), Some("{\"cursor\":30}"), "the cursor did not move");
+    Ok(())
+}
 
 fn new_key(byte: u8, owner: Address) -> NewKey {
     NewKey {
