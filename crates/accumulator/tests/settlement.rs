@@ -94,6 +94,7 @@ impl World {
                 voucher: U256::from(voucher),
                 signature: (kind == UsageKind::Charge).then(|| key.sign_digest(&digest)),
                 idempotency: None,
+                void_of: None,
             })
             .await?;
         Ok(())

@@ -130,6 +130,8 @@ pub struct UsageRecord {
     /// The request's hashed idempotency key ([`idempotency_hash`]), if it had one: kept so
     /// counters rebuilt from the ledger still refuse a retry that was charged.
     pub idempotency: Option<B256>,
+    /// For a void, the id of the charge it undoes (recorded once however often it is voided).
+    pub void_of: Option<B256>,
 }
 
 /// The durable usage ledger: every charge is recorded before the call is served, so a crash

@@ -177,6 +177,9 @@ pub struct Charge {
     pub route: String,
     /// The request's id in the ledger.
     pub request_id: String,
+    /// This charge's own id, which its void names so that it is recorded once.
+    #[serde(default)]
+    pub id: Option<opentab_core::B256>,
 }
 
 impl Charge {
@@ -263,7 +266,8 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
                     return Authorized::Answer(unavailable());
                 }
             };
-        let charge = Charge { paid: *paid, route: format!("{} {}", route.method, route.pattern), request_id };
+        let id = Some(charge_id(&paid));
+        let charge = Charge { paid: *paid, route: format!("{} {}", route.method, route.pattern), request_id, id };
         // Durable before the call is served: a charge the ledger does not hold is undone.
         if let Err(err) = self.ledger.record(record(&charge, UsageKind::Charge)).await {
             tracing::error!(error = %err, "cannot record the charge: failing closed");
@@ -312,7 +316,21 @@ fn record(charge: &Charge, kind: UsageKind) -> UsageRecord {
         voucher: paid.voucher,
         signature: (kind == UsageKind::Charge).then_some(paid.signature),
         idempotency: paid.idempotency,
+        void_of: if kind == UsageKind::Void { charge.id } else { None },
     }
+}
+
+/// An id for one charge: its voucher's signature (which a voided voucher can reuse) with this
+/// process's counter and clock, hashed.
+fn charge_id(paid: &Paid) -> opentab_core::B256 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut bytes = paid.signature.as_bytes().to_vec();
+    bytes.extend_from_slice(&n.to_be_bytes());
+    bytes.extend_from_slice(&nanos.to_be_bytes());
+    bytes.extend_from_slice(&std::process::id().to_be_bytes());
+    opentab_core::keccak256(bytes)
 }
 
 /// A request id unique within this process when the client sent none.

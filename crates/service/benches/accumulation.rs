@@ -85,6 +85,7 @@ fn record(n: u64, sig: opentab_core::Signature) -> UsageRecord {
         voucher: U256::from(n),
         signature: Some(sig),
         idempotency: None,
+        void_of: None,
     }
 }
 

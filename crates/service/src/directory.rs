@@ -107,6 +107,7 @@ impl UsageLedger for StoreLedger {
             voucher: record.voucher,
             signature: record.signature,
             idempotency: record.idempotency,
+            void_of: record.void_of,
         };
         let stopped = || Unavailable("the usage ledger's writer stopped".into());
         let (reply, answer) = tokio::sync::oneshot::channel();

@@ -21,6 +21,7 @@ fn record(key: &SigningKey, n: u64, kind: UsageKind) -> UsageRecord {
         voucher: U256::from(n * 10),
         signature: (kind == UsageKind::Charge).then(|| key.sign_digest(&B256::with_last_byte(n as u8))),
         idempotency: Some(B256::with_last_byte(n as u8)),
+        void_of: None,
     }
 }
 

@@ -114,6 +114,7 @@ impl World {
             voucher: U256::from(voucher),
             signature: Some(SigningKey::random().sign_digest(&B256::repeat_byte(1))),
             idempotency: None,
+            void_of: None,
         };
         self.ledger.record(record).await?;
         Ok(())
@@ -214,6 +215,7 @@ async fn shadow_mode_alerts_without_freezing_and_a_new_engine_remembers_what_fir
                 voucher: U256::from(n),
                 signature: Some(SigningKey::random().sign_digest(&B256::repeat_byte(1))),
                 idempotency: None,
+                void_of: None,
             })
             .await?;
     }

@@ -134,6 +134,9 @@ pub struct UsageEntry {
     /// The request's idempotency key, hashed with the session key (the gateway's
     /// `idempotency_hash`), if it had one.
     pub idempotency: Option<B256>,
+    /// For a void, the id of the charge it undoes: a second void of the same charge is not
+    /// recorded (and moves nothing).
+    pub void_of: Option<B256>,
 }
 
 /// An idempotency key whose charge stands (not voided): a retry must still be refused.

@@ -420,9 +420,10 @@ impl Store {
                 UsageKind::Charge => amount,
                 UsageKind::Void => -amount,
             };
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO usage_ledger (at, session_key, owner, kind, amount, route, request_id, voucher, \
-                 signature, idempotency) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 signature, idempotency, void_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT DO NOTHING",
             )
             .bind(secs(entry.at)?)
             .bind(hex(entry.session_key))
@@ -437,8 +438,14 @@ impl Store {
             .bind(format!("{:0>78}", entry.voucher))
             .bind(entry.signature.map(|s| s.to_string()).unwrap_or_default())
             .bind(entry.idempotency.map(|id| format!("{id:#x}")))
+            .bind(entry.void_of.map(|id| format!("{id:#x}")))
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                // The same charge voided again (a retry whose first answer was lost): done already.
+                continue;
+            }
             let slot = per_key.entry(entry.session_key).or_insert((entry.owner, 0, entry.at));
             slot.1 += delta;
             slot.2 = slot.2.max(entry.at);

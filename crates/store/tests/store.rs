@@ -286,6 +286,7 @@ async fn the_usage_ledger_sums_charges_less_voids_and_keeps_the_best_voucher(sto
         voucher: opentab_core::U256::from(voucher),
         signature: (kind == UsageKind::Charge).then(|| key.sign_digest(&B256::with_last_byte(voucher as u8))),
         idempotency: None,
+        void_of: None,
     };
     // 9 and 10 digits: the best voucher must be chosen by number, not by text.
     store.record_usage(&entry(UsageKind::Charge, 2_000, 999_999_999)).await?;
@@ -303,6 +304,15 @@ async fn the_usage_ledger_sums_charges_less_voids_and_keeps_the_best_voucher(sto
     assert_eq!(usage.get(&key.address()).map(|u| u.served), Some(Usdc::from_base_units(4_000)));
     assert_eq!(usage.get(&key.address()).and_then(|u| u.last_at), Some(1), "last activity is the latest row's time");
     assert_eq!(store.served(Address::repeat_byte(0x42)).await?, Usdc::ZERO);
+    // A void names its charge: voiding the same charge again (a retry whose answer was lost)
+    // records nothing and takes nothing off, in one batch or across batches.
+    let charge = B256::repeat_byte(0xc4);
+    let void = UsageEntry { void_of: Some(charge), ..entry(UsageKind::Void, 2_000, 0) };
+    store.record_usage(&void).await?;
+    store.record_usage(&void).await?;
+    store.record_usage_batch(&[void.clone(), void]).await?;
+    assert_eq!(store.served(key.address()).await?, Usdc::from_base_units(2_000), "voided once");
+    assert_eq!(store.usage_total(key.address()).await?.map(|t| t.served), Some(Usdc::from_base_units(2_000)));
     Ok(())
 }
 
@@ -320,6 +330,7 @@ async fn idempotency_keys_stand_while_their_charges_outnumber_their_voids(store:
         voucher: opentab_core::U256::from(at),
         signature: (kind == UsageKind::Charge).then(|| key.sign_digest(&B256::with_last_byte(at as u8))),
         idempotency,
+        void_of: None,
     };
     // Key a: 1 charged and standing; 2 charged then voided; 3 charged, voided, charged again
     // (a retry of a failed call); 4 charged too long ago; one call without a key.
@@ -372,6 +383,7 @@ async fn settlement_intents_are_leased_once_and_announce_every_change(store: Sto
                 signature: (kind == UsageKind::Charge)
                     .then(|| signer.sign_digest(&B256::with_last_byte(voucher as u8))),
                 idempotency: None,
+                void_of: None,
             })
             .await?;
     }
