@@ -16,7 +16,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use common::{Running, TestResult};
+use common::{Running, TestResult, wait_until};
 use opentab_chain::{Anvil, AnvilConfig, KeyTerms, Validator, deploy_dev_contracts, signing_provider};
 use opentab_core::{SETTLEMENT_THRESHOLD, SigningKey, U256, Usdc, Voucher};
 use opentab_gateway::protocol::{
@@ -490,19 +490,4 @@ fn shuffle<T>(items: &mut [T]) {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         items.swap(i, (seed >> 33) as usize % (i + 1));
     }
-}
-
-/// Polls `check` every 200 ms for up to 60 s.
-async fn wait_until<F, Fut>(what: &str, mut check: F) -> TestResult
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = TestResult<bool>>,
-{
-    for _ in 0..300 {
-        if check().await? {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    Err(format!("timed out waiting until {what}").into())
 }

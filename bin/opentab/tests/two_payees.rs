@@ -14,9 +14,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Running, TestResult};
+use common::{Running, TestResult, wait_until};
 use opentab_chain::bindings::SessionKeyValidator::SessionKeyValidatorErrors as E;
 use opentab_chain::{Anvil, AnvilConfig, Deployment, KeyTerms, Validator, deploy_dev_contracts, signing_provider};
 use opentab_core::{Address, SigningKey, U256, Usdc, Voucher};
@@ -122,21 +120,6 @@ async fn register(owner: &Validator, payee: Address, limit: u64) -> TestResult<S
     };
     owner.register_session_key(&terms).await?;
     Ok(key)
-}
-
-/// Polls `check` every 200 ms for up to 60 s.
-async fn wait_until<F, Fut>(what: &str, mut check: F) -> TestResult
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = TestResult<bool>>,
-{
-    for _ in 0..300 {
-        if check().await? {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(format!("timed out waiting until {what}").into())
 }
 
 /// Moves anvil's clock forward and mines a block at the new time.

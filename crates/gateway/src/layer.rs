@@ -118,7 +118,10 @@ where
             };
             // The API sees the path that was priced, whatever spelling the client used.
             let mut req = req;
-            if let Some(uri) = with_path(req.uri(), &path) {
+            // Most requests already spell the priced path: rebuild the URI only when it differs.
+            if req.uri().path() != path
+                && let Some(uri) = with_path(req.uri(), &path)
+            {
                 *req.uri_mut() = uri;
             }
             let payment = PaymentHeaders {

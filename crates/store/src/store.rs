@@ -324,9 +324,7 @@ impl Store {
             }
             // Only owners: a payee's settler choice and an unknown key's skipped claim are filed
             // under an address that owns nothing.
-            if event.account().is_some() && !matches!(event, ValidatorEvent::SettlerSet { .. })
-                || matches!(event, ValidatorEvent::Settled { .. })
-            {
+            if !matches!(event, ValidatorEvent::SettlerSet { .. } | ValidatorEvent::ClaimSkipped { .. }) {
                 owners.insert(owner);
             }
             if let Some(key) = event.session_key() {

@@ -113,3 +113,18 @@ pub async fn sign_in(url: &str, owner: &opentab_core::SigningKey) -> TestResult<
     let body: serde_json::Value = serde_json::from_str(&login.text().await?)?;
     Ok(body["token"].as_str().ok_or("no token")?.to_owned())
 }
+
+/// Polls `check` every 200 ms for up to 60 s.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F) -> TestResult
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = TestResult<bool>>,
+{
+    for _ in 0..300 {
+        if check().await? {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Err(format!("timed out waiting until {what}").into())
+}
