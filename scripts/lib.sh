@@ -186,3 +186,12 @@ ensure_cargo_mutants() {
     cargo install --locked --quiet cargo-mutants --version "$CARGO_MUTANTS_VERSION"
   fi
 }
+
+# cargo-fuzz (crates.io, pinned), for the libFuzzer targets in fuzz/ (scripts/fuzz.sh).
+CARGO_FUZZ_VERSION=0.13.2
+ensure_cargo_fuzz() {
+  if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    echo "installing cargo-fuzz $CARGO_FUZZ_VERSION (once per machine)"
+    cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+  fi
+}

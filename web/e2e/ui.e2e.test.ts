@@ -3,9 +3,13 @@
  * the built UI). The demo owner, with the dev wallet: create a key generated in the browser, pay
  * for calls with the TypeScript client and watch the usage bar move live, freeze and see a paid
  * call refused with 402, unfreeze, delete; deposit from the browser. A new owner, with their own
- * browser wallet (EIP-1193) and nothing but USDC and gas: sign in, see a new key flagged because
- * its tab is empty, deposit through the flag's link, pay, request a withdrawal, and complete it
- * once the chain's clock has passed the grace window. Screenshots go to e2e/artifacts/.
+ * browser wallet (EIP-1193) and nothing but USDC and gas: sign in, try to create a key while the
+ * tab with this service is empty (the form says up front to deposit first; submitted anyway,
+ * opentab refuses with `tab_unfunded`), deposit through the refusal's link, create the key, pay,
+ * request a withdrawal, and complete it once the chain's clock has passed the grace window.
+ * (A key whose tab runs dry after it was made is flagged `tab-empty` on its card; opentab no
+ * longer creates keys for empty tabs, so test/tabs.test.tsx covers that flag.)
+ * Screenshots go to e2e/artifacts/.
  */
 
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
@@ -223,24 +227,27 @@ it("a new owner does it all from the UI with their own wallet: deposit, key, pay
     expect(await tab.getByTestId("tab-balance").textContent()).toBe("0 USDC");
     const servicePayee = (await tab.getAttribute("data-payee")) as Address;
 
-    // A key made before any deposit: its card says why it will be refused, and a paid call is.
+    // A key asked for before any deposit: the form says up front to deposit first. Submitted
+    // anyway, opentab refuses to relay it (the owner signed; nothing was sent on-chain), in its
+    // own words, with the way to the deposit form.
     await p.getByRole("button", { name: "New key" }).click();
+    const hint = p.getByTestId("create-tab-empty");
+    await expect.poll(() => hint.textContent(), { timeout: 15_000 }).toContain("Your tab with this service holds 0 USDC");
+    expect(await hint.getByRole("link", { name: "Deposit to this tab" }).getAttribute("href")).toBe(`#/deposit/${servicePayee}`);
+    await shot("9a-create-deposit-first", p);
     await p.getByLabel("Spend limit (USDC)").fill("2");
     await p.getByRole("button", { name: "Create key" }).click();
-    const privateKey = (await p.getByTestId("private-key").textContent({ timeout: 30_000 }))?.trim() as Hex;
-    const keyAddress = (await p.getByTestId("created-address").textContent())?.trim() ?? "";
-    await p.getByRole("button", { name: /show the key/ }).click();
-    await expect.poll(() => p.getByTestId("status").first().textContent(), { timeout: 15_000 }).toBe("active");
-    const flag = p.getByTestId("tab-empty");
-    await expect.poll(() => flag.textContent(), { timeout: 15_000 }).toContain("is empty: every call will be refused with insufficient_funds");
-    const call = payer(privateKey);
-    const refused = await call();
-    expect(refused.status).toBe(402);
-    expect(((await refused.json()) as { error: string }).error).toBe("insufficient_funds");
-    await shot("9-unfunded-key", p);
+    const refusal = p.getByTestId("create-failure");
+    await expect.poll(() => refusal.textContent(), { timeout: 30_000 }).toContain("The key was not created");
+    expect(await refusal.textContent()).toMatch(
+      new RegExp(`at least 1 USDC free; yours holds 0 USDC: deposit to your tab with ${servicePayee} first`, "i"),
+    );
+    expect(await hint.count()).toBe(0);
+    expect(wallet.sent).toHaveLength(0);
+    await shot("9b-create-refused", p);
 
-    // The flag's link opens the deposit form for that tab: approve, then deposit, from the wallet.
-    await flag.getByRole("link", { name: "Deposit to this tab" }).click();
+    // The refusal's link opens the deposit form for that tab: approve, then deposit, from the wallet.
+    await refusal.getByRole("link", { name: "Deposit to this tab" }).click();
     const form = p.getByRole("form", { name: `Deposit to the tab with ${servicePayee}` });
     await form.getByLabel("Amount to deposit (USDC)").fill("5");
     await form.getByRole("button", { name: "Deposit" }).click();
@@ -250,12 +257,23 @@ it("a new owner does it all from the UI with their own wallet: deposit, key, pay
     expect(await steps.textContent()).toContain(wallet.sent[1]);
     await expect.poll(() => tab.getByTestId("tab-balance").textContent(), { timeout: 15_000 }).toBe("5 USDC");
     expect(await heldUsdc()).toBe(45_000_000n);
-    // The key's card no longer flags it, and the key pays.
-    const card = p.locator(`[data-address="${keyAddress}"]`);
-    await expect.poll(() => card.getByTestId("tab-empty").count(), { timeout: 15_000 }).toBe(0);
     await shot("10-deposited", p);
+
+    // Now the form has nothing to say up front, and opentab creates the key.
+    await p.getByRole("button", { name: "New key" }).click();
+    await p.getByLabel("Spend limit (USDC)").fill("2");
+    expect(await p.getByTestId("create-tab-empty").count()).toBe(0);
+    await p.getByRole("button", { name: "Create key" }).click();
+    const privateKey = (await p.getByTestId("private-key").textContent({ timeout: 30_000 }))?.trim() as Hex;
+    const keyAddress = (await p.getByTestId("created-address").textContent())?.trim() ?? "";
+    await p.getByRole("button", { name: /show the key/ }).click();
+    await expect.poll(() => p.getByTestId("status").first().textContent(), { timeout: 15_000 }).toBe("active");
+    // Its tab covers it: no flag; and the key pays.
+    expect(await p.getByTestId("tab-empty").count()).toBe(0);
+    const call = payer(privateKey);
     await expect.poll(async () => (await call()).status, { timeout: 10_000 }).toBe(200);
     for (let i = 0; i < 2; i++) expect((await call()).status).toBe(200);
+    await p.getByRole("button", { name: "All keys" }).click();
     // The tab lists the key drawing on it.
     const onTab = await tab.getByTestId("tab-keys").locator("a").evaluateAll((links) => links.map((a) => a.getAttribute("href")?.toLowerCase()));
     expect(onTab).toContain(`#/keys/${keyAddress.toLowerCase()}`);

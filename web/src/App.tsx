@@ -6,6 +6,7 @@ import { Button } from "@/components/ui/button";
 import { CreateKey } from "@/components/CreateKey";
 import { KeyDetailView } from "@/components/KeyDetailView";
 import { KeyList } from "@/components/KeyList";
+import { MessageLine, type Message } from "@/components/Message";
 import { SignIn } from "@/components/SignIn";
 import { TabsPanel } from "@/components/TabsPanel";
 import { useLive } from "@/hooks/useLive";
@@ -48,7 +49,7 @@ function Shell() {
   const { data: me, error, isLoading, mutate } = useSWR<Tabs>("/api/tabs", fetcher);
   const [wallet, setWallet] = useState<Wallet | null>(null);
   const [route, go] = useRoute();
-  const [message, setMessage] = useState<{ kind: "ok" | "error"; text: string } | null>(null);
+  const [message, setMessage] = useState<Message | null>(null);
   const signedIn = Boolean(me) && !error;
   const live = useLive(signedIn);
 
@@ -85,14 +86,7 @@ function Shell() {
         )}
       </header>
       <main className="grid gap-6">
-        {message && (
-          <Alert variant={message.kind === "error" ? "destructive" : "default"} aria-live="polite">
-            <AlertDescription className="text-inherit">
-              {message.text}{" "}
-              <Button variant="link" className="h-auto p-0" onClick={() => setMessage(null)}>Dismiss</Button>
-            </AlertDescription>
-          </Alert>
-        )}
+        {message && <MessageLine message={message} onDismiss={() => setMessage(null)} />}
         {isLoading && <p role="status" className="text-muted-foreground">Loading…</p>}
         {!isLoading && !me && error && !(error instanceof ApiError && error.status === 401) && (
           <Alert variant="destructive">

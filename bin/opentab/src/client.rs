@@ -1,6 +1,10 @@
 //! A small client of opentab's REST API for the owner commands: Sign-In with Ethereum, then
 //! JSON calls with the bearer token. Problem answers (`application/problem+json`) become
 //! [`Problem`] errors; an unreachable server says so plainly.
+//!
+//! The session is kept between commands (a file readable by its user only, under
+//! `$OPENTAB_SESSION_DIR`, else `$XDG_CACHE_HOME/opentab` or `~/.cache/opentab`), so a script
+//! running many commands signs in once, within the server's sign-in rate limits.
 
 use std::time::Duration;
 
@@ -81,6 +85,15 @@ impl Api {
             .build()
             .context("building the HTTP client")?;
         let mut api = Self { http, base, token: String::new(), owner: owner.address() };
+        let cache = session_file(&api.base, owner.address());
+        if let Some(token) = cache.as_deref().and_then(|path| std::fs::read_to_string(path).ok()) {
+            api.token = token.trim().to_owned();
+            // A session the server still knows is reused; anything else signs in afresh.
+            if api.call_text(Method::GET, "/api/tabs", None::<&()>).await.is_ok() {
+                return Ok(api);
+            }
+            api.token.clear();
+        }
         // An unreachable server is reported as such, without "signing in" in front.
         let nonce: NonceAnswer = api
             .call(Method::GET, "/api/auth/nonce", None::<&()>)
@@ -113,6 +126,12 @@ impl Api {
             owner.address()
         );
         api.token = login.token;
+        if let Some(path) = cache {
+            // Only a convenience: a session that cannot be kept is signed in again next time.
+            if let Err(err) = keep_session(&path, &api.token) {
+                tracing::debug!(error = %err, path = %path.display(), "could not keep the session");
+            }
+        }
         Ok(api)
     }
 
@@ -171,6 +190,27 @@ impl Api {
         }
         anyhow::Error::new(err).context(format!("talking to opentab at {}", self.base))
     }
+}
+
+/// Where the session of `owner` at `base` is kept, if there is a place for it.
+fn session_file(base: &str, owner: Address) -> Option<std::path::PathBuf> {
+    let env_dir = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let dir = env_dir("OPENTAB_SESSION_DIR")
+        .or_else(|| env_dir("XDG_CACHE_HOME").map(|d| d.join("opentab")))
+        .or_else(|| env_dir("HOME").map(|d| d.join(".cache/opentab")))?;
+    let server = opentab_core::keccak256(base.as_bytes());
+    Some(dir.join(format!("session-{owner:x}-{:x}", server.0[..6].iter().fold(0u64, |n, b| n << 8 | u64::from(*b)))))
+}
+
+/// Writes `token` to `path`, readable and writable by its user only.
+fn keep_session(path: &std::path::Path, token: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(token.as_bytes())
 }
 
 /// `text` made safe as one URL path segment (a key address, or whatever the user typed).

@@ -54,9 +54,12 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let chain = DevChain::start(&args.chain).await?;
     let demo_key = crate::demo::ensure_demo_key(&args.chain.data_dir, &chain).await?;
     let db = args.chain.data_dir.join("opentab.db");
-    let store = Store::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .with_context(|| format!("opening the database {}", db.display()))?;
+    let db_url = format!("sqlite://{}", db.display());
+    let store = Store::connect(&db_url).await.with_context(|| format!("opening the database {}", db.display()))?;
+    // Paid calls get connections of their own: a flood of API requests (or of anything else
+    // on the shared pool) must not make the gateway wait for one and answer 503.
+    let gateway_store =
+        Store::connect(&db_url).await.with_context(|| format!("opening the database {}", db.display()))?;
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
         .await
@@ -136,9 +139,15 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         (Some(url), Some(to)) => Some(opentab_service::Mailer::new(url, "opentab <opentab@localhost>", to)?),
         _ => None,
     };
-    let demo_api =
-        crate::demo::demo_api(&chain, &store, state.notifier().clone(), &gateway_secret, mailer, guardian.clone())
-            .await?;
+    let demo_api = crate::demo::demo_api(
+        &chain,
+        &gateway_store,
+        state.notifier().clone(),
+        &gateway_secret,
+        mailer,
+        guardian.clone(),
+    )
+    .await?;
     let dev_wallet = dev_wallet(&chain);
     let app =
         with_ops(router(state).merge(demo_api).merge(dev_wallet), Ops::new(store.clone(), Some(provider), metrics))
@@ -198,6 +207,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         let _ = task.await;
     }
     store.close().await;
+    gateway_store.close().await;
     drop(chain);
     Ok(())
 }

@@ -28,6 +28,8 @@
 //! redis_prefix = "opentab"                   # default; key names also carry the payee, so
 //!                                            # gateways of different payees may share a Redis
 //! timeout_secs = 60                          # upstream answer deadline (default 60)
+//! max_body_bytes = 16777216                  # request bodies over this are refused with 413
+//!                                            # (default 16 MiB; checked as they stream)
 //! rules = "enforce"                          # the rule engine: enforce (default) or shadow
 //!
 //! [proxy.routes]
@@ -121,6 +123,8 @@ pub(crate) struct Section {
     redis_prefix: String,
     #[serde(default = "default_timeout")]
     timeout_secs: u64,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: u64,
     #[serde(default)]
     rules: RulesMode,
     #[serde(default)]
@@ -145,6 +149,7 @@ impl Default for Section {
             redis_url: None,
             redis_prefix: default_prefix(),
             timeout_secs: default_timeout(),
+            max_body_bytes: default_max_body(),
             rules: RulesMode::default(),
             routes: BTreeMap::new(),
         }
@@ -153,6 +158,10 @@ impl Default for Section {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8403))
+}
+
+const fn default_max_body() -> u64 {
+    16 << 20
 }
 
 fn default_prefix() -> String {
@@ -215,7 +224,8 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         engine = engine.with_guardian(Guardian::new(as_guardian, signer.address()));
     }
     let ledger = RuledLedger::new(StoreLedger::new(store.clone(), Notifier::default()), Arc::new(engine));
-    let forward = upstream.clone().map(|u| Forward::new(u, Duration::from_secs(section.timeout_secs)));
+    let max_body = usize::try_from(section.max_body_bytes).unwrap_or(usize::MAX);
+    let forward = upstream.clone().map(|u| Forward::new(u, Duration::from_secs(section.timeout_secs), max_body));
     let secret = args.gateway_secret.as_deref();
     let (app, counters) = match &redis_url {
         Some(url) => {
@@ -283,7 +293,13 @@ where
     let layer = PaymentLayer::new(Gateway { config, pricing, directory, counters, ledger });
     let api = secret.map(|secret| charge_api(layer.gateway().clone(), secret));
     let mut router = match forward {
-        Some(forward) => Router::new().fallback(proxy).with_state(forward).layer(layer),
+        Some(forward) => {
+            let max_body = forward.max_body;
+            // Refused before the payment layer: a body declared too large is never charged.
+            Router::new().fallback(proxy).with_state(forward).layer(layer).layer(axum::middleware::from_fn(
+                move |req: Request, next: axum::middleware::Next| refuse_declared_oversize(max_body, req, next),
+            ))
+        }
         None => Router::new(),
     };
     if let Some(api) = api {
@@ -320,14 +336,16 @@ struct Forward {
     client: Client<HttpConnector, Body>,
     upstream: Upstream,
     timeout: Duration,
+    /// The largest request body forwarded, in bytes.
+    max_body: usize,
 }
 
 impl Forward {
-    fn new(upstream: Upstream, timeout: Duration) -> Self {
+    fn new(upstream: Upstream, timeout: Duration, max_body: usize) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
-        Self { client: Client::builder(TokioExecutor::new()).build(connector), upstream, timeout }
+        Self { client: Client::builder(TokioExecutor::new()).build(connector), upstream, timeout, max_body }
     }
 }
 
@@ -373,7 +391,8 @@ async fn proxy(State(forward): State<Forward>, req: Request) -> Response<Body> {
         parts.headers.insert(header::HOST, value);
     }
     parts.uri = uri;
-    let request = Request::from_parts(parts, body);
+    // A body without a declared length is counted as it streams and cut off past the limit.
+    let request = Request::from_parts(parts, Body::new(http_body_util::Limited::new(body, forward.max_body)));
     match tokio::time::timeout(forward.timeout, forward.client.request(request)).await {
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
@@ -382,6 +401,10 @@ async fn proxy(State(forward): State<Forward>, req: Request) -> Response<Body> {
             }
             Response::from_parts(parts, Body::new(body))
         }
+        Ok(Err(err)) if caused_by::<http_body_util::LengthLimitError>(&err) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is over the limit of {} bytes", forward.max_body),
+        ),
         Ok(Err(err)) => {
             tracing::warn!(error = %err, upstream = %forward.upstream.base, "upstream unreachable");
             error(StatusCode::BAD_GATEWAY, &format!("the upstream API did not answer: {err}"))
@@ -390,6 +413,30 @@ async fn proxy(State(forward): State<Forward>, req: Request) -> Response<Body> {
             error(StatusCode::GATEWAY_TIMEOUT, &format!("the upstream API did not answer within {:?}", forward.timeout))
         }
     }
+}
+
+/// 413 for a request whose declared length is over `max_body`, before anything is charged.
+async fn refuse_declared_oversize(max_body: usize, req: Request, next: axum::middleware::Next) -> Response<Body> {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body as u64) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is over the limit of {max_body} bytes"),
+        );
+    }
+    next.run(req).await
+}
+
+/// Whether `err`, or an error it was caused by, is an `E`.
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// A JSON error of the proxy itself (>= 400, so any charge is voided).

@@ -15,11 +15,20 @@
 //! confirmations = 2                          # default
 //! secure_cookies = false                     # default true (HTTPS); false only for plain-HTTP testing
 //! relay_daily_quota = 20                     # default; relayed transactions per owner a day
+//! relay_min_tab = "1"                        # default, in USDC; key creations and unfreezes are
+//!                                            # relayed for owners whose tab holds this much ("0": all)
 //! webhook_url = "https://hooks.example.com/opentab"   # optional; needs OPENTAB_WEBHOOK_SECRET
 //! settle_every_secs = 2                      # default
 //! rule_guardian = "0x…"                      # optional: the account `opentab proxy` freezes
 //!                                            # keys on-chain with (OPENTAB_GUARDIAN_KEY there);
 //!                                            # shown to owners so they can choose it
+//!
+//! [rate_limits]                              # requests a minute; 0 turns one off
+//! sign_in_per_ip = 30                        # default; nonces and logins per client IP
+//! relays_per_ip = 30                         # default; key creations, freezes, … per client IP
+//! relays_per_owner = 6                       # default; relayed transactions per owner
+//! sessions_per_owner = 10                    # default; sign-ins per owner
+//! trust_forwarded_for = false                # default; true behind a proxy that appends X-Forwarded-For
 //! ```
 //!
 //! The settlement worker runs when `OPENTAB_SETTLER_KEY` is set (the account that sends
@@ -35,8 +44,8 @@ use anyhow::Context;
 use clap::Args;
 use opentab_accumulator::{SettlementConfig, SettlementWorker, WebhookConfig, WebhookSecret, WebhookSender};
 use opentab_chain::{Address, Validator, read_provider, signing_provider};
-use opentab_core::SigningKey;
-use opentab_service::api::{ApiConfig, AppState, ChainAccess, router};
+use opentab_core::{SigningKey, Usdc};
+use opentab_service::api::{ApiConfig, AppState, ChainAccess, RateLimits, router};
 use opentab_service::{ChainListener, ListenerConfig, Metrics, Ops, with_ops};
 use opentab_store::Store;
 use serde::Deserialize;
@@ -100,9 +109,20 @@ struct Config {
     /// and deletions; freezes are never refused).
     #[serde(default = "default_relay_quota")]
     relay_daily_quota: u64,
+    /// The free tab balance (decimal USDC) an owner needs for key creations and unfreezes to be
+    /// relayed.
+    #[serde(default, deserialize_with = "decimal_usdc")]
+    relay_min_tab: Option<Usdc>,
+    #[serde(default)]
+    rate_limits: RateLimits,
     /// `opentab proxy`'s settings: checked here too, read by the proxy.
     #[serde(default, rename = "proxy")]
     _proxy: Option<crate::proxy::Section>,
+}
+
+fn decimal_usdc<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Usdc>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Usdc::parse_decimal(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 const fn default_settle_every() -> u64 {
@@ -162,6 +182,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     api_config.secure_cookies = config.secure_cookies;
     api_config.rule_guardian = config.rule_guardian;
     api_config.relay_daily_quota = config.relay_daily_quota;
+    if let Some(min) = config.relay_min_tab {
+        api_config.relay_min_tab = min;
+    }
+    api_config.rate_limits = config.rate_limits;
     api_config.payee = Some(config.payee);
     api_config.usdc = Some(deployed.usdc());
     api_config.grace_secs = deployed.grace();

@@ -29,7 +29,13 @@ impl Owner {
         for var in ["OPENTAB_URL", "OPENTAB_OWNER_KEY", "OPENTAB_DATA_DIR", "OPENTAB_RPC_URL", "OPENTAB_VALIDATOR"] {
             command.env_remove(var);
         }
+        command.env("OPENTAB_SESSION_DIR", self.sessions());
         Ok(command.output()?)
+    }
+
+    /// Where the commands keep their session.
+    fn sessions(&self) -> std::path::PathBuf {
+        std::path::Path::new(&self.data_dir).join("sessions")
     }
 
     /// Runs `args`, which must succeed; its stdout.
@@ -106,6 +112,12 @@ fn an_owner_manages_keys_and_tabs_from_the_command_line() -> TestResult {
     assert!(stdout.contains("Store this private key now"), "{stdout}");
     assert!(stdout.contains("limit      5 USDC"), "{stdout}");
     let key_text = key.to_string();
+    // The session is kept for the next commands (one sign-in for the whole script, within the
+    // server's sign-in rate limits), readable by its user only.
+    let kept: Vec<_> = std::fs::read_dir(owner.sessions())?.collect::<Result<_, _>>()?;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(kept[0].metadata()?.permissions().mode() & 0o777, 0o600);
 
     // The chain listener confirms the registration within a second or so.
     owner.wait_for_status(key, false, "active")?;

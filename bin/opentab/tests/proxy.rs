@@ -29,6 +29,8 @@ const KEYS: usize = 5;
 const CALLS_PER_KEY: u64 = 2_000;
 const PRICE: u64 = 10_000; // 0.01 USDC
 const CONCURRENCY: usize = 32;
+/// The proxy's request-body limit in these tests: 6 MiB.
+const MAX_BODY: usize = 6 << 20;
 
 /// A plain API: `/v1/work` answers 200 and reports what reached it, `/v1/fail` answers 500
 /// (the charge must be voided), `/v1/slow` answers after 3 s (past the proxy's deadline).
@@ -167,7 +169,7 @@ async fn topology(keys: usize, redis: Option<&OwnRedis>, timeout_secs: u64) -> T
         format!(
             "listen = \"127.0.0.1:0\"\ndatabase_url = \"{database_url}\"\nrpc_url = \"{rpc}\"\n\
              validator = \"{:#x}\"\ndeployed_at_block = {}\npayee = \"{payee:#x}\"\ndomain = \"127.0.0.1\"\n\
-             confirmations = 0\nsettle_every_secs = 1\n\n[proxy]\nlisten = \"127.0.0.1:0\"\ntimeout_secs = {timeout_secs}\nrules = \"shadow\"\n\n\
+             confirmations = 0\nsettle_every_secs = 1\n\n[proxy]\nlisten = \"127.0.0.1:0\"\ntimeout_secs = {timeout_secs}\nrules = \"shadow\"\nmax_body_bytes = {MAX_BODY}\n\n\
              [proxy.routes]\n\"POST /v1/work\" = \"0.01\"\n\"POST /v1/fail\" = \"0.01\"\n\"POST /v1/slow\" = \"0.01\"\n",
             deployment.validator, deployment.deployed_at_block
         ),
@@ -223,7 +225,7 @@ async fn topology(keys: usize, redis: Option<&OwnRedis>, timeout_secs: u64) -> T
 async fn the_proxy_forwards_faithfully_and_voids_what_the_upstream_fails_to_answer() -> TestResult {
     let t = topology(1, None, 1).await?;
     let key = &t.keys[0];
-    let send = |url: String, path: &'static str, voucher: u64, body: Vec<u8>| {
+    let send = |url: String, path: &'static str, voucher: u64, body: reqwest::Body| {
         let (client, key, accepted, deployment) =
             (t.client.clone(), key.clone(), t.accepted.clone(), t.deployment.clone());
         let payee = t.payee;
@@ -250,11 +252,11 @@ async fn the_proxy_forwards_faithfully_and_voids_what_the_upstream_fails_to_answ
     };
 
     // Past the deadline: 504, no receipt, and the charge is voided, so the voucher pays again.
-    let slow = send(t.url.clone(), "slow", PRICE, vec![]).await?;
+    let slow = send(t.url.clone(), "slow", PRICE, vec![].into()).await?;
     assert_eq!(slow.status(), 504);
     assert!(!slow.headers().contains_key(PAYMENT_RESPONSE));
     // 5 MB through and back; custom headers pass, the payment does not reach the upstream.
-    let ok = send(t.url.clone(), "work", PRICE, vec![b'x'; 5 << 20]).await?;
+    let ok = send(t.url.clone(), "work", PRICE, vec![b'x'; 5 << 20].into()).await?;
     assert_eq!(ok.status(), 200, "the voided voucher pays the next call");
     assert_eq!(ok.headers().get("x-upstream").map(|v| v.as_bytes()), Some(&b"yes"[..]));
     assert!(ok.headers().contains_key(PAYMENT_RESPONSE));
@@ -269,30 +271,68 @@ async fn the_proxy_forwards_faithfully_and_voids_what_the_upstream_fails_to_answ
         "ready",
     )?;
     let dead_url = dead.field("url").ok_or("no url")?;
-    let down = send(dead_url, "work", 2 * PRICE, vec![]).await?;
+    let down = send(dead_url, "work", 2 * PRICE, vec![].into()).await?;
     assert_eq!(down.status(), 502);
     assert!(down.text().await?.contains("\"charged\":false"));
-    assert_eq!(send(t.url.clone(), "work", 2 * PRICE, vec![]).await?.status(), 200, "voided, so it pays again");
+    assert_eq!(send(t.url.clone(), "work", 2 * PRICE, vec![].into()).await?.status(), 200, "voided, so it pays again");
+
+    // Request bodies over the limit: one byte over with its length declared is refused before
+    // any charge; streamed without a length, it is cut off at the limit and the charge voided.
+    // Either way the voucher pays the next call. Exactly the limit passes.
+    let over = send(t.url.clone(), "work", 3 * PRICE, vec![b'x'; MAX_BODY + 1].into()).await?;
+    assert_eq!(over.status(), 413);
+    assert!(!over.headers().contains_key(PAYMENT_RESPONSE));
+    let (url, payment) = (t.url.clone(), payment_header(&t, 3 * PRICE));
+    let streamed = tokio::task::spawn_blocking(move || chunked_post(&url, "/v1/work", &payment, 7, 1 << 20)).await??;
+    assert!(streamed.starts_with("HTTP/1.1 413"), "7 MiB streamed without a length: {streamed}");
+    let exact = send(t.url.clone(), "work", 3 * PRICE, vec![b'x'; MAX_BODY].into()).await?;
+    assert_eq!(exact.status(), 200, "exactly the limit passes, and the refused calls were not charged");
     let usage = t.store.usage_total(key.address()).await?.ok_or("no usage")?;
-    assert_eq!(usage.served, Usdc::from_base_units(2 * PRICE), "only the two answered calls are paid");
+    assert_eq!(usage.served, Usdc::from_base_units(3 * PRICE), "only the three answered calls are paid");
     Ok(())
 }
 
-/// A paid `POST /v1/{path}` with key 0 of `t`, voucher `voucher`, under `idempotency`.
-async fn paid_call(t: &Topology, path: &str, voucher: u64, idempotency: &str) -> TestResult<reqwest::Response> {
+/// The `PAYMENT-SIGNATURE` of key 0 of `t` for voucher `voucher`.
+fn payment_header(t: &Topology, voucher: u64) -> String {
     let key = &t.keys[0];
     let domain = opentab_core::ContractDomain::opentab(t.deployment.chain_id, t.deployment.validator);
     let amount = U256::from(voucher);
     let signature = key.sign_digest(&domain.digest(&Voucher::new(key.address(), t.payee, amount)));
-    let payment = PaymentPayload {
+    encode_header(&PaymentPayload {
         x402_version: X402_VERSION,
         accepted: t.accepted.clone(),
         payload: SessionPayload { session_key: key.address(), cumulative_amount: amount, signature },
         extensions: None,
-    };
+    })
+}
+
+/// A `POST` whose body streams in `chunks` chunks of `size` bytes with no declared length;
+/// returns the raw answer.
+fn chunked_post(url: &str, path: &str, payment: &str, chunks: usize, size: usize) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(url.trim_start_matches("http://"))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: proxy\r\n{PAYMENT_SIGNATURE}: {payment}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes())?;
+    let chunk = [format!("{size:x}\r\n").into_bytes(), vec![b'x'; size], b"\r\n".to_vec()].concat();
+    // The proxy may answer and close before the last chunk: later writes failing is expected.
+    for _ in 0..chunks {
+        if stream.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// A paid `POST /v1/{path}` with key 0 of `t`, voucher `voucher`, under `idempotency`.
+async fn paid_call(t: &Topology, path: &str, voucher: u64, idempotency: &str) -> TestResult<reqwest::Response> {
     Ok(t.client
         .post(format!("{}/v1/{path}", t.url))
-        .header(PAYMENT_SIGNATURE, encode_header(&payment))
+        .header(PAYMENT_SIGNATURE, payment_header(t, voucher))
         .header("idempotency-key", idempotency)
         .body("{}")
         .send()

@@ -25,9 +25,15 @@ struct Api {
 }
 
 async fn api() -> TestResult<Api> {
+    api_with(|_| {}).await
+}
+
+async fn api_with(configure: impl FnOnce(&mut ApiConfig)) -> TestResult<Api> {
     let dir = tempfile::tempdir()?;
     let store = opentab_store::testing::fresh_sqlite(dir.path()).await?;
-    let app = router(AppState::new(store.clone(), ApiConfig::new(DOMAIN, CHAIN, VALIDATOR)));
+    let mut config = ApiConfig::new(DOMAIN, CHAIN, VALIDATOR);
+    configure(&mut config);
+    let app = router(AppState::new(store.clone(), config));
     Ok(Api { app, store, _dir: dir })
 }
 
@@ -71,6 +77,13 @@ impl Api {
             SiweMessage::compose(domain, "http://localhost:8402", key.address(), chain, nonce, now(), now() + 300);
         let sig = key.sign_digest(&opentab_core::eip191_hash_message(&text));
         (text, sig.to_string())
+    }
+
+    async fn login(&self, key: &SigningKey, nonce: String) -> TestResult<(StatusCode, Value)> {
+        let (message, signature) = self.signed_message(key, DOMAIN, CHAIN, &nonce);
+        let body = json!({ "message": message, "signature": signature });
+        let (status, problem, _) = self.call("POST", "/api/auth/login", None, Some(body)).await?;
+        Ok((status, problem))
     }
 
     async fn sign_in(&self, key: &SigningKey) -> TestResult<String> {
@@ -173,17 +186,69 @@ async fn owner_b_cannot_see_owner_a_keys() -> TestResult {
 }
 
 #[tokio::test]
-async fn asking_for_a_nonce_forgets_expired_sessions_and_nonces() -> TestResult {
+async fn asking_for_a_nonce_forgets_expired_sessions_and_spent_nonces() -> TestResult {
     let api = api().await?;
     let owner = SigningKey::random();
     let now = now();
     api.store.create_session("expired-session", owner.address(), now - 7_200, now - 3_600).await?;
-    api.store.issue_nonce("stale-nonce-0001", now - 3_600).await?;
-    let live = api.nonce().await?;
+    assert!(api.store.spend_nonce("stale-nonce-0001", now - 3_600, now - 3_590).await?);
+    api.nonce().await?;
     // Read as if it were long ago: the rows themselves are gone, not merely expired.
     assert_eq!(api.store.session_owner("expired-session", 0).await?, None);
-    assert!(!api.store.consume_nonce("stale-nonce-0001", 0, now).await?);
-    assert!(api.store.consume_nonce(&live, now - 60, now).await?, "the nonce just issued stays");
+    assert_eq!(api.store.spent_nonces().await?, 0);
+    Ok(())
+}
+
+/// Finding 7b: every `GET /api/auth/nonce` wrote a row, kept ten minutes.
+#[tokio::test]
+async fn handing_out_nonces_writes_nothing_and_only_sealed_fresh_ones_sign_in() -> TestResult {
+    let api = api_with(|config| config.nonce_ttl_secs = 1).await?;
+    let mut nonces = Vec::new();
+    for _ in 0..20 {
+        nonces.push(api.nonce().await?);
+    }
+    assert_eq!(api.store.spent_nonces().await?, 0, "handing out nonces stored nothing");
+    nonces.sort();
+    nonces.dedup();
+    assert_eq!(nonces.len(), 20, "each nonce is new");
+
+    let owner = SigningKey::random();
+    let login = |nonce: String| api.login(&owner, nonce);
+    // Tampering with the issue time (to outlive the lifetime) or with the seal, or making one up
+    // in the same shape, is refused: only this deployment's sealed nonces sign in.
+    let flip = |nonce: &str, at: usize| {
+        let mut chars: Vec<char> = nonce.chars().collect();
+        chars[at] = if chars[at] == '0' { '1' } else { '0' };
+        chars.into_iter().collect::<String>()
+    };
+    for forged in [flip(&nonces[0], 15), flip(&nonces[0], 63), "ab".repeat(32), "not-hex-at-all".into()] {
+        let (status, problem) = login(forged.clone()).await?;
+        assert_eq!((status, problem["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_nonce")), "{forged}");
+    }
+    assert_eq!(api.store.spent_nonces().await?, 0, "refused nonces are not stored either");
+
+    // A nonce outlives its lifetime: refused, though sealed and never used.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let (status, problem) = login(nonces[1].clone()).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_nonce")));
+    // A fresh one signs in, and is then kept (spent) so it cannot sign in again.
+    let (status, _) = login(api.nonce().await?).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(api.store.spent_nonces().await?, 1);
+    Ok(())
+}
+
+/// Nonces sealed by one server open on another of the same deployment (one database).
+#[tokio::test]
+async fn a_nonce_from_one_server_signs_in_at_another_of_the_same_deployment() -> TestResult {
+    let first = api().await?;
+    let second = router(AppState::new(first.store.clone(), ApiConfig::new(DOMAIN, CHAIN, VALIDATOR)));
+    let owner = SigningKey::random();
+    let (message, signature) = first.signed_message(&owner, DOMAIN, CHAIN, &first.nonce().await?);
+    let req = Request::post("/api/auth/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json!({ "message": message, "signature": signature }).to_string()))?;
+    assert_eq!(second.oneshot(req).await?.status(), StatusCode::OK);
     Ok(())
 }
 
@@ -358,5 +423,73 @@ async fn an_owner_holds_a_bounded_number_of_event_streams() -> TestResult {
     assert_eq!(open(api.sign_in(&other).await?).await?.status(), StatusCode::OK);
     drop(streams.pop());
     assert_eq!(open(token).await?.status(), StatusCode::OK);
+    Ok(())
+}
+
+/// A request as it comes off a socket at `ip`, with `headers`.
+fn from_ip(uri: &str, ip: [u8; 4], headers: &[(&str, &str)]) -> TestResult<Request<Body>> {
+    let mut req = Request::get(uri);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let mut req = req.body(Body::empty())?;
+    req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((ip, 40_000))));
+    Ok(req)
+}
+
+/// Finding 8 and item 5: sign-in nonces are limited per client IP; one address's flood does
+/// not lock out another, and a forged `X-Forwarded-For` picks no new bucket unless trusted.
+#[tokio::test]
+async fn sign_in_nonces_are_rate_limited_per_client_ip() -> TestResult {
+    let api = api_with(|config| config.rate_limits.sign_in_per_ip = 3).await?;
+    let get = |ip, headers: &'static [(&'static str, &'static str)]| {
+        let app = api.app.clone();
+        async move { TestResult::Ok(app.oneshot(from_ip("/api/auth/nonce", ip, headers)?).await?) }
+    };
+    for n in 0..3 {
+        assert_eq!(get([10, 0, 0, 1], &[]).await?.status(), StatusCode::OK, "request {n} is within the limit");
+    }
+    let refused = get([10, 0, 0, 1], &[("x-forwarded-for", "198.51.100.7")]).await?;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS, "a forged X-Forwarded-For changes nothing");
+    let wait: u64 = refused.headers().get(header::RETRY_AFTER).ok_or("no Retry-After")?.to_str()?.parse()?;
+    assert!((1..=20).contains(&wait), "one nonce comes back every 20 s: {wait}");
+    let problem: Value = serde_json::from_slice(&refused.into_body().collect().await?.to_bytes())?;
+    assert_eq!(problem["code"], "rate_limited");
+    assert_eq!(get([10, 0, 0, 2], &[]).await?.status(), StatusCode::OK, "another address has its own budget");
+
+    // Behind a proxy that appends the client's address, the last hop is the client.
+    let api = api_with(|config| {
+        config.rate_limits.sign_in_per_ip = 1;
+        config.rate_limits.trust_forwarded_for = true;
+    })
+    .await?;
+    let get = |hops: &'static str| {
+        let app = api.app.clone();
+        async move {
+            TestResult::Ok(app.oneshot(from_ip("/api/auth/nonce", [10, 0, 0, 9], &[("x-forwarded-for", hops)])?).await?)
+        }
+    };
+    assert_eq!(get("203.0.113.5, 192.0.2.1").await?.status(), StatusCode::OK);
+    assert_eq!(
+        get("203.0.113.6, 192.0.2.1").await?.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the client's own hop is ignored"
+    );
+    assert_eq!(get("192.0.2.2").await?.status(), StatusCode::OK, "another client behind the proxy");
+    Ok(())
+}
+
+/// Sign-ins are limited per owner too: an owner opening sessions in a loop is refused, and the
+/// refused attempt leaves its nonce unspent.
+#[tokio::test]
+async fn sessions_are_rate_limited_per_owner() -> TestResult {
+    let api = api_with(|config| config.rate_limits.sessions_per_owner = 2).await?;
+    let owner = SigningKey::random();
+    api.sign_in(&owner).await?;
+    api.sign_in(&owner).await?;
+    let (status, problem) = api.login(&owner, api.nonce().await?).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")));
+    assert_eq!(api.store.spent_nonces().await?, 2, "the refused sign-in spent no nonce");
+    api.sign_in(&SigningKey::random()).await?;
     Ok(())
 }

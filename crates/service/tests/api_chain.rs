@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use opentab_chain::{Anvil, AnvilConfig, Validator, deploy_dev_contracts, signing_provider};
 use opentab_core::eip712::{FreezeSessionKey, RegisterSessionKey, RevokeSessionKey, UnfreezeSessionKey};
 use opentab_core::siwe::SiweMessage;
-use opentab_core::{Address, ContractDomain, SigningKey, U256};
+use opentab_core::{Address, ContractDomain, SigningKey, U256, Usdc};
 use opentab_service::api::{ApiConfig, AppState, ChainAccess, router};
 use opentab_service::{ChainListener, ListenerConfig};
 use serde_json::{Value, json};
@@ -18,10 +18,12 @@ type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 struct World {
     app: Router,
+    rpc: String,
+    relayer: Validator,
     listener: ChainListener,
     domain: ContractDomain,
     payee: Address,
-    _anvil: Anvil,
+    anvil: Anvil,
     _dir: tempfile::TempDir,
 }
 
@@ -39,9 +41,11 @@ async fn world_with(configure: impl FnOnce(&mut ApiConfig)) -> TestResult<World>
     let store = opentab_store::testing::fresh_sqlite(dir.path()).await?;
     let payee = anvil.signer(2)?.address();
     let mut config = ApiConfig::new("localhost:8402", anvil.chain_id(), deployment.validator);
+    // The owners here hold no USDC; the funded-tab rule has its own test.
+    config.relay_min_tab = Usdc::ZERO;
     configure(&mut config);
     let domain = relayer.domain().clone();
-    let state = AppState::new(store.clone(), config).with_chain(ChainAccess { relayer, payee });
+    let state = AppState::new(store.clone(), config).with_chain(ChainAccess { relayer: relayer.clone(), payee });
     let listener_config = ListenerConfig {
         stream: opentab_chain::StreamConfig { confirmations: 0, max_range: 100 },
         ..Default::default()
@@ -50,7 +54,7 @@ async fn world_with(configure: impl FnOnce(&mut ApiConfig)) -> TestResult<World>
         ChainListener::new(store, provider, deployment.validator, deployment.deployed_at_block, listener_config)
             .await?
             .with_notifier(state.notifier().clone());
-    Ok(World { app: router(state), listener, domain, payee, _anvil: anvil, _dir: dir })
+    Ok(World { app: router(state), rpc, relayer, listener, domain, payee, anvil, _dir: dir })
 }
 
 fn now() -> u64 {
@@ -84,15 +88,38 @@ impl World {
 
     /// Creates a key for `owner` with a server-generated key pair; returns its address.
     async fn create_key(&self, owner: &SigningKey, token: &str) -> TestResult<Address> {
+        let (key, status, body) = self.try_create_key(owner, token).await?;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        Ok(key)
+    }
+
+    /// Prepares, signs and asks to create a key; returns its address and the answer.
+    async fn try_create_key(&self, owner: &SigningKey, token: &str) -> TestResult<(Address, StatusCode, Value)> {
         let body = json!({ "limit": "5000000", "validUntil": now() + 3600 });
         let (_, prepared) = self.call("POST", "/api/session-keys/prepare", token, Some(body)).await?;
         let message = &prepared["typedData"]["message"];
         let signature = owner.sign_digest(&self.domain.digest(&registration(message)?)).to_string();
-        let (status, _) = self
+        let (status, body) = self
             .call("POST", "/api/session-keys", token, Some(json!({ "message": message, "signature": signature })))
             .await?;
-        assert_eq!(status, StatusCode::CREATED);
-        Ok(prepared["sessionKey"].as_str().ok_or("sessionKey")?.parse()?)
+        Ok((prepared["sessionKey"].as_str().ok_or("sessionKey")?.parse()?, status, body))
+    }
+
+    /// Asks for `action` on `key`, signed by `owner`; returns the answer.
+    async fn act(
+        &self,
+        owner: &SigningKey,
+        token: &str,
+        key: Address,
+        action: &str,
+    ) -> TestResult<(StatusCode, Value)> {
+        let uri = format!("/api/session-keys/{key:#x}");
+        let (_, typed) = self.call("GET", &format!("{uri}/{action}"), token, None).await?;
+        let signed = self.sign_action(owner, &typed)?;
+        match action {
+            "delete" => self.call("DELETE", &uri, token, Some(signed)).await,
+            _ => self.call("POST", &format!("{uri}/{action}"), token, Some(signed)).await,
+        }
     }
 
     async fn sign_in(&self, owner: &SigningKey) -> TestResult<String> {
@@ -353,6 +380,60 @@ async fn the_relayer_sends_an_owner_at_most_its_daily_quota_but_always_freezes()
     let (status, frozen) = w.call("POST", &format!("{uri}/freeze"), &token, Some(freeze)).await?;
     assert_eq!((status, frozen["key"]["status"].as_str()), (StatusCode::OK, Some("frozen")), "{frozen}");
     // Another owner has its own quota.
+    let other = SigningKey::random();
+    let token = w.sign_in(&other).await?;
+    w.create_key(&other, &token).await?;
+    Ok(())
+}
+
+/// Finding 8: any wallet could sign in and have key creations relayed with no deposit. Now
+/// creations and unfreezes need the tab's free balance at the minimum: one base unit short is
+/// refused, exactly enough is served. Freezing and deleting never need one.
+#[tokio::test]
+async fn the_relayer_creates_and_unfreezes_keys_only_for_a_funded_tab() -> TestResult {
+    let mut w = world_with(|config| config.relay_min_tab = Usdc::from_base_units(1_000_000)).await?;
+    let owner = SigningKey::from_bytes(&w.anvil.keys()[1])?;
+    let as_owner = w.relayer.with_provider(signing_provider(&w.rpc, w.anvil.signer(1)?)?);
+    as_owner.mint_test_usdc(owner.address(), Usdc::from_base_units(5_000_000)).await?;
+    let token = w.sign_in(&owner).await?;
+
+    let (refused, status, problem) = w.try_create_key(&owner, &token).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::PAYMENT_REQUIRED, Some("tab_unfunded")), "{problem}");
+    as_owner.deposit(w.payee, Usdc::from_base_units(999_999)).await?;
+    let (_, status, problem) = w.try_create_key(&owner, &token).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::PAYMENT_REQUIRED, Some("tab_unfunded")), "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("0.999999")), "says what the tab holds: {problem}");
+    let (status, _) = w.call("GET", &format!("/api/session-keys/{refused:#x}"), &token, None).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a refused creation stores nothing");
+
+    as_owner.deposit(w.payee, Usdc::from_base_units(1)).await?;
+    let key = w.create_key(&owner, &token).await?;
+    w.listener.catch_up().await?;
+
+    // A pending withdrawal leaves less than the minimum free: the key can be frozen, not
+    // unfrozen, and deleted.
+    let (status, body) = w.act(&owner, &token, key, "freeze").await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    as_owner.request_withdrawal(w.payee, Usdc::from_base_units(1)).await?;
+    let (status, problem) = w.act(&owner, &token, key, "unfreeze").await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::PAYMENT_REQUIRED, Some("tab_unfunded")), "{problem}");
+    let (status, body) = w.act(&owner, &token, key, "delete").await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    Ok(())
+}
+
+/// Relayed transactions are limited per owner per minute as well as per day; freezing is not.
+#[tokio::test]
+async fn relayed_transactions_are_rate_limited_per_owner_but_freezes_are_not() -> TestResult {
+    let mut w = world_with(|config| config.rate_limits.relays_per_owner = 1).await?;
+    let owner = SigningKey::random();
+    let token = w.sign_in(&owner).await?;
+    let key = w.create_key(&owner, &token).await?;
+    let (_, status, problem) = w.try_create_key(&owner, &token).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")), "{problem}");
+    w.listener.catch_up().await?;
+    let (status, body) = w.act(&owner, &token, key, "freeze").await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let other = SigningKey::random();
     let token = w.sign_in(&other).await?;
     w.create_key(&other, &token).await?;

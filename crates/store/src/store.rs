@@ -45,6 +45,10 @@ impl Backend {
     }
 }
 
+/// The audit action each relayed transaction is recorded under before it is sent; the relay
+/// quota counts them.
+pub const RELAY_SENT: &str = "relay.sent";
+
 /// The repository. Cheap to clone (a pool handle).
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -577,28 +581,38 @@ impl Store {
 
     // -------------------------------------------------------------------- auth
 
-    /// Records a freshly issued sign-in nonce.
-    pub async fn issue_nonce(&self, nonce: &str, now: u64) -> Result<()> {
-        sqlx::query("INSERT INTO siwe_nonces (nonce, created_at) VALUES ($1, $2)")
-            .bind(nonce)
-            .bind(secs(now)?)
+    /// The deployment's secret named `name`: made from `fresh` by the first server to ask,
+    /// the same for every server after.
+    pub async fn server_secret(&self, name: &str, fresh: &str) -> Result<String> {
+        sqlx::query("INSERT INTO server_secrets (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(fresh)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        let row =
+            sqlx::query("SELECT secret FROM server_secrets WHERE name = $1").bind(name).fetch_one(&self.pool).await?;
+        Ok(row.try_get("secret")?)
     }
 
-    /// Spends a nonce issued at or after `issued_after`. False if unknown, used or too old: a
-    /// nonce signs in once.
-    pub async fn consume_nonce(&self, nonce: &str, issued_after: u64, now: u64) -> Result<bool> {
+    /// Spends a sign-in nonce issued at `issued_at`: true the first time, false ever after (a
+    /// nonce signs in once). Nonces are checked before (they are sealed), so only spent ones
+    /// are stored.
+    pub async fn spend_nonce(&self, nonce: &str, issued_at: u64, now: u64) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE siwe_nonces SET used_at = $3 WHERE nonce = $1 AND used_at IS NULL AND created_at >= $2",
+            "INSERT INTO siwe_nonces (nonce, created_at, used_at) VALUES ($1, $2, $3) ON CONFLICT (nonce) DO NOTHING",
         )
         .bind(nonce)
-        .bind(secs(issued_after)?)
+        .bind(secs(issued_at)?)
         .bind(secs(now)?)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// How many spent nonces are kept (they go once too old to sign in).
+    pub async fn spent_nonces(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM siwe_nonces").fetch_one(&self.pool).await?;
+        get_u64(&row, "n")
     }
 
     /// Opens a session for `owner` under a token hash.
@@ -632,7 +646,7 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets nonces issued before `issued_before` (used or not: none can sign in any more)
+    /// Forgets spent nonces issued before `issued_before` (too old to sign in anyway)
     /// and sessions expired by `now`. Returns how many of each went.
     pub async fn purge_auth(&self, issued_before: u64, now: u64) -> Result<(u64, u64)> {
         let nonces = sqlx::query("DELETE FROM siwe_nonces WHERE created_at < $1")
@@ -659,17 +673,16 @@ impl Store {
         Ok(())
     }
 
-    /// How many transactions the API relayed for `owner` since `since` (key creations, on-chain
-    /// unfreezes and deletions; freezes are free, and so is lifting a gateway-only freeze).
+    /// How many transactions the API relayed for `owner` since `since`: its [`RELAY_SENT`]
+    /// entries (key creations, on-chain unfreezes and deletions, each recorded before it is
+    /// sent; freezes are free, and so is lifting a gateway-only freeze).
     pub async fn relayed_since(&self, owner: Address, since: u64) -> Result<u64> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM audit_log WHERE actor = $1 AND at >= $2 \
-             AND action IN ('key.create', 'key.unfreeze', 'key.delete') AND detail NOT LIKE '%offchainOnly%'",
-        )
-        .bind(hex(owner))
-        .bind(secs(since)?)
-        .fetch_one(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE actor = $1 AND action = $2 AND at >= $3")
+            .bind(hex(owner))
+            .bind(RELAY_SENT)
+            .bind(secs(since)?)
+            .fetch_one(&self.pool)
+            .await?;
         get_u64(&row, "n")
     }
 

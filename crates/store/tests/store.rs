@@ -248,11 +248,8 @@ async fn a_closed_database_fails_queries_instead_of_losing_writes() -> TestResul
 }
 
 async fn nonces_sign_in_once_and_sessions_expire(store: Store) -> TestResult {
-    store.issue_nonce("nonce-0001", 100).await?;
-    assert!(!store.consume_nonce("nonce-0001", 101, 150).await?, "issued before the allowed window");
-    assert!(store.consume_nonce("nonce-0001", 50, 150).await?);
-    assert!(!store.consume_nonce("nonce-0001", 50, 151).await?, "a nonce signs in once");
-    assert!(!store.consume_nonce("never-issued", 0, 151).await?);
+    assert!(store.spend_nonce("nonce-0001", 100, 150).await?);
+    assert!(!store.spend_nonce("nonce-0001", 100, 151).await?, "a nonce signs in once");
 
     store.create_session("hash-1", OWNER_A, 200, 300).await?;
     assert_eq!(store.session_owner("hash-1", 299).await?, Some(OWNER_A));
@@ -262,14 +259,19 @@ async fn nonces_sign_in_once_and_sessions_expire(store: Store) -> TestResult {
     assert_eq!(store.session_owner("hash-1", 250).await?, None, "signed out");
 
     // Purging forgets what can no longer sign in, and nothing that still can.
-    store.issue_nonce("nonce-0002", 400).await?;
-    store.issue_nonce("nonce-0003", 500).await?;
+    assert!(store.spend_nonce("nonce-0002", 400, 401).await?);
+    assert!(store.spend_nonce("nonce-0003", 450, 451).await?);
     store.create_session("hash-3", OWNER_A, 400, 450).await?;
     store.create_session("hash-4", OWNER_A, 400, 900).await?;
+    assert_eq!(store.spent_nonces().await?, 3);
     assert_eq!(store.purge_auth(450, 500).await?, (2, 1), "nonce-0001 and -0002, session hash-3");
-    assert!(store.consume_nonce("nonce-0003", 450, 501).await?, "a fresh nonce survives");
+    assert!(!store.spend_nonce("nonce-0003", 450, 501).await?, "a spent nonce issued at the bound stays spent");
     assert_eq!(store.session_owner("hash-4", 501).await?, Some(OWNER_A), "a live session survives");
     assert_eq!(store.purge_auth(450, 500).await?, (0, 0));
+
+    // The deployment's secrets: the first server's stays.
+    assert_eq!(store.server_secret("k", "first").await?, "first");
+    assert_eq!(store.server_secret("k", "second").await?, "first");
     Ok(())
 }
 

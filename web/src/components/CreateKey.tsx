@@ -1,5 +1,5 @@
 import { useId, useState } from "react";
-import { useSWRConfig } from "swr";
+import useSWR, { useSWRConfig } from "swr";
 import { Check, Copy } from "lucide-react";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import type { Address, Hex } from "viem";
@@ -8,9 +8,10 @@ import { Button } from "@/components/ui/button";
 import { Card, CardContent, CardDescription, CardFooter, CardHeader, CardTitle } from "@/components/ui/card";
 import { Input } from "@/components/ui/input";
 import { Label } from "@/components/ui/label";
-import { api, type PreparedKey, type Relayed } from "@/lib/api";
+import { ApiError, api, fetcher, type PreparedKey, type Relayed, type Tabs } from "@/lib/api";
 import { parseUsdc, usdc } from "@/lib/format";
 import type { Wallet } from "@/lib/wallet";
+import { DepositLink, serviceTabFree } from "./TabCoverage";
 
 export const EXPIRY_PRESETS = [
   { id: "1d", label: "1 day", seconds: 86_400 },
@@ -77,6 +78,9 @@ export function CreateKey({
   onCancel: () => void;
 }) {
   const { mutate } = useSWRConfig();
+  // The owner's tabs, to say up front when the one with this service is empty. The server
+  // still decides (`tab_unfunded`); this only saves a signature that would be refused.
+  const { data: tabs } = useSWR<Tabs>("/api/tabs", fetcher);
   const [form, setForm] = useState<CreateForm>({
     limit: "",
     expiry: "7d",
@@ -86,7 +90,8 @@ export function CreateKey({
     address: "",
   });
   const [errors, setErrors] = useState<FieldErrors>({});
-  const [failure, setFailure] = useState<string | null>(null);
+  // `unfunded`: opentab refused because the tab with this service holds too little (`tab_unfunded`).
+  const [failure, setFailure] = useState<{ text: string; unfunded: boolean } | null>(null);
   const [busy, setBusy] = useState(false);
   const [created, setCreated] = useState<Created | null>(null);
   const id = useId();
@@ -129,12 +134,15 @@ export function CreateKey({
       if (e.field === "limit" || e.field === "validUntil" || e.field === "validAfter") {
         setErrors({ [e.field === "validUntil" ? "customExpiry" : e.field]: e.message });
       }
-      setFailure(e.message);
+      const unfunded = err instanceof ApiError && err.code === "tab_unfunded";
+      if (unfunded) void mutate("/api/tabs");
+      setFailure({ text: e.message, unfunded });
     } finally {
       setBusy(false);
     }
   };
 
+  const emptyTab = tabs !== undefined && serviceTabFree(tabs) === 0n;
   if (created) return <CreatedPanel created={created} onDone={() => onDone(created.address)} />;
 
   const err = (name: keyof FieldErrors) =>
@@ -240,10 +248,26 @@ export function CreateKey({
             )}
           </fieldset>
 
+          {emptyTab && !failure?.unfunded && (
+            <Alert role="note" data-testid="create-tab-empty">
+              <AlertTitle>Deposit first</AlertTitle>
+              <AlertDescription className="grid gap-2">
+                <p>
+                  Your tab with this service holds 0 USDC. opentab creates keys only for owners whose tab with this service
+                  holds USDC: deposit to it first.
+                </p>
+                <DepositLink payee={tabs.payee} variant="outline" />
+              </AlertDescription>
+            </Alert>
+          )}
+
           {failure && (
-            <Alert variant="destructive">
+            <Alert variant="destructive" data-testid="create-failure">
               <AlertTitle>The key was not created</AlertTitle>
-              <AlertDescription>{failure}</AlertDescription>
+              <AlertDescription className="grid gap-2">
+                <p>{failure.text}</p>
+                {failure.unfunded && tabs && <DepositLink payee={tabs.payee} variant="outline" />}
+              </AlertDescription>
             </Alert>
           )}
         </CardContent>

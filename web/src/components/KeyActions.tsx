@@ -10,8 +10,9 @@ import {
   DialogHeader,
   DialogTitle,
 } from "@/components/ui/dialog";
-import { api, type KeyDetail, type KeyStatus, type KeyView, type Relayed, type TypedData } from "@/lib/api";
+import { ApiError, api, type KeyDetail, type KeyStatus, type KeyView, type Relayed, type TypedData } from "@/lib/api";
 import type { Wallet } from "@/lib/wallet";
+import type { Message } from "./Message";
 
 type Action = "freeze" | "unfreeze" | "delete";
 
@@ -43,11 +44,14 @@ export function KeyActions({
   wallet,
   onDeleted,
   onMessage,
+  servicePayee,
 }: {
   keyView: KeyView;
   wallet: () => Promise<Wallet>;
   onDeleted: () => void;
-  onMessage: (message: { kind: "ok" | "error"; text: string }) => void;
+  onMessage: (message: Message) => void;
+  /** This service's payee: the tab opentab wants funded before it relays an unfreeze. */
+  servicePayee?: string;
 }) {
   const { mutate } = useSWRConfig();
   const [open, setOpen] = useState<Action | null>(null);
@@ -84,7 +88,13 @@ export function KeyActions({
       if (action === "delete") onDeleted();
     } catch (err) {
       setStatus(before);
-      onMessage({ kind: "error", text: `Could not ${action} the key: ${(err as Error).message}` });
+      // Unfreezes are relayed only for a funded tab: say so with the way to fund it.
+      const unfunded = err instanceof ApiError && err.code === "tab_unfunded";
+      onMessage({
+        kind: "error",
+        text: `Could not ${action} the key: ${(err as Error).message}`,
+        ...(unfunded ? { depositTo: servicePayee ?? keyView.payee } : {}),
+      });
     } finally {
       setBusy(false);
       void mutate((key) => typeof key === "string" && key.startsWith("/api/session-keys"));

@@ -7,6 +7,7 @@ import { ApiError, fetcher, type KeyDetail, type Tabs } from "@/lib/api";
 import { relative, short, usdc, utc } from "@/lib/format";
 import type { Wallet } from "@/lib/wallet";
 import { KeyActions } from "./KeyActions";
+import type { Message } from "./Message";
 import { StatusBadge } from "./StatusBadge";
 import { TabCoverage } from "./TabCoverage";
 import { UsageBar } from "./UsageBar";
@@ -20,7 +21,7 @@ export function KeyDetailView({
   address: string;
   wallet: () => Promise<Wallet>;
   onBack: () => void;
-  onMessage: (message: { kind: "ok" | "error"; text: string }) => void;
+  onMessage: (message: Message) => void;
 }) {
   const { data, error, isLoading } = useSWR<KeyDetail>(`/api/session-keys/${address}`, fetcher, { refreshInterval: 5_000 });
   const { data: tabs } = useSWR<Tabs>("/api/tabs", fetcher);
@@ -62,7 +63,7 @@ export function KeyDetailView({
                 {data.tabFree !== undefined && <Stat label="Tab can still pay" value={`${usdc(data.tabFree)} USDC`} />}
                 {data.frozenAt && <Stat label="Frozen" value={relative(data.frozenAt)} />}
               </dl>
-              <KeyActions keyView={data} wallet={wallet} onDeleted={onBack} onMessage={onMessage} />
+              <KeyActions keyView={data} wallet={wallet} onDeleted={onBack} onMessage={onMessage} servicePayee={tabs?.payee} />
             </CardContent>
           </Card>
           <Card aria-labelledby="settlements-title">

@@ -1,7 +1,37 @@
 import { Alert, AlertDescription } from "@/components/ui/alert";
 import { Button } from "@/components/ui/button";
-import type { KeyView } from "@/lib/api";
+import type { KeyView, Tabs } from "@/lib/api";
 import { short, usdc } from "@/lib/format";
+
+/**
+ * What the owner's tab with this service's payee holds free (balance less any pending
+ * withdrawal), in base units: 0 when it is not listed. opentab relays key creations and
+ * unfreezes only for tabs holding enough of it (the API's `tab_unfunded`).
+ */
+export function serviceTabFree(tabs: Tabs): bigint {
+  const tab = tabs.tabs.find((t) => t.payee.toLowerCase() === tabs.payee.toLowerCase());
+  return tab ? BigInt(tab.available) : 0n;
+}
+
+/** Opens the deposit form for the owner's tab with `payee` (the list, at `#/deposit/<payee>`):
+ * inline in a sentence, or as a button-like call to action (`outline`). */
+export function DepositLink({
+  payee,
+  children = "Deposit to this tab",
+  variant = "link",
+  onClick,
+}: {
+  payee: string;
+  children?: React.ReactNode;
+  variant?: "link" | "outline";
+  onClick?: () => void;
+}) {
+  return (
+    <Button asChild variant={variant} size={variant === "link" ? "default" : "sm"} className={variant === "link" ? "h-auto p-0" : "text-foreground w-fit"}>
+      <a href={`#/deposit/${payee}`} onClick={onClick}>{children}</a>
+    </Button>
+  );
+}
 
 /** Statuses in which the gateway would serve the key if its tab could pay. */
 const SERVABLE = new Set(["active", "pending", "not_yet_valid"]);
@@ -30,11 +60,7 @@ export function TabCoverage({ keyView, servicePayee }: { keyView: KeyView; servi
       {servicePayee && servicePayee.toLowerCase() === keyView.payee.toLowerCase() ? " (this service)" : ""}
     </>
   );
-  const fund = (label: string) => (
-    <Button asChild variant="link" className="h-auto p-0">
-      <a href={`#/deposit/${keyView.payee}`}>{label}</a>
-    </Button>
-  );
+  const fund = (label: string) => <DepositLink payee={keyView.payee}>{label}</DepositLink>;
   if (coverage === "empty") {
     return (
       <Alert variant="destructive" role="note" data-testid="tab-empty">

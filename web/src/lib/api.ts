@@ -111,12 +111,32 @@ export class ApiError extends Error {
   constructor(
     readonly status: number,
     readonly code: string,
+    /** The server's own words. The message is the same, except for a rate limit's (see `problemMessage`). */
     readonly detail: string,
     readonly field?: string,
+    /** Seconds to wait before trying again (`Retry-After`), on a 429. */
+    readonly retryAfter?: number,
   ) {
-    super(detail);
+    super(problemMessage(code, detail, retryAfter));
     this.name = "ApiError";
   }
+}
+
+/** What a refusal says to the user: a rate limit says when to try again; the rest, the server's detail. */
+export function problemMessage(code: string, detail: string, retryAfter?: number): string {
+  if (code !== "rate_limited") return detail;
+  return retryAfter === undefined
+    ? "Too many requests just now; try again in a moment."
+    : `Too many requests just now; try again in ${retryAfter} s.`;
+}
+
+/** `Retry-After` in whole seconds from now: delay-seconds or an HTTP date; undefined if absent or unreadable. */
+export function retryAfterSeconds(header: string | null, now: number = Date.now()): number | undefined {
+  if (header === null || header.trim() === "") return undefined;
+  const text = header.trim();
+  if (/^\d+$/.test(text)) return Number(text);
+  const at = Date.parse(text);
+  return Number.isNaN(at) ? undefined : Math.max(0, Math.ceil((at - now) / 1000));
 }
 
 export async function api<T>(path: string, init?: RequestInit & { json?: unknown }): Promise<T> {
@@ -140,7 +160,13 @@ export async function api<T>(path: string, init?: RequestInit & { json?: unknown
     } catch {
       // not JSON: keep the status
     }
-    throw new ApiError(res.status, problem.code ?? `http_${res.status}`, problem.detail ?? (text || res.statusText), problem.field);
+    throw new ApiError(
+      res.status,
+      problem.code ?? `http_${res.status}`,
+      problem.detail ?? (text || res.statusText),
+      problem.field,
+      res.status === 429 ? retryAfterSeconds(res.headers.get("retry-after")) : undefined,
+    );
   }
   return (text ? JSON.parse(text) : undefined) as T;
 }

@@ -12,7 +12,7 @@ use opentab_chain::bindings::SessionKeyValidator::SessionKeyValidatorErrors as E
 use opentab_chain::{KeyAction, KeyTerms, TxOutcome, Validator};
 use opentab_core::eip712::RegisterSessionKey;
 use opentab_core::{Address, B256, Signature, SigningKey, U256, Usdc};
-use opentab_store::{AuditEntry, NewKey};
+use opentab_store::{AuditEntry, NewKey, RELAY_SENT};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -175,7 +175,8 @@ pub(super) async fn create(
         return Err(ApiError::invalid("message.payee", format!("this service's only payee is {}", chain.payee)));
     }
     check_terms(m.limit, m.valid_after, m.valid_until, now(), "message.")?;
-    within_quota(&state, owner).await?;
+    funded(&state, chain, owner).await?;
+    reserve_relay(&state, owner, "key.create", m.session_key).await?;
     let nonce = parse_u256(&m.nonce, "message.nonce")?;
     let terms = KeyTerms {
         session_key: m.session_key,
@@ -292,9 +293,15 @@ async fn signed_action(
         return Ok(Relayed { key, tx_hash: None, tx_status: "not_needed" });
     }
     // Freezing is never refused (it stops spending); what the relayer pays for otherwise is
-    // bounded per owner.
-    if action != KeyAction::Freeze {
-        within_quota(state, owner).await?;
+    // bounded per owner. Unfreezing lets a key spend again, which only a funded tab is for;
+    // deleting is allowed with an empty tab (it only ends a key).
+    match action {
+        KeyAction::Freeze => {}
+        KeyAction::Unfreeze => {
+            funded(state, chain, owner).await?;
+            reserve_relay(state, owner, "key.unfreeze", key).await?;
+        }
+        KeyAction::Revoke => reserve_relay(state, owner, "key.delete", key).await?,
     }
     // The gateway must stop serving the moment the signed-in owner asks, not when a block is
     // mined. Should the relay then fail, the key stays frozen off-chain: the safe direction.
@@ -410,10 +417,39 @@ fn parse_u256(text: &str, field: &'static str) -> Result<U256, ApiError> {
     U256::from_str_radix(text, 10).map_err(|_| ApiError::invalid(field, "expected a decimal integer string"))
 }
 
-/// Refuses (429) when the relayer already sent the owner's daily quota of transactions.
-async fn within_quota(state: &AppState, owner: Address) -> Result<(), ApiError> {
+/// Refuses (402 `tab_unfunded`) an owner whose tab with this service's payee has less free
+/// than `relay_min_tab`: the relayer pays gas for paying customers.
+async fn funded(state: &AppState, chain: &ChainAccess, owner: Address) -> Result<(), ApiError> {
+    let needed = state.config.relay_min_tab;
+    if needed == Usdc::ZERO {
+        return Ok(());
+    }
+    let free = chain.relayer.tab_of(owner, chain.payee).await.map_err(chain_error)?.available();
+    if free < needed {
+        return Err(ApiError::payment_required(
+            "tab_unfunded",
+            format!(
+                "opentab relays key creations and unfreezes for owners whose tab holds at least {} USDC free; \
+                 yours holds {} USDC: deposit to your tab with {} first",
+                needed.display(),
+                free.display(),
+                chain.payee
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Counts one relayed transaction against the owner's rate and daily quota, or refuses (429).
+/// The attempt is recorded before it is sent, so transactions that revert count too, and the
+/// count and the record happen under one lock, so two requests at once cannot both take the
+/// last one.
+async fn reserve_relay(state: &AppState, owner: Address, action: &str, key: Address) -> Result<(), ApiError> {
+    state.limiters.relay(owner)?;
     let quota = state.config.relay_daily_quota;
-    let used = state.store.relayed_since(owner, now().saturating_sub(24 * 3600)).await?;
+    let _counting = state.quota_lock.lock().await;
+    let now = now();
+    let used = state.store.relayed_since(owner, now.saturating_sub(24 * 3600)).await?;
     if used >= quota {
         return Err(ApiError::too_many(
             "relay_quota_exceeded",
@@ -423,7 +459,7 @@ async fn within_quota(state: &AppState, owner: Address) -> Result<(), ApiError> 
             ),
         ));
     }
-    Ok(())
+    Ok(state.store.audit(&AuditEntry::about_key(now, owner, RELAY_SENT, key, &json!({ "action": action }))).await?)
 }
 
 async fn audit(state: &AppState, owner: Address, action: &str, key: Address, detail: Value) -> Result<(), ApiError> {

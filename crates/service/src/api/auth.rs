@@ -18,7 +18,8 @@ pub const SESSION_COOKIE: &str = "opentab_session";
 /// `GET /api/auth/nonce` answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NonceResponse {
-    /// Put this in the message's `Nonce:` line; it works once, within its lifetime.
+    /// Put this in the message's `Nonce:` line; it works once, within its lifetime. Asking for
+    /// one stores nothing: it is sealed with the deployment's key.
     pub nonce: String,
     /// The `domain` the message must name.
     pub domain: String,
@@ -51,23 +52,24 @@ pub struct LoginResponse {
 }
 
 #[utoipa::path(get, path = "/api/auth/nonce", tag = "auth",
-    responses((status = 200, body = NonceResponse), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = NonceResponse), (status = 429, body = super::Problem, content_type = "application/problem+json"), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
 pub(super) async fn nonce(State(state): State<AppState>) -> Result<Json<NonceResponse>, ApiError> {
-    let nonce = alloy_hex(&rand::random::<[u8; 16]>());
     let now = now();
-    state.store.issue_nonce(&nonce, now).await?;
+    let nonce = state.nonces.issue(now).await?;
     purge_now_and_then(&state, now).await;
     Ok(Json(NonceResponse { nonce, domain: state.config.domain.clone(), chain_id: state.config.chain_id }))
 }
 
-/// Every sign-in leaves a nonce and a session behind; at most once a minute, whoever asks for
-/// a nonce also forgets those that can no longer sign in. A failure only waits for the next.
+/// Every sign-in leaves a spent nonce and a session behind; at most once a minute, whoever
+/// asks for a nonce also forgets those that can no longer sign in, and the rate limiters forget
+/// idle callers. A failure only waits for the next.
 async fn purge_now_and_then(state: &AppState, now: u64) {
     use std::sync::atomic::Ordering;
     let last = state.purged_at.load(Ordering::Relaxed);
     if now < last + 60 || state.purged_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
         return;
     }
+    state.limiters.forget_idle();
     let issued_before = now.saturating_sub(state.config.nonce_ttl_secs);
     match state.store.purge_auth(issued_before, now).await {
         Ok((0, 0)) => {}
@@ -78,7 +80,8 @@ async fn purge_now_and_then(state: &AppState, now: u64) {
 
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse, description = "signed in; also sets the session cookie"),
-        (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
+        (status = 400, body = super::Problem, content_type = "application/problem+json"), (status = 401, body = super::Problem, content_type = "application/problem+json"),
+        (status = 429, body = super::Problem, content_type = "application/problem+json"), (status = 503, body = super::Problem, content_type = "application/problem+json")))]
 pub(super) async fn login(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<LoginRequest>,
@@ -99,12 +102,17 @@ pub(super) async fn login(
         };
         ApiError::sign_in_refused(code, e.to_string())
     })?;
-    let issued_after = now.saturating_sub(config.nonce_ttl_secs);
-    if !state.store.consume_nonce(&message.nonce, issued_after, now).await? {
-        return Err(ApiError::sign_in_refused(
-            "invalid_nonce",
-            "the nonce is unknown, used already or expired; get a new one",
-        ));
+    let refused =
+        || ApiError::sign_in_refused("invalid_nonce", "the nonce is unknown, used already or expired; get a new one");
+    let issued_at = state.nonces.issued_at(&message.nonce).await?.ok_or_else(refused)?;
+    // A minute of clock skew between nodes is tolerated, as for the message's own times.
+    if issued_at > now + 60 || issued_at.saturating_add(config.nonce_ttl_secs) < now {
+        return Err(refused());
+    }
+    // Counted before the nonce is spent: a refused sign-in can be retried with the same one.
+    state.limiters.session(message.address)?;
+    if !state.store.spend_nonce(&message.nonce, issued_at, now).await? {
+        return Err(refused());
     }
     let token = alloy_hex(&rand::random::<[u8; 32]>());
     let expires_at = now + config.session_ttl_secs;

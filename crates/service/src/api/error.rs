@@ -13,6 +13,8 @@ pub struct ApiError {
     code: &'static str,
     detail: String,
     field: Option<&'static str>,
+    /// Seconds until trying again makes sense (`Retry-After`), for rate limits.
+    retry_after: Option<u64>,
 }
 
 /// An error body (`application/problem+json`, RFC 9457).
@@ -43,6 +45,9 @@ pub(super) enum ActionProblems {
     /// Not signed in.
     #[response(status = 401, content_type = "application/problem+json")]
     Unauthenticated(Problem<'static>),
+    /// The owner's tab holds less than the relayer asks for (`tab_unfunded`): deposit first.
+    #[response(status = 402, content_type = "application/problem+json")]
+    Unfunded(Problem<'static>),
     /// No such key of the signed-in owner.
     #[response(status = 404, content_type = "application/problem+json")]
     NotFound(Problem<'static>),
@@ -52,7 +57,8 @@ pub(super) enum ActionProblems {
     /// The contract refused: stale nonce, bad signature, expired deadline, …
     #[response(status = 422, content_type = "application/problem+json")]
     Refused(Problem<'static>),
-    /// The owner's daily quota of relayed transactions is spent (`relay_quota_exceeded`).
+    /// The owner's daily quota of relayed transactions is spent (`relay_quota_exceeded`), or
+    /// requests come faster than the rate limits allow (`rate_limited`, with `Retry-After`).
     #[response(status = 429, content_type = "application/problem+json")]
     TooMany(Problem<'static>),
     /// The database or the chain is away; nothing changed.
@@ -63,12 +69,24 @@ pub(super) enum ActionProblems {
 impl ApiError {
     /// 400: a field is invalid.
     pub fn invalid(field: &'static str, detail: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, code: "invalid_field", detail: detail.into(), field: Some(field) }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_field",
+            detail: detail.into(),
+            field: Some(field),
+            retry_after: None,
+        }
     }
 
     /// 400: the body is not the JSON expected.
     pub fn bad_body(detail: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, code: "invalid_body", detail: detail.into(), field: None }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_body",
+            detail: detail.into(),
+            field: None,
+            retry_after: None,
+        }
     }
 
     /// 401: not signed in, or the session is unknown or expired.
@@ -78,32 +96,49 @@ impl ApiError {
             code: "unauthenticated",
             detail: "sign in with Ethereum first (POST /api/auth/login)".into(),
             field: None,
+            retry_after: None,
         }
     }
 
     /// 401: the sign-in itself was refused.
     pub fn sign_in_refused(code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status: StatusCode::UNAUTHORIZED, code, detail: detail.into(), field: None }
+        Self { status: StatusCode::UNAUTHORIZED, code, detail: detail.into(), field: None, retry_after: None }
     }
 
     /// 404: nothing of the signed-in owner's by that name (another owner's key is not found either).
     pub fn not_found(what: impl Into<String>) -> Self {
-        Self { status: StatusCode::NOT_FOUND, code: "not_found", detail: what.into(), field: None }
+        Self { status: StatusCode::NOT_FOUND, code: "not_found", detail: what.into(), field: None, retry_after: None }
     }
 
     /// 409: the request conflicts with what exists.
     pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status: StatusCode::CONFLICT, code, detail: detail.into(), field: None }
+        Self { status: StatusCode::CONFLICT, code, detail: detail.into(), field: None, retry_after: None }
+    }
+
+    /// 402: the owner's tab must hold more before this is done for them.
+    pub fn payment_required(code: &'static str, detail: impl Into<String>) -> Self {
+        Self { status: StatusCode::PAYMENT_REQUIRED, code, detail: detail.into(), field: None, retry_after: None }
     }
 
     /// 429: the caller has too many of something open already.
     pub fn too_many(code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status: StatusCode::TOO_MANY_REQUESTS, code, detail: detail.into(), field: None }
+        Self { status: StatusCode::TOO_MANY_REQUESTS, code, detail: detail.into(), field: None, retry_after: None }
+    }
+
+    /// 429: more `what` than the limit allows just now; `Retry-After` says when to try again.
+    pub fn rate_limited(retry_after_secs: u64, what: &str) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited",
+            detail: format!("too many {what} just now; try again in {retry_after_secs} s"),
+            field: None,
+            retry_after: Some(retry_after_secs),
+        }
     }
 
     /// 422: well-formed, but refused (the contract's reason, a stale signature, …).
     pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status: StatusCode::UNPROCESSABLE_ENTITY, code, detail: detail.into(), field: None }
+        Self { status: StatusCode::UNPROCESSABLE_ENTITY, code, detail: detail.into(), field: None, retry_after: None }
     }
 
     /// 503: the chain side is not configured on this server.
@@ -113,6 +148,7 @@ impl ApiError {
             code: "chain_unavailable",
             detail: "this server has no relayer configured; on-chain actions are unavailable".into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -124,6 +160,19 @@ impl ApiError {
             code: "unavailable",
             detail: "a service opentab depends on is unavailable; try again shortly".into(),
             field: None,
+            retry_after: None,
+        }
+    }
+
+    /// 500: a fault of opentab's own; logged, never detailed to the caller.
+    pub fn internal(source: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = source, "internal error");
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            detail: "opentab failed to answer; this is a bug, please report it".into(),
+            field: None,
+            retry_after: None,
         }
     }
 
@@ -155,6 +204,10 @@ impl IntoResponse for ApiError {
             field: self.field,
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response()
+        let mut response = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

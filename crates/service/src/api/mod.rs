@@ -6,6 +6,8 @@ mod auth;
 mod error;
 mod events;
 mod keys;
+mod limits;
+mod nonces;
 mod openapi;
 pub use openapi::spec as openapi_spec;
 
@@ -15,7 +17,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use opentab_core::Address;
+use opentab_core::{Address, Usdc};
 use opentab_store::Store;
 
 use crate::Notifier;
@@ -26,6 +28,7 @@ pub use actions::{ChainAccess, CreateKey, PrepareKey, PreparedKey, RegistrationM
 pub use auth::{LoginRequest, LoginResponse, NonceResponse, SESSION_COOKIE, SignedIn};
 pub use error::{ApiError, Problem};
 pub use keys::{AlertView, KeyDetail, KeyView, ListQuery, SettlementView, TabView, TabsView, Usage};
+pub use limits::RateLimits;
 
 /// What the API needs to know about its deployment.
 #[derive(Debug, Clone)]
@@ -54,6 +57,12 @@ pub struct ApiConfig {
     /// Transactions the relayer sends for one owner in 24 hours, at most (key creations,
     /// on-chain unfreezes and deletions; freezes are never refused). Default 20.
     pub relay_daily_quota: u64,
+    /// Key creations and unfreezes are relayed only for owners whose tab with this payee has
+    /// at least this much free (its balance less any pending withdrawal): the relayer's gas is
+    /// spent for paying customers. Default 1 USDC; zero turns the check off.
+    pub relay_min_tab: Usdc,
+    /// Requests a minute per client IP and per owner.
+    pub rate_limits: RateLimits,
 }
 
 impl ApiConfig {
@@ -72,6 +81,8 @@ impl ApiConfig {
             usdc: None,
             grace_secs: opentab_core::GRACE_DEFAULT_SECS,
             relay_daily_quota: 20,
+            relay_min_tab: Usdc::from_base_units(1_000_000),
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -85,12 +96,26 @@ pub struct AppState {
     notifier: Notifier,
     /// When expired nonces and sessions were last purged (Unix seconds).
     purged_at: Arc<std::sync::atomic::AtomicU64>,
+    limiters: limits::Limiters,
+    nonces: nonces::NonceSealer,
+    /// Taken while an owner's relay is counted against the daily quota, so two requests at
+    /// once cannot both take the last one.
+    quota_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
     /// State over `store` with `config`; on-chain actions answer 503 until [`Self::with_chain`].
     pub fn new(store: Store, config: ApiConfig) -> Self {
-        Self { store, config: Arc::new(config), chain: None, notifier: Notifier::default(), purged_at: Arc::default() }
+        Self {
+            limiters: limits::Limiters::new(&config.rate_limits),
+            nonces: nonces::NonceSealer::new(store.clone()),
+            store,
+            config: Arc::new(config),
+            chain: None,
+            notifier: Notifier::default(),
+            purged_at: Arc::default(),
+            quota_lock: Arc::default(),
+        }
     }
 
     /// Enables on-chain actions through `chain`'s relayer.
@@ -111,20 +136,32 @@ impl AppState {
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/auth/nonce", get(auth::nonce))
-        .route("/api/auth/login", post(auth::login))
-        .route("/api/auth/logout", post(auth::logout))
+    let sign_in = Router::new().route("/api/auth/nonce", get(auth::nonce)).route("/api/auth/login", post(auth::login));
+    let relays = Router::new()
         .route("/api/session-keys", get(keys::list).post(actions::create))
         .route("/api/session-keys/prepare", post(actions::prepare))
-        .route("/api/session-keys/events", get(events::events))
         .route("/api/session-keys/{key}", get(keys::get).delete(actions::delete))
-        .route("/api/session-keys/{key}/{action}", get(actions::action_typed_data).post(actions::act))
+        .route("/api/session-keys/{key}/{action}", get(actions::action_typed_data).post(actions::act));
+    Router::new()
+        .merge(limited(sign_in, state.limiters.sign_in.as_ref()))
+        .merge(limited(relays, state.limiters.relays.as_ref()))
+        .route("/api/auth/logout", post(auth::logout))
+        .route("/api/session-keys/events", get(events::events))
         .route("/api/tabs", get(keys::tabs))
         .route("/api/openapi.json", get(openapi::document))
         // Unknown API routes answer problem+json; everything outside /api is the host's (the UI).
         .route("/api/{*rest}", axum::routing::any(|| async { ApiError::not_found("no such route") }))
         .with_state(state)
+}
+
+/// `routes` behind a per-IP limit, if there is one.
+fn limited<S: Clone + Send + Sync + 'static>(routes: Router<S>, limit: Option<&limits::IpLimit>) -> Router<S> {
+    match limit {
+        Some(limit) => {
+            routes.route_layer(tower_governor::GovernorLayer::new(Arc::clone(limit)).error_handler(limits::refusal))
+        }
+        None => routes,
+    }
 }
 
 /// `Json` whose rejections are problem+json like every other error.
