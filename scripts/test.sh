@@ -2,7 +2,8 @@
 # Runs every test of opentab: the forge suite (unit, fuzz, invariant, gas snapshot), the check
 # that the committed contract artifacts are current, the Rust suite (real anvil chains, a real
 # PostgreSQL and Redis — the local ones, or ones of its own — and SQLite, and schemathesis
-# against the live API's OpenAPI document), the TypeScript packages (the Express middleware and
+# against the live API's OpenAPI document), cargo mutants on the money rules, the cargo-fuzz
+# targets (a minute each), the TypeScript packages (the Express middleware and
 # the paying client against a real `opentab dev`), and the web UI (component tests, then the
 # whole owner journey in Debian's Chromium against a real `opentab dev`).
 # Installs what it needs first. Usage: scripts/test.sh
@@ -64,6 +65,12 @@ ensure_cargo_mutants
 cargo mutants --package opentab-core --output target/mutants --no-shuffle --colors never \
   --file crates/core/src/charge.rs --file crates/core/src/amount.rs \
   --file crates/core/src/settlement.rs --file crates/core/src/events.rs
+
+stage "rust: fuzz (cargo fuzz: x402 header, SIWE, routes)"
+# One instrumented build of the three targets, then each for OPENTAB_FUZZ_SECS (60) seconds from
+# its committed seeds (fuzz/README.md); a crash fails the stage and its input is kept in
+# fuzz/artifacts/.
+scripts/fuzz.sh
 
 stage "typescript: typecheck"
 (cd packages && npm run --silent typecheck)

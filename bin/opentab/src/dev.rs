@@ -148,6 +148,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         guardian.clone(),
     )
     .await?;
+    // Open event streams end at shutdown, or they would hold the drain until its deadline.
+    let streams = state.notifier().clone();
     let dev_wallet = dev_wallet(&chain);
     let app =
         with_ops(router(state).merge(demo_api).merge(dev_wallet), Ops::new(store.clone(), Some(provider), metrics))
@@ -196,7 +198,11 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
 
-    serve(listener, app, shutdown_signal()).await?;
+    let shutdown = async move {
+        shutdown_signal().await;
+        streams.close();
+    };
+    serve(listener, app, shutdown, crate::server::DRAIN).await?;
     tracing::info!(
         "shutting down: finishing the settlement round, stopping the chain listener, closing the database, stopping anvil"
     );

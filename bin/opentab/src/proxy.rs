@@ -271,7 +271,9 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     writeln!(out, "ready; Ctrl-C stops after the calls under way")?;
     out.flush()?;
     drop(out);
-    crate::server::serve(socket, app, shutdown_signal()).await?;
+    // An upstream call may take up to the timeout; shutdown lets it finish and be answered.
+    let drain = crate::server::drain_for(Duration::from_secs(section.timeout_secs));
+    crate::server::serve(socket, app, shutdown_signal(), drain).await?;
     store.close().await;
     Ok(())
 }

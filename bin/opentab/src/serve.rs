@@ -249,6 +249,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })));
     }
 
+    // Open event streams end at shutdown, or they would hold the drain until its deadline.
+    let streams = state.notifier().clone();
     let app = with_ops(router(state), Ops::new(store.clone(), Some(reader), metrics))
         .fallback(crate::web::handler(args.web_dir.clone()));
     let socket =
@@ -259,7 +261,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
 
-    serve(socket, app, shutdown_signal()).await?;
+    let shutdown = async move {
+        shutdown_signal().await;
+        streams.close();
+    };
+    serve(socket, app, shutdown, crate::server::DRAIN).await?;
     let _ = stop.send(true);
     for task in background {
         let _ = task.await;

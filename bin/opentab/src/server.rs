@@ -17,8 +17,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tower::ServiceExt;
 
-/// How long draining in-flight requests may take at shutdown.
-const DRAIN: Duration = Duration::from_secs(30);
+/// How long draining in-flight requests may take at shutdown, at least.
+pub(crate) const DRAIN: Duration = Duration::from_secs(30);
+
+/// How long to drain a server whose requests may each take up to `longest`: cutting a paid
+/// call short at shutdown would leave it charged and unanswered, so the drain outlasts it.
+pub(crate) fn drain_for(longest: Duration) -> Duration {
+    DRAIN.max(longest.saturating_add(Duration::from_secs(5)))
+}
 
 /// The connection limits of a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,12 +62,13 @@ fn open_file_limit() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
-/// Each request carries the peer's address (`ConnectInfo<SocketAddr>`).
+/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish
+/// for up to `drain`. Each request carries the peer's address (`ConnectInfo<SocketAddr>`).
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    drain: Duration,
 ) -> anyhow::Result<()> {
     let limits = Limits::from_env()?;
     tracing::debug!(?limits, "serving");
@@ -106,7 +113,7 @@ pub(crate) async fn serve(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN) => tracing::warn!("requests still running after {DRAIN:?}; stopping anyway"),
+        () = tokio::time::sleep(drain) => tracing::warn!("requests still running after {drain:?}; stopping anyway"),
     }
     Ok(())
 }
@@ -132,5 +139,21 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drain_outlasts_the_longest_request() {
+        assert_eq!(
+            drain_for(Duration::from_secs(60)),
+            Duration::from_secs(65),
+            "the proxy's default upstream deadline"
+        );
+        assert_eq!(drain_for(Duration::from_secs(1)), DRAIN, "never shorter than the default");
+        assert_eq!(drain_for(Duration::MAX), Duration::MAX);
     }
 }

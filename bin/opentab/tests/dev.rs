@@ -52,7 +52,19 @@ async fn dev_serves_the_api_and_health_and_stops_cleanly() -> TestResult {
     assert!(metrics.contains("opentab_http_responses_total{class=\"2xx\"}"), "{metrics}");
     assert!(metrics.contains("opentab_listener_updates_total"), "{metrics}");
 
-    assert!(dev.stop("INT")?.success(), "Ctrl-C is a clean exit");
+    // An open event stream (the UI's live view) ends at Ctrl-C instead of holding the
+    // shutdown until the drain deadline (30 s).
+    let mut stream = client.get(format!("{url}/api/session-keys/events")).bearer_auth(token).send().await?;
+    assert_eq!(stream.status(), 200);
+    let first = stream.chunk().await?.ok_or("the stream ended before `ready`")?;
+    assert!(String::from_utf8_lossy(&first).contains("event: ready"), "{first:?}");
+    let stopping = tokio::task::spawn_blocking(move || dev.stop("INT").map_err(|e| e.to_string()));
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while stream.chunk().await.is_ok_and(|chunk| chunk.is_some()) {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream was still open 20 s after Ctrl-C");
+    assert!(stopping.await??.success(), "Ctrl-C is a clean exit");
     assert!(get(&format!("{url}/healthz")).await.is_err(), "the server is gone");
     Ok(())
 }

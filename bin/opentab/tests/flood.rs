@@ -1,7 +1,7 @@
 //! Finding 7c: in `opentab dev` the API and the gateway shared one small SQLite pool, so a
 //! flood of API requests made paid calls wait for a connection and fail with 503. Here a
-//! flood of signed-in API requests (each a few queries) runs while an agent pays for calls:
-//! every paid call is served, and the API keeps answering too.
+//! flood of sign-in nonces and signed-in API requests (each a few queries) runs while an agent
+//! pays for calls: every paid call is served, and the API keeps answering too.
 
 mod common;
 
@@ -26,14 +26,15 @@ async fn paid_calls_are_served_through_a_flood_of_api_requests() -> TestResult {
     let owner: SigningKey = chain["demoOwner"]["privateKey"].as_str().ok_or("demo owner key")?.parse()?;
     let token = common::sign_in(&url, &owner).await?;
 
-    // The flood: the signed-in owner's key list and tabs, over and over, from many connections.
+    // The flood: nonces, the signed-in owner's key list and tabs, over and over, from many
+    // connections (most nonces are refused by the per-IP limit: that is the point of it).
     let stop = Arc::new(AtomicBool::new(false));
     let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let client = common::client();
     let mut flood = Vec::new();
     for n in 0..FLOOD {
         let (stop, answered, failed, client) = (stop.clone(), answered.clone(), failed.clone(), client.clone());
-        let uri = format!("{url}/api/{}", if n % 2 == 0 { "session-keys" } else { "tabs" });
+        let uri = format!("{url}/api/{}", ["session-keys", "tabs", "auth/nonce"][n % 3]);
         let token = token.clone();
         flood.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {

@@ -100,7 +100,11 @@ impl SiweMessage {
             domain: domain.to_owned(),
             address,
             chain_id: chain_id.ok_or(SiweError::Malformed("Chain ID is missing"))?,
-            nonce: nonce.filter(|n| n.len() >= 8).ok_or(SiweError::Malformed("Nonce is missing or shorter than 8"))?,
+            // EIP-4361: at least 8 letters or digits. Anything else (a stray CR, spaces) is a
+            // nonce no composed message could carry.
+            nonce: nonce
+                .filter(|n| n.len() >= 8 && n.bytes().all(|b| b.is_ascii_alphanumeric()))
+                .ok_or(SiweError::Malformed("Nonce must be at least 8 letters or digits"))?,
             issued_at: issued_at.ok_or(SiweError::Malformed("Issued At is missing"))?,
             expiration_time,
             not_before,
@@ -164,7 +168,8 @@ fn rfc3339(text: &str) -> Option<u64> {
     }
     let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
     let (y, mo, d, h, mi, s) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+    // Leap seconds (`:60`) are refused: Unix time has none, and what is read must write back.
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || s > 59 {
         return None;
     }
     let mut rest = &text[19..];
@@ -180,12 +185,29 @@ fn rfc3339(text: &str) -> Option<u64> {
                 b'-' => -1,
                 _ => return None,
             };
-            sign * (rest[1..3].parse::<i64>().ok()? * 3600 + rest[4..6].parse::<i64>().ok()? * 60)
+            let (oh, om) = (rest.get(1..3)?.parse::<i64>().ok()?, rest.get(4..6)?.parse::<i64>().ok()?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
         }
         _ => return None,
     };
     let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s - offset;
-    u64::try_from(secs).ok()
+    // An offset can carry a time past year 9999, which four-digit years cannot write back.
+    u64::try_from(secs).ok().filter(|&secs| secs <= LAST_RFC3339)
+}
+
+/// 9999-12-31T23:59:59Z, the last time RFC 3339's four-digit years can write.
+const LAST_RFC3339: u64 = 253_402_300_799;
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// `unix` seconds as RFC 3339 UTC (`2026-11-24T22:31:06Z`).
@@ -227,15 +249,8 @@ mod tests {
 
     fn signed(domain: &str, chain: u64, issued: u64, expires: u64) -> (SigningKey, String, Signature) {
         let key = SigningKey::random();
-        let text = SiweMessage::compose(
-            domain,
-            "http://localhost:8402",
-            key.address(),
-            chain,
-            "n0nce-abc123",
-            issued,
-            expires,
-        );
+        let text =
+            SiweMessage::compose(domain, "http://localhost:8402", key.address(), chain, "n0nceabc123", issued, expires);
         let sig = key.sign_digest(&eip191_hash_message(&text));
         (key, text, sig)
     }
@@ -245,8 +260,23 @@ mod tests {
         let (key, text, sig) = signed("localhost:8402", 31337, NOW, NOW + 600);
         let msg = SiweMessage::parse(&text)?;
         assert_eq!(msg.address, key.address());
-        assert_eq!((msg.chain_id, msg.nonce.as_str(), msg.issued_at), (31337, "n0nce-abc123", NOW));
+        assert_eq!((msg.chain_id, msg.nonce.as_str(), msg.issued_at), (31337, "n0nceabc123", NOW));
         msg.verify(&text, &sig, "localhost:8402", 31337, NOW + 10, 60)
+    }
+
+    #[test]
+    fn a_nonce_is_eight_or_more_letters_or_digits() {
+        let (_, text, _) = signed("localhost:8402", 31337, NOW, NOW + 600);
+        let with = |nonce: &str| SiweMessage::parse(&text.replace("Nonce: n0nceabc123", &format!("Nonce: {nonce}")));
+        assert!(with("abcd1234").is_ok(), "exactly 8");
+        // Found by fuzzing: a trailing CR counted towards the 8 and could never be composed.
+        for refused in ["abcd123", "abcd123\r", "abcd-1234", "abcd 1234", "abcdé123"] {
+            assert_eq!(
+                with(refused).err(),
+                Some(SiweError::Malformed("Nonce must be at least 8 letters or digits")),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]
@@ -305,6 +335,17 @@ mod tests {
         assert_eq!(format_rfc3339(NOW), "2025-11-24T16:00:00Z");
         assert_eq!(rfc3339(&format_rfc3339(4_102_444_800)), Some(4_102_444_800));
         assert_eq!(rfc3339("2025-13-01T00:00:00Z"), None);
+        // Found by fuzzing (fuzz/corpus/siwe_message): what is read must write back.
+        assert_eq!(rfc3339("9999-12-31T23:59:59Z"), Some(LAST_RFC3339));
+        assert_eq!(rfc3339("9999-12-31T23:59:59-00:01"), None, "past year 9999 once in UTC");
+        assert_eq!(rfc3339("2025-11-24T23:59:60Z"), None, "a leap second");
+        assert_eq!(rfc3339("2025-11-24T16:00:00+24:00"), None);
+        assert_eq!(rfc3339("2025-11-24T16:00:00+01:60"), None);
+        assert_eq!(rfc3339("2025-02-29T00:00:00Z"), None, "2025 is no leap year");
+        assert_eq!(rfc3339("2024-02-29T00:00:00Z"), Some(1_709_164_800));
+        assert_eq!(rfc3339("2100-02-29T00:00:00Z"), None, "nor is 2100");
+        assert_eq!(rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400), "2000 is");
+        assert_eq!(rfc3339("2025-04-31T00:00:00Z"), None);
         assert_eq!(rfc3339("2025-11-24 16:00:00Z"), None);
     }
 }

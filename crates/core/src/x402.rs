@@ -365,6 +365,23 @@ mod tests {
     }
 
     #[test]
+    fn floats_in_extensions_survive_a_round_trip() -> Result<(), Malformed> {
+        // Found by fuzzing (fuzz/corpus/x402_header): without serde_json's `float_roundtrip`
+        // this came back as 1.8446744073709551e78, and drifted on every round trip.
+        let json = payment("1").to_string();
+        let json = format!(
+            "{},\"extensions\":{{\"f\":1844674407370955111111111111111111111111111111111111111111111111111111111111615}}}}",
+            &json[..json.len() - 1]
+        );
+        let decoded = decode_payment(&STANDARD.encode(json))?;
+        let encoded = encode_header(&decoded);
+        let again = decode_payment(&encoded)?;
+        assert_eq!(again, decoded);
+        assert_eq!(encode_header(&again), encoded);
+        Ok(())
+    }
+
+    #[test]
     fn malformed_payments_say_what_is_wrong() {
         let b64 = |v: serde_json::Value| STANDARD.encode(v.to_string());
         let mut wrong_version = payment("1");

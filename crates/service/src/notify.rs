@@ -6,6 +6,7 @@
 //! (or a stolen session) cannot pile up streams on the server.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use opentab_core::Address;
@@ -39,11 +40,12 @@ pub struct TooManyStreams {
 pub struct Notifier {
     owners: Arc<Mutex<HashMap<Address, broadcast::Sender<Change>>>>,
     max_streams: usize,
+    closed: Arc<AtomicBool>,
 }
 
 impl Default for Notifier {
     fn default() -> Self {
-        Self { owners: Arc::default(), max_streams: MAX_STREAMS_PER_OWNER }
+        Self { owners: Arc::default(), max_streams: MAX_STREAMS_PER_OWNER, closed: Arc::default() }
     }
 }
 
@@ -62,9 +64,22 @@ impl Notifier {
         }
     }
 
+    /// Ends every stream (at shutdown: an open stream would otherwise hold the server's drain
+    /// until its deadline). Streams opened afterwards end at once.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Ok(mut owners) = self.owners.lock() {
+            owners.clear();
+        }
+    }
+
     /// A new subscription to `owner`'s changes, unless it has too many open already.
     pub fn subscribe(&self, owner: Address) -> Result<broadcast::Receiver<Change>, TooManyStreams> {
         let mut owners = self.owners.lock().map_err(|_| TooManyStreams { open: 0, max: 0 })?;
+        if self.closed.load(Ordering::SeqCst) {
+            // A channel with no sender: the stream sees it closed and ends.
+            return Ok(broadcast::channel(1).1);
+        }
         // Forget the channels whose streams all closed, so owners who left cost nothing.
         owners.retain(|_, tx| tx.receiver_count() > 0);
         let tx = owners.entry(owner).or_insert_with(|| broadcast::channel(256).0);
@@ -101,6 +116,16 @@ mod tests {
         assert!(notifier.subscribe(B).is_ok(), "another owner is not affected");
         open.pop();
         assert!(notifier.subscribe(A).is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn closing_ends_every_stream_now_and_later() -> Result<(), TooManyStreams> {
+        let notifier = Notifier::default();
+        let mut open = notifier.subscribe(A)?;
+        notifier.close();
+        assert_eq!(open.try_recv(), Err(broadcast::error::TryRecvError::Closed));
+        assert_eq!(notifier.subscribe(B)?.try_recv(), Err(broadcast::error::TryRecvError::Closed));
         Ok(())
     }
 }

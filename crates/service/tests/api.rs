@@ -221,7 +221,7 @@ async fn handing_out_nonces_writes_nothing_and_only_sealed_fresh_ones_sign_in() 
         chars[at] = if chars[at] == '0' { '1' } else { '0' };
         chars.into_iter().collect::<String>()
     };
-    for forged in [flip(&nonces[0], 15), flip(&nonces[0], 63), "ab".repeat(32), "not-hex-at-all".into()] {
+    for forged in [flip(&nonces[0], 15), flip(&nonces[0], 63), "ab".repeat(32), "nothexatallzz".into()] {
         let (status, problem) = login(forged.clone()).await?;
         assert_eq!((status, problem["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_nonce")), "{forged}");
     }
@@ -265,7 +265,7 @@ async fn a_nonce_signs_in_once() -> TestResult {
     assert_eq!((again, problem["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_nonce")));
 
     // A nonce the server never issued is refused as well.
-    let (message, signature) = api.signed_message(&owner, DOMAIN, CHAIN, "made-up-nonce-1");
+    let (message, signature) = api.signed_message(&owner, DOMAIN, CHAIN, "madeupnonce1");
     let (status, problem, _) =
         api.call("POST", "/api/auth/login", None, Some(json!({ "message": message, "signature": signature }))).await?;
     assert_eq!((status, problem["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_nonce")));
