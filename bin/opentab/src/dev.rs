@@ -16,6 +16,8 @@ use opentab_service::api::{ApiConfig, AppState, ChainAccess, router};
 use opentab_service::{ChainListener, Guardian, ListenerConfig, Metrics, Ops, with_ops};
 use opentab_store::Store;
 
+use crate::presence::Presence;
+
 use crate::chain::{ChainArgs, DevChain};
 use crate::server::{serve, shutdown_signal};
 
@@ -65,6 +67,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding 127.0.0.1:{} (is another opentab running? try --port)", args.port))?;
     let addr = listener.local_addr()?;
+    // The demo gateway's counters are in this process: no other gateway may charge its payee's
+    // keys on this database meanwhile (a proxy pointed at it is refused, and says why).
+    let presence = Presence::claim(&gateway_store, chain.payee, false, format!("opentab dev at http://{addr}")).await?;
 
     // The rule engine freezes on-chain as anvil account #3, for owners who chose it as their
     // guardian (the demo owner did, on first start).
@@ -212,6 +217,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     if let Some((_, _, task)) = webhooks {
         let _ = task.await;
     }
+    presence.release().await;
     store.close().await;
     gateway_store.close().await;
     drop(chain);

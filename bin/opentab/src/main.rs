@@ -21,6 +21,7 @@ mod keys;
 mod output;
 mod owner;
 mod pay;
+mod presence;
 mod proxy;
 mod serve;
 mod server;

@@ -24,7 +24,8 @@
 //! listen = "127.0.0.1:8403"                  # default
 //! upstream = "http://127.0.0.1:9000"         # or --upstream
 //! redis_url = "redis://127.0.0.1:6379"       # counters shared by every proxy; without it,
-//!                                            # in-process counters (one proxy only)
+//!                                            # in-process counters (then it must be the only
+//!                                            # gateway of its payee on the database: checked)
 //! redis_prefix = "opentab"                   # default; key names also carry the payee, so
 //!                                            # gateways of different payees may share a Redis
 //! timeout_secs = 60                          # upstream answer deadline (default 60)
@@ -247,13 +248,20 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             let restored = restore_counters(&store, &counters).await.context("rebuilding counters from the ledger")?;
             tracing::info!(keys = restored, "in-process counters rebuilt from the usage ledger");
             let app = app(config, pricing, directory, counters, ledger, forward, secret);
-            (app, "in-process (run one proxy only)".to_owned())
+            (app, "in-process (the only gateway of this payee on the database)".to_owned())
         }
     };
 
     let socket =
         tokio::net::TcpListener::bind(section.listen).await.with_context(|| format!("binding {}", section.listen))?;
     let addr = socket.local_addr()?;
+    let presence = crate::presence::Presence::claim(
+        &store,
+        file.payee,
+        redis_url.is_some(),
+        format!("opentab proxy at http://{addr}"),
+    )
+    .await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "opentab proxy")?;
     writeln!(out, "  url         http://{addr}")?;
@@ -274,6 +282,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     // An upstream call may take up to the timeout; shutdown lets it finish and be answered.
     let drain = crate::server::drain_for(Duration::from_secs(section.timeout_secs));
     crate::server::serve(socket, app, shutdown_signal(), drain).await?;
+    presence.release().await;
     store.close().await;
     Ok(())
 }

@@ -223,7 +223,9 @@ async fn topology(keys: usize, redis: Option<&OwnRedis>, timeout_secs: u64) -> T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_forwards_faithfully_and_voids_what_the_upstream_fails_to_answer() -> TestResult {
-    let t = topology(1, None, 1).await?;
+    // Redis counters: the second proxy below (its upstream down) shares them with the first.
+    let redis = OwnRedis::start()?;
+    let t = topology(1, Some(&redis), 1).await?;
     let key = &t.keys[0];
     let send = |url: String, path: &'static str, voucher: u64, body: reqwest::Body| {
         let (client, key, accepted, deployment) =
@@ -266,7 +268,17 @@ async fn the_proxy_forwards_faithfully_and_voids_what_the_upstream_fails_to_answ
     // An upstream that is down: 502, voided.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let dead = Running::start(
-        &["proxy", "--config", &t.config, "--port", "0", "--upstream", &format!("http://127.0.0.1:{closed}")],
+        &[
+            "proxy",
+            "--config",
+            &t.config,
+            "--port",
+            "0",
+            "--upstream",
+            &format!("http://127.0.0.1:{closed}"),
+            "--redis-url",
+            &redis.url,
+        ],
         &[],
         "ready",
     )?;

@@ -15,6 +15,7 @@
 
 mod alerts;
 mod error;
+mod gateways;
 mod migrations;
 mod rows;
 mod settlements;
@@ -24,6 +25,7 @@ pub mod testing;
 
 pub use alerts::{Alert, NewAlert};
 pub use error::{Error, Result};
+pub use gateways::{GatewayClaim, LiveGateway};
 pub use rows::{
     AuditEntry, ChainStatus, KeyRecord, KeyUsage, LiveIdempotency, NewKey, StoredEvent, UsageEntry, UsageKind,
     UsageTotal,

@@ -3,8 +3,8 @@
 
 use opentab_core::{Address, B256, Usdc, ValidatorEvent};
 use opentab_store::{
-    AuditEntry, ChainStatus, Error, NewKey, NewSettlement, NewWebhook, SettlementStatus, Store, StoredEvent,
-    UsageEntry, UsageKind,
+    AuditEntry, ChainStatus, Error, GatewayClaim, NewKey, NewSettlement, NewWebhook, SettlementStatus, Store,
+    StoredEvent, UsageEntry, UsageKind,
 };
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -51,7 +51,37 @@ on_both_backends!(
     settlement_intents_are_leased_once_and_announce_every_change,
     key_changes_are_announced_once_even_when_replayed,
     a_settlement_of_a_key_never_seen_registered_is_refused,
+    a_gateway_with_its_own_counters_runs_alone_for_its_payee,
 );
+
+async fn a_gateway_with_its_own_counters_runs_alone_for_its_payee(store: Store) -> TestResult {
+    let claim =
+        |id: &str, payee, shared| GatewayClaim { id: id.into(), payee, shared, description: format!("gateway {id}") };
+    // `dev` runs with in-process counters: alone, it is fine, and may announce itself again.
+    assert_eq!(store.claim_gateway(&claim("dev", PAYEE, false), 100, 70).await?, Ok(()));
+    assert_eq!(store.claim_gateway(&claim("dev", PAYEE, false), 110, 80).await?, Ok(()));
+    // Another gateway of the same payee, with counters of its own or shared ones, is refused
+    // while dev was seen within the window, and is told who is in the way.
+    for shared in [false, true] {
+        let refused = store.claim_gateway(&claim("proxy", PAYEE, shared), 120, 110).await?;
+        let blocking = refused.err().ok_or("a second gateway was let in")?;
+        assert_eq!(
+            blocking.iter().map(|g| (g.description.as_str(), g.shared, g.seen_at)).collect::<Vec<_>>(),
+            [("gateway dev", false, 110)]
+        );
+    }
+    // Another payee's gateway is not in the way; nor is a gateway last seen before the window.
+    assert_eq!(store.claim_gateway(&claim("other", Address::repeat_byte(0x0f), false), 120, 110).await?, Ok(()));
+    assert_eq!(store.claim_gateway(&claim("proxy", PAYEE, false), 200, 111).await?, Ok(()), "dev went silent");
+    store.release_gateway("proxy").await?;
+    // Gateways with shared counters run side by side, but not beside one with its own.
+    assert_eq!(store.claim_gateway(&claim("redis-1", PAYEE, true), 300, 270).await?, Ok(()));
+    assert_eq!(store.claim_gateway(&claim("redis-2", PAYEE, true), 300, 270).await?, Ok(()));
+    store.gateway_seen("redis-1", 310).await?;
+    let refused = store.claim_gateway(&claim("dev", PAYEE, false), 320, 305).await?;
+    assert_eq!(refused.err().map(|b| b.len()), Some(1), "only redis-1 was seen since 305");
+    Ok(())
+}
 
 async fn a_settlement_of_a_key_never_seen_registered_is_refused(store: Store) -> TestResult {
     let deposit =
