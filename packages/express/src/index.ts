@@ -44,6 +44,12 @@
  * settings before routes are added. A sub-router with routing options of its own, or any
  * routing the table cannot see, is what the per-route form is for.
  *
+ * The options are checked when the middleware is created (`paymentMiddleware`, `gateway`,
+ * `paid`): a missing or empty `secret` (an unset `OPENTAB_GATEWAY_SECRET`), a `url` that is not
+ * an http(s) URL, a malformed route or price throws then, naming the option or the route, so a
+ * misconfigured app stops at start-up. A secret the gateway does not know can only show on a
+ * call: that call gets `500 gateway_misconfigured` and a log line.
+ *
  * For a priced call the middleware asks opentab's charge API (`POST {url}/gateway/v1/charge`)
  * to charge it before the handler runs. Unpaid or refused calls get opentab's answer verbatim
  * (`402` with `PAYMENT-REQUIRED`, `409` for a duplicate payment, `503` when the gateway cannot
@@ -73,9 +79,9 @@ export type Price = string | { price: string; description?: string };
 export type Routes = Record<string, Price>;
 
 export interface GatewayOptions {
-  /** Where opentab serves the charge API (`opentab dev`, or `opentab proxy` with a secret). */
+  /** Where opentab serves the charge API (`opentab dev`, or `opentab proxy` with a secret): an http(s) URL, no query. */
   url: string;
-  /** The charge API's shared secret (`OPENTAB_GATEWAY_SECRET`). */
+  /** The charge API's shared secret (`OPENTAB_GATEWAY_SECRET`); missing or empty throws when the middleware is created. */
   secret: string;
   /** Injected for tests; the global `fetch` by default. */
   fetch?: typeof fetch;
@@ -138,23 +144,31 @@ function compilePattern(route: string, pattern: string): { segments: Segment[]; 
   return { segments, trailingSlash };
 }
 
-/** Normalises a price to whole USDC without `$`; throws an error naming `route` otherwise. */
-function compilePrice(route: string, value: Price): string {
-  const price = (typeof value === "string" ? value : value.price).trim().replace(/^\$/, "");
+/** Normalises a price to whole USDC without `$`; throws an error starting with `where` otherwise. */
+function compilePrice(where: string, value: Price): string {
+  const text: unknown = typeof value === "object" && value !== null ? value.price : value;
+  if (typeof text !== "string") {
+    throw new Error(`${where}: the price must be a string like "$0.002" or { price: "$0.002" }`);
+  }
+  const price = text.trim().replace(/^\$/, "");
   if (!/^\d+(\.\d{1,6})?$/.test(price)) {
-    throw new Error(`route ${JSON.stringify(route)}: price ${JSON.stringify(price)} is not USDC like "$0.002"`);
+    throw new Error(`${where}: price ${JSON.stringify(price)} is not USDC like "$0.002"`);
   }
   return price;
 }
 
 /** The compiled table, so each request is a cheap match. Throws on a malformed entry, naming it. */
 export function compileRoutes(routes: Routes): CompiledRoute[] {
+  if (typeof routes !== "object" || routes === null || Array.isArray(routes)) {
+    throw new TypeError(`@opentab/express: the routes must be an object like { "POST /v1/chat": "$0.002" }`);
+  }
   return Object.entries(routes).map(([key, value]) => {
     const match = /^([A-Za-z]+)\s+(\S+)$/.exec(key.trim());
     if (!match) throw new Error(`route ${JSON.stringify(key)} must look like "POST /v1/chat"`);
     const method = match[1]!.toUpperCase();
     const pattern = match[2]!;
-    return { key: `${method} ${pattern}`, method, pattern, ...compilePattern(key, pattern), price: compilePrice(key, value) };
+    const price = compilePrice(`route ${JSON.stringify(key)}`, value);
+    return { key: `${method} ${pattern}`, method, pattern, ...compilePattern(key, pattern), price };
   });
 }
 
@@ -251,6 +265,63 @@ function fingerprint(chargeId: string): string {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+/**
+ * Checks the options when the middleware is created, so a missing secret or a malformed URL
+ * stops the app at start-up instead of answering every priced call `500 gateway_misconfigured`
+ * (or `503`). Only what can be known without the gateway is checked: a secret the gateway
+ * does not know is still found out on the first call. The messages name the option and never
+ * quote the secret.
+ */
+function checkOptions(options: GatewayOptions): void {
+  const bad = (option: string, why: string) => new TypeError(`@opentab/express: ${option} ${why}`);
+  if (typeof options !== "object" || options === null) {
+    throw bad("options", "must be an object: { url, secret } of opentab's charge API");
+  }
+  const { url, secret, voidRetry } = options;
+  if (typeof url !== "string" || url.trim() === "") {
+    throw bad("options.url", "is missing: set it to where opentab serves the charge API (e.g. http://127.0.0.1:8402)");
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw bad("options.url", "is not a URL: expected the scheme, host and port, e.g. http://127.0.0.1:8402");
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw bad("options.url", `must be http: or https:, not ${JSON.stringify(parsed.protocol)}`);
+  }
+  if (parsed.username !== "" || parsed.password !== "") {
+    throw bad("options.url", "must not carry credentials (user:password@): the charge API takes the secret in options.secret");
+  }
+  if (parsed.search !== "" || parsed.hash !== "") {
+    throw bad("options.url", `must not have a query or fragment: ${JSON.stringify(redactUrl(url))}`);
+  }
+  if (typeof secret !== "string" || secret === "") {
+    throw bad(
+      "options.secret",
+      "is missing or empty: set it to the charge API's secret (OPENTAB_GATEWAY_SECRET; `opentab dev` writes it to demo.json as gateway.secret)",
+    );
+  }
+  if (secret.trim() !== secret) {
+    throw bad("options.secret", "starts or ends with whitespace (a newline read from a file?): trim it");
+  }
+  // Bytes an HTTP header cannot carry: fetch would refuse every call.
+  if (/[\u0000-\u001f\u007f]/.test(secret) || /[^\u0000-\u00ff]/.test(secret)) {
+    throw bad("options.secret", "contains characters an HTTP header cannot carry (control or non-Latin-1 characters)");
+  }
+  if (options.fetch !== undefined && typeof options.fetch !== "function") throw bad("options.fetch", "must be a function");
+  if (options.log !== undefined && typeof options.log !== "function") throw bad("options.log", "must be a function");
+  if (voidRetry !== undefined) {
+    if (typeof voidRetry !== "object" || voidRetry === null) throw bad("options.voidRetry", "must be an object");
+    for (const key of ["initialDelayMs", "maxDelayMs", "deadlineMs"] as const) {
+      const value = voidRetry[key];
+      if (value !== undefined && !(typeof value === "number" && Number.isFinite(value) && value > 0)) {
+        throw bad(`options.voidRetry.${key}`, `must be a positive number of milliseconds, not ${String(value)}`);
+      }
+    }
+  }
+}
+
 /** What `paymentMiddleware` and `paid` share: talking to the charge API, voids and their retries. */
 class Charger {
   private readonly fetchImpl: typeof fetch;
@@ -261,6 +332,7 @@ class Charger {
   private readonly voids = new Set<Promise<void>>();
 
   constructor(private readonly options: GatewayOptions) {
+    checkOptions(options);
     this.fetchImpl = options.fetch ?? fetch;
     this.base = options.url.replace(/\/$/, "");
     this.where = redactUrl(this.base);
@@ -438,7 +510,7 @@ function routeLabel(req: Request): string {
 export function gateway(options: GatewayOptions): ((price: Price) => PaymentHandler) & { drain(): Promise<void> } {
   const charger = new Charger(options);
   const factory = (price: Price): PaymentHandler => {
-    const amount = compilePrice(`paid(${JSON.stringify(price)})`, price);
+    const amount = compilePrice(`@opentab/express: paid(${JSON.stringify(price)})`, price);
     const handler: RequestHandler = (req, res, next) => charger.charge(req, res, next, routeLabel(req), amount);
     return Object.assign(handler, { drain: charger.drain });
   };
