@@ -459,3 +459,73 @@ async fn without_a_guardian_rules_freeze_at_the_gateway_and_unfreezing_needs_no_
     assert!(text(&out).contains("may now freeze the keys of"), "{}", text(&out));
     Ok(())
 }
+
+/// Issue 10, finding 4: `opentab pay` read only demo.json. It now pays any URL with a key from
+/// a file, signing for the payee, validator and chain it is told, with no demo.json at all; and
+/// says what is missing when it cannot know.
+#[tokio::test]
+async fn pay_goes_where_it_is_pointed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let dev = Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
+    let url = dev.field("url").ok_or("no url")?;
+    let demo: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("demo.json"))?)?;
+    let field = |path: &[&str]| {
+        path.iter().try_fold(&demo, |v, k| v.get(k)).map(ToString::to_string).map(|s| s.trim_matches('"').to_owned())
+    };
+    let elsewhere = tempfile::tempdir()?;
+    let key_file = elsewhere.path().join("agent.key");
+    std::fs::write(&key_file, format!("{}\n", field(&["sessionKey", "privateKey"]).ok_or("key")?))?;
+    let (payee, validator, chain) = (
+        field(&["payee"]).ok_or("payee")?,
+        field(&["validator"]).ok_or("validator")?,
+        field(&["chainId"]).ok_or("chain")?,
+    );
+    let no_demo = elsewhere.path().join("nothing-here.json").to_string_lossy().into_owned();
+    let totals = elsewhere.path().join("totals.json").to_string_lossy().into_owned();
+    let target = format!("{url}/v1/chat/completions");
+    let base = [
+        "pay",
+        "--demo",
+        &no_demo,
+        "--url",
+        &target,
+        "--method",
+        "post",
+        "--body",
+        r#"{"messages":[]}"#,
+        "--key-file",
+        key_file.to_str().ok_or("path")?,
+        "--totals",
+        &totals,
+        "--count",
+        "2",
+    ];
+    let out =
+        opentab(&[&base[..], &["--payee", &payee, "--validator", &validator, "--chain-id", &chain][..]].concat())?;
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("call 2: HTTP 200 charged 0.002 USDC, served 0.004 USDC"), "{printed}");
+    assert!(std::fs::read_to_string(&totals)?.contains("4000"), "the totals went where they were told");
+
+    // Told another payee: the 402 is refused unsigned.
+    let other = format!("{:#x}", opentab_core::Address::repeat_byte(0x99));
+    let out =
+        opentab(&[&base[..], &["--payee", &other, "--validator", &validator, "--chain-id", &chain][..]].concat())?;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("payee"), "{}", text(&out));
+    // Without demo.json and without --payee, it says what is missing and where it looked.
+    let out = opentab(&base)?;
+    let printed = text(&out);
+    assert!(
+        !out.status.success() && printed.contains("--payee is not given") && printed.contains("nothing-here.json"),
+        "{printed}"
+    );
+    // A key file that holds no key is named, and not echoed.
+    std::fs::write(&key_file, "not a key\n")?;
+    let out =
+        opentab(&[&base[..], &["--payee", &payee, "--validator", &validator, "--chain-id", &chain][..]].concat())?;
+    let printed = text(&out);
+    assert!(printed.contains("does not hold a private key") && !printed.contains("not a key"), "{printed}");
+    Ok(())
+}
