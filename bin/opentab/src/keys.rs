@@ -211,7 +211,7 @@ enum Action {
 
 pub(crate) async fn run(args: KeysArgs) -> anyhow::Result<()> {
     let owner = args.owner.owner()?;
-    let api = Api::sign_in(&args.owner.url, &owner).await?;
+    let api = Api::sign_in(&args.owner.url(), &owner).await?;
     match args.command {
         KeysCommand::Create(create_args) => create(&api, &owner, create_args).await,
         KeysCommand::List { all, json } => list(&api, all, json).await,

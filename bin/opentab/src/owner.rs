@@ -1,5 +1,6 @@
 //! Who the owner commands (`keys`, `tab`) act as, and where they find opentab and the chain:
-//! flags and environment first, then the `opentab dev` data directory's `chain.json`.
+//! flags and environment first, then the `opentab dev` data directory's `chain.json` and
+//! `demo.json`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,13 +10,17 @@ use clap::Args;
 use opentab_core::{Address, SigningKey};
 use serde::Deserialize;
 
+/// Where `opentab dev` listens by default.
+const DEFAULT_URL: &str = "http://127.0.0.1:8402";
+
 /// Flags every owner command takes (before or after the subcommand).
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Owner and server")]
 pub(crate) struct OwnerArgs {
-    /// The opentab server.
-    #[arg(long, global = true, env = "OPENTAB_URL", default_value = "http://127.0.0.1:8402")]
-    pub(crate) url: String,
+    /// The opentab server (default: the `url` of <data-dir>/demo.json, where a running
+    /// `opentab dev` listens, else http://127.0.0.1:8402).
+    #[arg(long, global = true, env = "OPENTAB_URL")]
+    url: Option<String>,
     /// The owner's private key (hex). Prefer OPENTAB_OWNER_KEY or --owner-key-file: command
     /// lines are visible to other users of the machine.
     #[arg(long, global = true, env = "OPENTAB_OWNER_KEY", hide_env_values = true, value_name = "HEX")]
@@ -139,6 +144,22 @@ impl OwnerArgs {
             .or(file.validator)
             .with_context(|| format!("{} has no validator; pass --validator", path.display()))?;
         Ok((rpc, validator))
+    }
+
+    /// The opentab server: `--url`/OPENTAB_URL, else where `<data-dir>/demo.json` says `opentab
+    /// dev` listens, else dev's default address.
+    pub(crate) fn url(&self) -> String {
+        #[derive(Deserialize)]
+        struct DemoUrl {
+            url: String,
+        }
+        self.url
+            .clone()
+            .or_else(|| {
+                let text = std::fs::read_to_string(self.data_dir.join("demo.json")).ok()?;
+                serde_json::from_str::<DemoUrl>(&text).ok().map(|demo| demo.url)
+            })
+            .unwrap_or_else(|| DEFAULT_URL.to_owned())
     }
 
     fn chain_file_path(&self) -> PathBuf {

@@ -135,7 +135,7 @@ pub(crate) async fn run(args: TabArgs) -> anyhow::Result<()> {
                 (_, true) => Address::ZERO,
                 (Some(address), false) => address,
                 (None, false) => {
-                    let api = Api::sign_in(&args.owner.url, &owner).await?;
+                    let api = Api::sign_in(&args.owner.url(), &owner).await?;
                     let tabs: TabsView = api.call(Method::GET, "/api/tabs", None::<&()>).await?;
                     tabs.rule_guardian.context(
                         "this opentab names no rule guardian (its rules freeze at the gateway only): give an address",
@@ -165,13 +165,13 @@ async fn payee(args: &OwnerArgs, owner: &SigningKey, named: Option<Address>) -> 
     if let Some(payee) = named {
         return Ok(payee);
     }
-    let api = Api::sign_in(&args.url, owner).await?;
+    let api = Api::sign_in(&args.url(), owner).await?;
     let tabs: TabsView = api.call(Method::GET, "/api/tabs", None::<&()>).await.context("reading the tabs")?;
     tabs.payee.context("this opentab names no payee: give one with --payee ADDRESS")
 }
 
 async fn show(args: &OwnerArgs, owner: &SigningKey, json: bool) -> anyhow::Result<()> {
-    let api = Api::sign_in(&args.url, owner).await?;
+    let api = Api::sign_in(&args.url(), owner).await?;
     let text = api.call_text(Method::GET, "/api/tabs", None::<&()>).await.context("reading the tabs")?;
     let mut out = std::io::stdout().lock();
     if json {

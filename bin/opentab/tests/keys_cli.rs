@@ -180,6 +180,20 @@ fn an_owner_manages_keys_and_tabs_from_the_command_line() -> TestResult {
     assert!(stderr.contains("cannot reach opentab at http://127.0.0.1:1"), "{stderr}");
     assert!(stderr.contains("is `opentab dev` running?"), "{stderr}");
 
+    // Issue 10, finding 4: with no --url or OPENTAB_URL, the data dir's demo.json says where
+    // `opentab dev` listens (here a random port, not the default 8402).
+    let out = Command::new(env!("CARGO_BIN_EXE_opentab"))
+        .args(["keys", "list", "--json", "--all", "--data-dir", &owner.data_dir])
+        .env_remove("OPENTAB_URL")
+        .env_remove("OPENTAB_OWNER_KEY")
+        .env("OPENTAB_SESSION_DIR", owner.sessions())
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8(out.stdout)?.contains(&key_text.to_lowercase()),
+        "the keys of the dev found through demo.json"
+    );
+
     assert!(dev.stop("INT")?.success(), "Ctrl-C is a clean exit");
     Ok(())
 }
