@@ -15,6 +15,7 @@
 
 mod chain;
 mod client;
+mod config;
 mod demo;
 mod dev;
 mod keys;
@@ -48,6 +49,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Production: PostgreSQL, an external RPC endpoint, settings from a config file.
     Serve(serve::ServeArgs),
+    /// Write a complete, commented config for serve and proxy (`config init [--from DATA_DIR]`).
+    Config(config::ConfigArgs),
     /// Local development chain.
     Chain {
         #[command(subcommand)]
@@ -77,6 +80,7 @@ async fn main() -> std::process::ExitCode {
     let (outcome, logs) = match cli.command {
         Command::Dev(args) => (dev::run(args).await, true),
         Command::Serve(args) => (serve::run(args).await, true),
+        Command::Config(args) => (config::run(args), false),
         Command::Chain { command } => (chain::run(command).await, true),
         Command::Keys(args) => (keys::run(args).await, false),
         Command::Tab(args) => (tab::run(args).await, false),

@@ -1,0 +1,62 @@
+//! Issue 10, finding 3: writing the proxy's config was guesswork. `opentab config init` writes a
+//! complete, commented one; `--from` fills it from a running `opentab dev`, and serve and the
+//! proxy start on it as written, the proxy asking for dev's payee.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Running, TestResult};
+
+fn opentab(args: &[&str]) -> TestResult<std::process::Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_opentab")).args(args).output()?)
+}
+
+#[tokio::test]
+async fn a_config_made_from_dev_starts_serve_and_the_proxy_as_written() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let _dev = Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
+    let chain: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("chain.json"))?)?;
+    let file = dir.path().join("opentab.toml");
+    let file_text = file.to_string_lossy().into_owned();
+
+    let out = opentab(&["config", "init", "--from", &data_dir, "--out", &file_text])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written = std::fs::read_to_string(&file)?;
+    for line in ["database_url = \"sqlite://", "[proxy]", "[proxy.routes]", "[rate_limits]", "REQUIRED"] {
+        assert!(written.contains(line), "{line:?} missing:\n{written}");
+    }
+    let rpc = chain["rpcUrl"].as_str().ok_or("rpcUrl")?;
+    assert!(written.contains(&format!("rpc_url = \"{rpc}\"")), "{written}");
+    // It never overwrites.
+    let again = opentab(&["config", "init", "--from", &data_dir, "--out", &file_text])?;
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("must not exist yet"));
+
+    let _serve = Running::start(&["serve", "--config", &file_text, "--port", "0"], &[], "opentab serving")?;
+    let proxy = Running::start(
+        &["proxy", "--config", &file_text, "--port", "0", "--upstream", "http://127.0.0.1:9"],
+        &[],
+        "ready",
+    )?;
+    let url = proxy.field("url").ok_or("no proxy url")?;
+    let challenge = common::client().post(format!("{url}/v1/chat/completions")).body("{}").send().await?;
+    assert_eq!(challenge.status(), 402);
+    let body: serde_json::Value = serde_json::from_str(&challenge.text().await?)?;
+    let pay_to = body["accepts"][0]["payTo"].as_str().ok_or("payTo")?.to_lowercase();
+    assert_eq!(pay_to, chain["demoPayee"].as_str().ok_or("demoPayee")?.to_lowercase(), "dev's payee");
+    Ok(())
+}
+
+#[test]
+fn a_blank_config_marks_what_is_required() -> TestResult {
+    let out = opentab(&["config", "init"])?;
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout)?;
+    for field in ["database_url", "rpc_url", "validator", "payee", "domain"] {
+        let marked =
+            text.lines().collect::<Vec<_>>().windows(2).any(|w| w[0].contains("REQUIRED") && w[1].starts_with(field));
+        assert!(marked, "{field} is not marked REQUIRED:\n{text}");
+    }
+    Ok(())
+}
