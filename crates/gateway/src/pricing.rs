@@ -10,7 +10,8 @@
 //! A request is priced as an API that ignores case, percent-decodes and routes `HEAD` to `GET`
 //! would route it: methods and segments compare case-insensitively, segments after
 //! percent-decoding, `HEAD` as `GET`, a trailing slash ignored. A path with no single normal
-//! form (an encoded `/` or `\`, a `.` or `..` segment, `//`, a `;` path parameter) is refused
+//! form (an encoded `/` or `\`, a `.` or `..` segment, `//`, a `;` path parameter, a control
+//! character such as an encoded `\n`, or trailing whitespace) is refused
 //! ([`Resolution::Refused`]) when, read leniently, it lands on a priced prefix; elsewhere it
 //! passes untouched. A priced request is forwarded with the path that was priced
 //! ([`Resolution::Priced::path`]), so the API serves exactly what was charged.
@@ -129,8 +130,8 @@ impl Pricing {
                 });
                 if on_priced_prefix {
                     Resolution::Refused(
-                        "the path has no single normal form (an encoded / or \\, a . or .. segment, // or a ;): \
-                         send the plain path",
+                        "the path has no single normal form (an encoded / or \\, a . or .. segment, // or a ;, a \
+                         control character or trailing whitespace): send the plain path",
                     )
                 } else {
                     Resolution::Free
@@ -209,7 +210,11 @@ fn strict_segments(path: &str) -> Option<Vec<String>> {
                 || decoded == "."
                 || decoded == ".."
                 || decoded.contains(['/', '\\', ';'])
-                || raw.contains('\\');
+                || raw.contains('\\')
+                // Control characters and trailing whitespace: Python's `$` matches before a final
+                // `\n` (Starlette serves `/v1/chat%0A` as `/v1/chat`), and servers trim.
+                || decoded.contains(char::is_control)
+                || decoded.ends_with(char::is_whitespace);
             (!ambiguous).then_some(decoded)
         })
         .collect()
@@ -222,6 +227,7 @@ fn lenient_segments(path: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for segment in decoded.split(['/', '\\']) {
         let segment = segment.split(';').next().unwrap_or_default();
+        let segment = segment.trim_matches(|c: char| c.is_control() || c.is_whitespace());
         match segment {
             "" | "." => {}
             ".." => {
