@@ -4,7 +4,8 @@
 # PostgreSQL and Redis — the local ones, or ones of its own — and SQLite, and schemathesis
 # against the live API's OpenAPI document), cargo mutants on the money rules, the cargo-fuzz
 # targets (a minute each), the TypeScript packages (the Express middleware and
-# the paying client against a real `opentab dev`), and the web UI (component tests, then the
+# the paying client against a real `opentab dev`, and their tarballs installed outside the repo),
+# the Python SDK (pytest against `opentab dev`, and its wheel in a fresh virtualenv), and the web UI (component tests, then the
 # whole owner journey in Debian's Chromium against a real `opentab dev`).
 # Installs what it needs first. Usage: scripts/test.sh
 set -euo pipefail
@@ -77,6 +78,10 @@ stage "typescript: typecheck"
 
 stage "typescript: tests (Express middleware, paying client, against opentab dev)"
 (cd packages && OPENTAB_BIN="${CARGO_TARGET_DIR:-$PWD/../target}/debug/opentab" ./node_modules/.bin/vitest run)
+
+stage "python: SDK (ASGI middleware, httpx client, the wheel in a fresh venv, against opentab dev)"
+# Its own virtualenv (python/.venv), the package editable with its pinned test extras from PyPI.
+python/run-tests.sh -q
 
 stage "web: typecheck + build"
 npm --prefix web run --silent build
