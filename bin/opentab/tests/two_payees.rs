@@ -165,17 +165,18 @@ async fn nothing_the_owner_does_to_one_tab_starves_the_other() -> TestResult {
         .await?;
     }
 
-    // A serves 12 calls of 1 USDC (past the threshold: A settles them), B serves 5.
-    for n in 1..=12 {
+    // A serves 10 calls of 1 USDC (the threshold is reached with the last one, so A settles all
+    // ten at once, however its worker's ticks fall between the calls), B serves 5.
+    for n in 1..=10 {
         assert_eq!(pay(&a, &deployment, &key_a, n * USDC).await?.0, 200, "A call {n}");
     }
     for n in 1..=5 {
         assert_eq!(pay(&b, &deployment, &key_b, n * USDC).await?.0, 200, "B call {n}");
     }
-    wait_until("A settles what it served", || async { Ok(balance(&owner, a.payee).await? == 12 * USDC) }).await?;
+    wait_until("A settles what it served", || async { Ok(balance(&owner, a.payee).await? == 10 * USDC) }).await?;
     // A's own worker sent that settlement: its listener counts no foreign one.
     wait_until("A's listener sees its settlement", || async {
-        Ok(a.store.key(key_a.address()).await?.is_some_and(|k| k.key.settled == Usdc::from_base_units(12 * USDC)))
+        Ok(a.store.key(key_a.address()).await?.is_some_and(|k| k.key.settled == Usdc::from_base_units(10 * USDC)))
     })
     .await?;
     let (_, metrics) = common::get(&format!("{}/metrics", a.serve_url)).await?;
@@ -188,7 +189,7 @@ async fn nothing_the_owner_does_to_one_tab_starves_the_other() -> TestResult {
     let signature = own_key.sign_digest(&owner.domain().digest(&voucher));
     let drained = owner.settle(own_key.address(), U256::from(40 * USDC), &signature).await;
     assert!(matches!(drained, Err(opentab_chain::Error::Reverted(E::EmptyTab(_)))), "{drained:?}");
-    assert_eq!(owner.tab_of(owner_address, a.payee).await?.balance, Usdc::from_base_units(8 * USDC));
+    assert_eq!(owner.tab_of(owner_address, a.payee).await?.balance, Usdc::from_base_units(10 * USDC));
     assert_eq!(owner.tab_of(owner_address, b.payee).await?.balance, Usdc::from_base_units(20 * USDC));
 
     // The owner asks for its whole tab with B back. B stops serving at once (nothing of the tab
@@ -203,8 +204,8 @@ async fn nothing_the_owner_does_to_one_tab_starves_the_other() -> TestResult {
     assert!(body.contains("insufficient_funds"), "{body}");
     wait_until("B settles what it served", || async { Ok(balance(&owner, b.payee).await? == 5 * USDC) }).await?;
 
-    // A is not starved: it serves exactly the 8 its tab still holds, then refuses the 9th.
-    for n in 13..=20 {
+    // A is not starved: it serves exactly the 10 its tab still holds, then refuses the 11th.
+    for n in 11..=20 {
         let (status, body) = pay(&a, &deployment, &key_a, n * USDC).await?;
         assert_eq!(status, 200, "A call {n}: {body}");
     }
@@ -213,15 +214,15 @@ async fn nothing_the_owner_does_to_one_tab_starves_the_other() -> TestResult {
     assert!(body.contains("insufficient_funds"), "one base unit past the tab is refused: {body}");
 
     // After the grace window the owner takes back what B's tab still holds (20 − 5 settled);
-    // A's 8 served-but-unsettled USDC are still in A's tab, and A settles them when due.
+    // A's 10 served-but-unsettled USDC are still in A's tab, and A settles them when due.
     advance_chain_clock(&anvil, GRACE + 1).await?;
     let before = balance(&owner, owner_address).await?;
     owner.withdraw(b.payee).await?;
     assert_eq!(balance(&owner, owner_address).await? - before, 15 * USDC);
-    assert_eq!(owner.tab_of(owner_address, a.payee).await?.balance, Usdc::from_base_units(8 * USDC));
+    assert_eq!(owner.tab_of(owner_address, a.payee).await?.balance, Usdc::from_base_units(10 * USDC));
     let a_owed = a.store.usage_total(key_a.address()).await?.ok_or("no usage")?.served.base_units()
         - owner.session_key(key_a.address()).await?.ok_or("key A")?.settled.base_units();
-    assert_eq!(a_owed, 8 * USDC, "every call A served and has not settled is covered by A's tab");
+    assert_eq!(a_owed, 10 * USDC, "every call A served and has not settled is covered by A's tab");
 
     // Conservation: the validator holds exactly the tabs.
     let held = balance(&owner, deployment.validator).await?;
