@@ -174,3 +174,35 @@ rules = "enforce"                    # the rule engine: enforce, or shadow (aler
         secure_cookies = v.secure_cookies,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_file::Reader;
+
+    fn blank() -> Values {
+        Values {
+            source: String::new(),
+            database_url: "postgres://opentab@127.0.0.1/opentab".into(),
+            rpc_url: "https://rpc.example/REQUIRED".into(),
+            validator: "0x0000000000000000000000000000000000000000".into(),
+            deployed_at_block: 0,
+            payee: "0x0000000000000000000000000000000000000000".into(),
+            domain: "api.example.com".into(),
+            confirmations: 2,
+            secure_cookies: true,
+        }
+    }
+
+    /// The written file names every setting the checker knows, and passes it for both readers.
+    #[test]
+    fn the_written_config_passes_the_check_of_serve_and_proxy() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("opentab.toml");
+        std::fs::write(&path, render(&blank()))?;
+        let serve: toml::Table = crate::config_file::read(&path, Reader::Serve)?;
+        let _: toml::Table = crate::config_file::read(&path, Reader::Proxy)?;
+        assert!(serve.contains_key("rate_limits") && serve.contains_key("proxy"));
+        Ok(())
+    }
+}

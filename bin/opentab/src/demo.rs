@@ -1,5 +1,6 @@
 //! The demo of `opentab dev`: a priced "AI" endpoint behind the 402 gateway, a registered
-//! demo session key, and `<data-dir>/demo.json` so scripts and `opentab pay` can pay at once.
+//! demo session key, and `<data-dir>/demo.json` so scripts and `opentab pay` can pay at once;
+//! the one gateway every priced call in dev goes through.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,7 +33,11 @@ const DEMO_KEY_DAYS: u64 = 30;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct DemoFile {
+    /// opentab dev's own URL: the REST API, the charge API, the web UI.
     pub(crate) url: String,
+    /// Where the priced routes are served (`url`, or the proxy of `dev --upstream`).
+    #[serde(default)]
+    pub(crate) paid_url: Option<String>,
     pub(crate) routes: Vec<DemoRoute>,
     pub(crate) session_key: DemoKey,
     pub(crate) owner: Address,
@@ -62,6 +67,7 @@ pub(crate) struct DemoRoute {
     pub(crate) path: String,
     /// Base units.
     pub(crate) price: Usdc,
+    /// A body to send (null: none).
     pub(crate) example_body: Value,
 }
 
@@ -102,23 +108,53 @@ pub(crate) async fn ensure_demo_key(data_dir: &Path, chain: &DevChain) -> anyhow
     Ok(key)
 }
 
+/// The demo route as demo.json lists it, with an example body.
+pub(crate) fn demo_routes() -> anyhow::Result<Vec<DemoRoute>> {
+    let (method, path, price) = DEMO_ROUTE;
+    Ok(vec![DemoRoute {
+        method: method.into(),
+        path: path.into(),
+        price: Usdc::parse_decimal(price)?,
+        example_body: json!({ "model": "opentab-demo", "messages": [{ "role": "user", "content": "Hello!" }] }),
+    }])
+}
+
+/// The routes `pricing` charges for, as demo.json lists them (no example bodies: they are
+/// your API's).
+pub(crate) fn listed_routes(pricing: &Pricing) -> Vec<DemoRoute> {
+    pricing
+        .routes()
+        .iter()
+        .map(|route| DemoRoute {
+            method: route.method.clone(),
+            path: route.pattern.clone(),
+            price: route.price,
+            example_body: Value::Null,
+        })
+        .collect()
+}
+
+/// What `<data-dir>/demo.json` tells about where things are served.
+pub(crate) struct Served<'a> {
+    /// opentab dev's own URL (REST API, charge API, web UI).
+    pub(crate) url: &'a str,
+    /// Where the priced routes are: `url` for the demo, the proxy's with `--upstream`.
+    pub(crate) paid_url: &'a str,
+    pub(crate) routes: Vec<DemoRoute>,
+    pub(crate) gateway_secret: &'a str,
+}
+
 /// Writes `<data-dir>/demo.json`.
 pub(crate) fn write_demo_file(
     data_dir: &Path,
-    url: &str,
+    served: Served<'_>,
     chain: &DevChain,
     key: &SigningKey,
-    gateway_secret: &str,
 ) -> anyhow::Result<DemoFile> {
-    let (method, path, price) = DEMO_ROUTE;
     let file = DemoFile {
-        url: url.to_owned(),
-        routes: vec![DemoRoute {
-            method: method.into(),
-            path: path.into(),
-            price: Usdc::parse_decimal(price)?,
-            example_body: json!({ "model": "opentab-demo", "messages": [{ "role": "user", "content": "Hello!" }] }),
-        }],
+        url: served.url.to_owned(),
+        paid_url: Some(served.paid_url.to_owned()),
+        routes: served.routes,
         session_key: DemoKey { address: key.address(), private_key: format!("{:#x}", key.to_bytes()) },
         owner: chain.owner.address(),
         payee: chain.payee,
@@ -126,7 +162,7 @@ pub(crate) fn write_demo_file(
         usdc: chain.deployment.usdc,
         chain_id: chain.deployment.chain_id,
         rpc_url: chain.anvil.endpoint(),
-        gateway: Some(DemoGateway { url: url.to_owned(), secret: gateway_secret.to_owned() }),
+        gateway: Some(DemoGateway { url: served.url.to_owned(), secret: served.gateway_secret.to_owned() }),
     };
     let path = data_dir.join("demo.json");
     std::fs::write(&path, serde_json::to_string_pretty(&file)? + "\n")
@@ -134,23 +170,32 @@ pub(crate) fn write_demo_file(
     Ok(file)
 }
 
-/// The demo API behind the payment layer, and the charge API (`/gateway/v1/…`, behind
-/// `gateway_secret`) on the same gateway: one set of counters.
-pub(crate) async fn demo_api(
+/// The demo's pricing: its one route.
+pub(crate) fn demo_pricing() -> anyhow::Result<Pricing> {
+    let (method, path, price) = DEMO_ROUTE;
+    Ok(Pricing::new([(format!("{method} {path}").as_str(), price)])?)
+}
+
+/// `opentab dev`'s one gateway: in-process counters rebuilt from the usage ledger, the rule
+/// engine (freezing on-chain as the guardian), `pricing`'s routes. The demo route, the charge
+/// API and `--upstream`'s proxy all charge through it: one set of counters.
+pub(crate) type DevLayer = PaymentLayer<StoreDirectory, InProcessCounters, RuledLedger<StoreLedger>>;
+
+/// Builds [`DevLayer`].
+pub(crate) async fn gateway(
     chain: &DevChain,
     store: &Store,
     notifier: Notifier,
-    gateway_secret: &str,
+    pricing: Pricing,
     mailer: Option<Mailer>,
     guardian: Guardian,
-) -> anyhow::Result<Router> {
+) -> anyhow::Result<DevLayer> {
     let counters = InProcessCounters::default();
     let restored =
         restore_counters(store, &counters).await.context("rebuilding the gateway's counters from the ledger")?;
     if restored > 0 {
         tracing::info!(keys = restored, "gateway counters rebuilt from the usage ledger");
     }
-    let (method, path, price) = DEMO_ROUTE;
     let gateway = Gateway {
         config: GatewayConfig {
             domain: chain.relayer.domain().clone(),
@@ -158,7 +203,7 @@ pub(crate) async fn demo_api(
             pay_to: chain.payee,
             max_timeout_seconds: 60,
         },
-        pricing: Pricing::new([(format!("{method} {path}").as_str(), price)])?,
+        pricing,
         directory: StoreDirectory::new(store.clone()),
         counters,
         ledger: RuledLedger::new(
@@ -166,9 +211,18 @@ pub(crate) async fn demo_api(
             Arc::new(RuleEngine::new(store.clone(), RuleConfig::default(), notifier, mailer).with_guardian(guardian)),
         ),
     };
-    let layer = PaymentLayer::new(gateway);
-    let api: Router = charge_api(layer.gateway().clone(), gateway_secret);
-    Ok(Router::new().route(path, post(chat)).layer(layer).merge(api))
+    Ok(PaymentLayer::new(gateway))
+}
+
+/// The charge API (`/gateway/v1/…`, behind `gateway_secret`) on `layer`'s gateway.
+pub(crate) fn charge(layer: &DevLayer, gateway_secret: &str) -> Router {
+    charge_api(layer.gateway().clone(), gateway_secret)
+}
+
+/// The demo priced API behind `layer`.
+pub(crate) fn demo_api(layer: DevLayer) -> Router {
+    let (_, path, _) = DEMO_ROUTE;
+    Router::new().route(path, post(chat)).layer(layer)
 }
 
 /// A stand-in for a model: answers in the OpenAI chat-completions shape.

@@ -4,6 +4,10 @@
 //! engine and the charge API for `packages/express`) and a demo session key
 //! (`<data-dir>/demo.json`); the settlement worker (paid to and sent by the demo payee); with
 //! `--webhook-url`, webhook delivery; and the web UI at `/` with a dev wallet.
+//!
+//! With `--upstream URL --route "METHOD /path=PRICE"…` your own API takes the demo's place: it
+//! is served on a port of its own (`--proxy-port`) behind the same gateway, so every call is
+//! charged on dev's counters, recorded in its ledger and settled by its worker.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use opentab_accumulator::{SettlementConfig, SettlementWorker, WebhookConfig, WebhookSecret, WebhookSender};
+use opentab_gateway::pricing::Pricing;
 use opentab_service::api::{ApiConfig, AppState, ChainAccess, router};
 use opentab_service::{ChainListener, Guardian, ListenerConfig, Metrics, Ops, with_ops};
 use opentab_store::Store;
@@ -48,11 +53,29 @@ pub(crate) struct DevArgs {
     /// Seconds between settlement rounds.
     #[arg(long, default_value_t = 1)]
     settle_every: u64,
+    /// Put your own API behind dev's gateway instead of the demo (`http://host:port`): priced
+    /// routes are charged on dev's counters, ledger and settlement, everything is forwarded.
+    #[arg(long, value_name = "URL", requires = "routes")]
+    upstream: Option<String>,
+    /// A priced route of the upstream, `"METHOD /path=PRICE"` (USDC; `:id` or `{id}` for a
+    /// segment). Repeat it for each route.
+    #[arg(long = "route", value_name = "METHOD /path=PRICE", requires = "upstream")]
+    routes: Vec<String>,
+    /// Port the upstream is served on behind the gateway (0 picks a free one).
+    #[arg(long, env = "OPENTAB_PROXY_PORT", default_value_t = 8403)]
+    proxy_port: u16,
     #[command(flatten)]
     chain: ChainArgs,
 }
 
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
+    // Checked before anything starts: a typo in a route should not wait for a chain.
+    let upstream =
+        args.upstream.as_deref().map(|text| crate::proxy::Upstream::parse(text).context("--upstream")).transpose()?;
+    let pricing = match &upstream {
+        Some(_) => upstream_pricing(&args.routes)?,
+        None => crate::demo::demo_pricing()?,
+    };
     let chain = DevChain::start(&args.chain).await?;
     let demo_key = crate::demo::ensure_demo_key(&args.chain.data_dir, &chain).await?;
     let db = args.chain.data_dir.join("opentab.db");
@@ -144,23 +167,60 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         (Some(url), Some(to)) => Some(opentab_service::Mailer::new(url, "opentab <opentab@localhost>", to)?),
         _ => None,
     };
-    let demo_api = crate::demo::demo_api(
-        &chain,
-        &gateway_store,
-        state.notifier().clone(),
-        &gateway_secret,
-        mailer,
-        guardian.clone(),
-    )
-    .await?;
+    let routes = match &upstream {
+        Some(_) => crate::demo::listed_routes(&pricing),
+        None => crate::demo::demo_routes()?,
+    };
+    let layer =
+        crate::demo::gateway(&chain, &gateway_store, state.notifier().clone(), pricing, mailer, guardian.clone())
+            .await?;
+    let charge = crate::demo::charge(&layer, &gateway_secret);
+    // With --upstream, the user's API gets a port of its own: its whole path space is
+    // forwarded, and nothing of dev's (the REST API, the web UI) can shadow one of its routes.
+    let (paid, demo_api) = match &upstream {
+        Some(upstream) => {
+            let socket = tokio::net::TcpListener::bind(("127.0.0.1", args.proxy_port)).await.with_context(|| {
+                format!("binding 127.0.0.1:{} for the upstream (try --proxy-port)", args.proxy_port)
+            })?;
+            let forward = crate::proxy::Forward::new(
+                upstream.clone(),
+                Duration::from_secs(crate::proxy::DEFAULT_TIMEOUT_SECS),
+                crate::proxy::DEFAULT_MAX_BODY,
+            );
+            (Some((socket, crate::proxy::forwarding(layer, forward))), axum::Router::new())
+        }
+        None => (None, crate::demo::demo_api(layer)),
+    };
     // Open event streams end at shutdown, or they would hold the drain until its deadline.
     let streams = state.notifier().clone();
     let dev_wallet = dev_wallet(&chain);
-    let app =
-        with_ops(router(state).merge(demo_api).merge(dev_wallet), Ops::new(store.clone(), Some(provider), metrics))
-            .fallback(crate::web::handler(args.web_dir.clone()));
+    let app = with_ops(
+        router(state).merge(demo_api).merge(charge).merge(dev_wallet),
+        Ops::new(store.clone(), Some(provider), metrics),
+    )
+    .fallback(crate::web::handler(args.web_dir.clone()));
     let url = format!("http://{addr}");
-    crate::demo::write_demo_file(&args.chain.data_dir, &url, &chain, &demo_key, &gateway_secret)?;
+    // The upstream's server stops with dev's, and drains its calls the same way.
+    let (stop_paid, paid_stopped) = tokio::sync::watch::channel(false);
+    let (paid_url, paid_task) = match paid {
+        Some((socket, app)) => {
+            let paid_url = format!("http://{}", socket.local_addr()?);
+            let mut paid_stopped = paid_stopped.clone();
+            let drain = crate::server::drain_for(Duration::from_secs(crate::proxy::DEFAULT_TIMEOUT_SECS));
+            let task = tokio::spawn(serve(
+                socket,
+                app,
+                async move {
+                    let _ = paid_stopped.wait_for(|stop| *stop).await;
+                },
+                drain,
+            ));
+            (paid_url, Some(task))
+        }
+        None => (url.clone(), None),
+    };
+    let served = crate::demo::Served { url: &url, paid_url: &paid_url, routes, gateway_secret: &gateway_secret };
+    let demo_file = crate::demo::write_demo_file(&args.chain.data_dir, served, &chain, &demo_key)?;
     let demo_json = args.chain.data_dir.join("demo.json");
 
     let mut out = std::io::stdout().lock();
@@ -172,10 +232,25 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  api                 http://{addr}/api/session-keys (sign in: GET /api/auth/nonce, POST /api/auth/login)"
     )?;
     writeln!(out, "  health              http://{addr}/healthz  http://{addr}/readyz  http://{addr}/metrics")?;
-    writeln!(
-        out,
-        "  demo API            POST http://{addr}/v1/chat/completions (0.002 USDC a call, HTTP 402 gateway)"
-    )?;
+    match &upstream {
+        Some(upstream) => {
+            writeln!(out, "  your API            {paid_url} (forwarded to {}, HTTP 402 gateway)", upstream.base)?;
+            for route in &demo_file.routes {
+                writeln!(
+                    out,
+                    "  priced              {} {}{} = {} USDC",
+                    route.method,
+                    paid_url,
+                    route.path,
+                    route.price.display()
+                )?;
+            }
+        }
+        None => writeln!(
+            out,
+            "  demo API            POST http://{addr}/v1/chat/completions (0.002 USDC a call, HTTP 402 gateway)"
+        )?,
+    }
     writeln!(out, "  demo session key    {} (50 USDC limit)", demo_key.address())?;
     writeln!(out, "  demo.json           {}", demo_json.display())?;
     writeln!(
@@ -198,7 +273,16 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         None => writeln!(out, "  webhooks            off (--webhook-url URL to receive settlement.* and key.*)")?,
     }
     chain.print(&mut out, &args.chain.data_dir).await?;
-    writeln!(out, "pay for calls:       opentab pay --demo {} --count 5", demo_json.display())?;
+    match (&upstream, demo_file.routes.first()) {
+        (Some(_), Some(route)) => writeln!(
+            out,
+            "pay for calls:       opentab pay --demo {} --url {paid_url}{} --method {} --count 5",
+            demo_json.display(),
+            route.path,
+            route.method
+        )?,
+        _ => writeln!(out, "pay for calls:       opentab pay --demo {} --count 5", demo_json.display())?,
+    }
     writeln!(out, "ready; Ctrl-C stops")?;
     out.flush()?;
     drop(out);
@@ -206,8 +290,12 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = async move {
         shutdown_signal().await;
         streams.close();
+        let _ = stop_paid.send(true);
     };
     serve(listener, app, shutdown, crate::server::DRAIN).await?;
+    if let Some(task) = paid_task {
+        task.await.context("the upstream's server")??;
+    }
     tracing::info!(
         "shutting down: finishing the settlement round, stopping the chain listener, closing the database, stopping anvil"
     );
@@ -222,6 +310,19 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     gateway_store.close().await;
     drop(chain);
     Ok(())
+}
+
+/// The pricing of `--route "METHOD /path=PRICE"` arguments.
+fn upstream_pricing(routes: &[String]) -> anyhow::Result<Pricing> {
+    let entries = routes
+        .iter()
+        .map(|text| {
+            text.rsplit_once('=').map(|(route, price)| (route.trim(), price.trim())).with_context(|| {
+                format!("--route {text:?} must read \"METHOD /path=PRICE\", e.g. \"POST /v1/chat/completions=0.002\"")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Pricing::new(entries).context("--route")
 }
 
 /// `GET /api/dev/wallet`: the demo owner's key and the dev chain's RPC, so the web UI can sign

@@ -1,7 +1,7 @@
 //! `opentab`: the one binary. Each subcommand lives in its own module.
 //!
 //! - `opentab dev`: the embedded default in one process: chain, SQLite, chain listener, REST API,
-//!   demo paid API, settlement, web UI.
+//!   demo paid API (or, with `--upstream`, your own API behind its gateway), settlement, web UI.
 //! - `opentab serve`: production: PostgreSQL and an external RPC endpoint, from a config file
 //!   (REST API, chain listener, settlement worker, webhooks, web UI).
 //! - `opentab chain up`: a local anvil with the contracts deployed and a funded demo owner.
@@ -16,6 +16,7 @@
 mod chain;
 mod client;
 mod config;
+mod config_file;
 mod demo;
 mod dev;
 mod keys;
@@ -45,7 +46,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Everything on the embedded default: anvil, SQLite, chain listener, REST API, demo paid API, settlement, web UI.
+    /// Everything on the embedded default: anvil, SQLite, chain listener, REST API, demo paid API (or your API with --upstream), settlement, web UI.
     Dev(dev::DevArgs),
     /// Production: PostgreSQL, an external RPC endpoint, settings from a config file.
     Serve(serve::ServeArgs),

@@ -87,7 +87,9 @@ fn plan(args: &PayArgs) -> anyhow::Result<Plan> {
     let route = demo.as_ref().and_then(|d| d.routes.first());
     let (url, demo_route) = match (&args.url, &demo, route) {
         (Some(url), _, _) => (url.clone(), None),
-        (None, Some(demo), Some(route)) => (format!("{}{}", demo.url, route.path), Some(route)),
+        (None, Some(demo), Some(route)) => {
+            (format!("{}{}", demo.paid_url.as_deref().unwrap_or(&demo.url), route.path), Some(route))
+        }
         (None, Some(_), None) => anyhow::bail!("{} lists no route: pass --url", args.demo.display()),
         (None, None, _) => return Err(missing("--url")),
     };
@@ -97,7 +99,8 @@ fn plan(args: &PayArgs) -> anyhow::Result<Plan> {
         (Some(text), _) => {
             Some(serde_json::from_str(text).context("--body must be JSON (it is sent as application/json)")?)
         }
-        (None, Some(route)) => Some(route.example_body.clone()),
+        (None, Some(route)) if !route.example_body.is_null() => Some(route.example_body.clone()),
+        (None, Some(_)) => None,
         (None, None) => None,
     };
     let method = match (&args.method, demo_route) {

@@ -71,7 +71,12 @@ fn refusal(shared: bool, blocking: &[LiveGateway]) -> String {
         .collect();
     let running = running.join(", ");
     let own_counters_elsewhere = blocking.iter().any(|g| !g.shared);
-    let advice = if shared && own_counters_elsewhere {
+    let beside_dev = blocking.iter().any(|g| g.description.starts_with("opentab dev"));
+    let advice = if beside_dev {
+        "To put your own API behind opentab dev, let dev front it with its own counters instead of a proxy \
+         beside it: `opentab dev --upstream http://127.0.0.1:9000 --route \"POST /v1/x=0.002\"`. For several \
+         gateways, run `opentab serve` with proxies that share one Redis (--redis-url)."
+    } else if shared && own_counters_elsewhere {
         "Stop it, or give it the same Redis (redis_url), then start this one again."
     } else {
         "A gateway with in-process counters must be the only one charging a payee's keys: give every \

@@ -161,8 +161,14 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8403))
 }
 
+/// The largest request body forwarded by default (16 MiB).
+pub(crate) const DEFAULT_MAX_BODY: usize = 16 << 20;
+
+/// How long the upstream may take to answer by default.
+pub(crate) const DEFAULT_TIMEOUT_SECS: u64 = 60;
+
 const fn default_max_body() -> u64 {
-    16 << 20
+    DEFAULT_MAX_BODY as u64
 }
 
 fn default_prefix() -> String {
@@ -170,12 +176,11 @@ fn default_prefix() -> String {
 }
 
 const fn default_timeout() -> u64 {
-    60
+    DEFAULT_TIMEOUT_SECS
 }
 
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let mut file: File = toml::from_str(&text).with_context(|| format!("{}", args.config.display()))?;
+    let mut file: File = crate::config_file::read(&args.config, crate::config_file::Reader::Proxy)?;
     let section = &mut file.proxy;
     if let Some(port) = args.port {
         section.listen.set_port(port);
@@ -304,13 +309,7 @@ where
     let layer = PaymentLayer::new(Gateway { config, pricing, directory, counters, ledger });
     let api = secret.map(|secret| charge_api(layer.gateway().clone(), secret));
     let mut router = match forward {
-        Some(forward) => {
-            let max_body = forward.max_body;
-            // Refused before the payment layer: a body declared too large is never charged.
-            Router::new().fallback(proxy).with_state(forward).layer(layer).layer(axum::middleware::from_fn(
-                move |req: Request, next: axum::middleware::Next| refuse_declared_oversize(max_body, req, next),
-            ))
-        }
+        Some(forward) => forwarding(layer, forward),
         None => Router::new(),
     };
     if let Some(api) = api {
@@ -319,15 +318,30 @@ where
     router
 }
 
+/// Every request forwarded to the upstream, priced ones through `layer` (charged first, voided
+/// when the upstream answers >= 400 or not at all). `opentab dev --upstream` serves this too.
+pub(crate) fn forwarding<D, C, L>(layer: PaymentLayer<D, C, L>, forward: Forward) -> Router
+where
+    D: KeyDirectory + 'static,
+    C: CounterStore + 'static,
+    L: UsageLedger + 'static,
+{
+    let max_body = forward.max_body;
+    // Refused before the payment layer: a body declared too large is never charged.
+    Router::new().fallback(proxy).with_state(forward).layer(layer).layer(axum::middleware::from_fn(
+        move |req: Request, next: axum::middleware::Next| refuse_declared_oversize(max_body, req, next),
+    ))
+}
+
 /// The upstream's scheme and authority.
 #[derive(Debug, Clone)]
-struct Upstream {
-    base: String,
+pub(crate) struct Upstream {
+    pub(crate) base: String,
     authority: axum::http::uri::Authority,
 }
 
 impl Upstream {
-    fn parse(text: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
         let uri: Uri = text.parse().with_context(|| format!("upstream {text:?} is not a URL"))?;
         anyhow::ensure!(
             uri.scheme_str() == Some("http"),
@@ -342,8 +356,9 @@ impl Upstream {
     }
 }
 
+/// Where and how requests are forwarded.
 #[derive(Debug, Clone)]
-struct Forward {
+pub(crate) struct Forward {
     client: Client<HttpConnector, Body>,
     upstream: Upstream,
     timeout: Duration,
@@ -352,7 +367,7 @@ struct Forward {
 }
 
 impl Forward {
-    fn new(upstream: Upstream, timeout: Duration, max_body: usize) -> Self {
+    pub(crate) fn new(upstream: Upstream, timeout: Duration, max_body: usize) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);

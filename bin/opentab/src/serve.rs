@@ -146,8 +146,7 @@ fn default_confirmations() -> u64 {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let mut config: Config = toml::from_str(&text).with_context(|| format!("{}", args.config.display()))?;
+    let mut config: Config = crate::config_file::read(&args.config, crate::config_file::Reader::Serve)?;
     if let Some(port) = args.port {
         config.listen.set_port(port);
     }

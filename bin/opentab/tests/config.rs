@@ -60,3 +60,42 @@ fn a_blank_config_marks_what_is_required() -> TestResult {
     }
     Ok(())
 }
+
+/// Issue 10, finding 3: errors came one field at a time, always at `line 1, column 1`. Now
+/// serve and the proxy name every missing, invalid or unknown field at once, each with its line
+/// and what it expects, and start nothing.
+#[test]
+fn a_broken_config_is_refused_with_every_problem_and_its_line() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("broken.toml");
+    std::fs::write(
+        &file,
+        "database_url = \"mysql://db\"\n\
+         rpc_url = 8545\n\
+         payee = \"0x1234\"\n\
+         domian = \"api.example.com\"\n\
+         \n\
+         [proxy.routes]\n\
+         \"POST /v1/x\" = \"free\"\n",
+    )?;
+    let file = file.to_string_lossy().into_owned();
+    for (command, extra) in [("serve", &[][..]), ("proxy", &["--upstream", "http://127.0.0.1:9"][..])] {
+        let out = opentab(&[&[command, "--config", &file][..], extra].concat())?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {stderr}");
+        for expected in [
+            "line 1: database_url: \"mysql://db\" does not start with postgres://",
+            "line 2: rpc_url: integer is not a string; expects the chain's JSON-RPC endpoint",
+            "line 3: payee: ",
+            "line 4: domian: not a setting; did you mean `domain`?",
+            "line 6: proxy.routes: price of \"POST /v1/x\"",
+            "validator: missing; expects the SessionKeyValidator contract's address",
+            "`opentab config init` writes a complete example",
+        ] {
+            assert!(stderr.contains(expected), "{command}: {expected:?} not in:\n{stderr}");
+        }
+        // Only serve needs a domain.
+        assert_eq!(stderr.contains("domain: missing"), command == "serve", "{command}: {stderr}");
+    }
+    Ok(())
+}

@@ -58,6 +58,7 @@ async fn a_second_gateway_on_devs_database_is_refused_and_says_what_to_do() -> T
         assert!(stderr.contains(&format!("opentab dev at {dev_url} (in-process counters)")), "names dev: {stderr}");
         assert!(stderr.contains("each let a key spend its whole limit"), "says why: {stderr}");
         assert!(stderr.contains("Redis"), "says what to do instead: {stderr}");
+        assert!(stderr.contains("opentab dev --upstream http://"), "or how to front an API with dev: {stderr}");
     }
 
     // Dev stopped, and said so on the database: another gateway may take over at once (its
