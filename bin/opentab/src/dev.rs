@@ -83,8 +83,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let store = Store::connect(&db_url).await.with_context(|| format!("opening the database {}", db.display()))?;
     // Paid calls get connections of their own: a flood of API requests (or of anything else
     // on the shared pool) must not make the gateway wait for one and answer 503.
-    let gateway_store =
-        Store::connect(&db_url).await.with_context(|| format!("opening the database {}", db.display()))?;
+    // Sharing the API's change feed: a freeze through the API reaches the gateway's key cache
+    // before the API answers.
+    let gateway_store = store.another_pool().await.with_context(|| format!("opening the database {}", db.display()))?;
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
         .await

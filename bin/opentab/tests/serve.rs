@@ -80,7 +80,7 @@ fn a_bad_config_is_refused_with_the_reason() -> TestResult {
         std::process::Command::new(env!("CARGO_BIN_EXE_opentab")).arg("serve").arg("--config").arg(&config).output()?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unknown field") && stderr.contains("bad.toml"), "{stderr}");
+    assert!(stderr.contains("line 2: unknown_setting: not a setting") && stderr.contains("bad.toml"), "{stderr}");
     Ok(())
 }
 

@@ -1,7 +1,13 @@
-//! The gateway's ports backed by storage: its view of keys (known once the registration is
-//! confirmed on-chain; tab available = the confirmed tab with the key's payee less its pending withdrawal), its
+//! The gateway's ports backed by storage: its view of keys, cached in memory and kept current by
+//! the store's change feed (known once the registration is confirmed on-chain; tab available =
+//! the confirmed tab with the key's payee less its pending withdrawal), its
 //! durable usage ledger, and rebuilding the counters (and the idempotency keys whose charges
 //! stand) from that ledger: the in-process ones on start, Redis's when it lost them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use opentab_core::Address;
 use opentab_core::Usdc;
@@ -10,26 +16,42 @@ use opentab_gateway::{
     CounterSource, IDEMPOTENCY_TTL_SECS, InProcessCounters, KeyDirectory, KeyInfo, Restored, SourceFuture, Unavailable,
     UsageKind, UsageLedger, UsageRecord,
 };
-use opentab_store::{ChainStatus, Store, UsageEntry};
+use opentab_store::{ChainStatus, KeyChange, Store, UsageEntry};
 
 use crate::{Change, Notifier};
 
-/// [`KeyDirectory`] over the store. Each call reads the database; a cache in front of it comes
-/// with the production gateway.
+/// [`KeyDirectory`] over the store, with the state of the keys in use cached in memory: a paid
+/// call reads no database once its key has been seen. The cache follows
+/// [`Store::key_changes`]: a change to a key or to its owner's tabs, made by any process on the
+/// database, drops the owner's entries, so a freeze refuses the next call. Entries are also read
+/// again after [`MAX_AGE`], in case a change went unheard. Unknown and pending keys are never
+/// cached (their registration must be seen as soon as it is confirmed).
 #[derive(Debug, Clone)]
 pub struct StoreDirectory {
     store: Store,
+    cache: Arc<Cache>,
 }
+
+/// How long a cached key is trusted without hearing of a change.
+pub(crate) const MAX_AGE: Duration = Duration::from_secs(60);
 
 impl StoreDirectory {
-    /// A directory reading `store`.
-    pub const fn new(store: Store) -> Self {
-        Self { store }
+    /// A directory reading `store`, caching what it read. Must be made on a tokio runtime: it
+    /// starts a task following the store's changes (it ends with the directory).
+    pub fn new(store: Store) -> Self {
+        let cache = Arc::new(Cache::default());
+        let weak = Arc::downgrade(&cache);
+        // Inline: a change this process made is forgotten before the write that made it returns.
+        store.on_key_change(move |change| weak.upgrade().map(|cache| cache.forget(change)).is_some());
+        Self { store, cache }
     }
-}
 
-impl KeyDirectory for StoreDirectory {
-    async fn key(&self, key: Address) -> Result<Option<KeyInfo>, Unavailable> {
+    /// Calls answered from memory, and calls that read the database, so far.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (self.cache.hits.load(Ordering::Relaxed), self.cache.misses.load(Ordering::Relaxed))
+    }
+
+    async fn read(&self, key: Address) -> Result<Option<KeyInfo>, Unavailable> {
         let unavailable = |e: opentab_store::Error| Unavailable(e.to_string());
         let Some(record) = self.store.key(key).await.map_err(unavailable)? else { return Ok(None) };
         if record.chain_status != ChainStatus::Registered {
@@ -43,6 +65,86 @@ impl KeyDirectory for StoreDirectory {
             owner_settled: settled,
             key: record.key,
         }))
+    }
+}
+
+impl KeyDirectory for StoreDirectory {
+    async fn key(&self, key: Address) -> Result<Option<KeyInfo>, Unavailable> {
+        if let Some(info) = self.cache.get(key) {
+            return Ok(Some(info));
+        }
+        let started = self.cache.generation();
+        let info = self.read(key).await?;
+        if let Some(info) = &info {
+            self.cache.insert(key, info.clone(), started);
+        }
+        Ok(info)
+    }
+}
+
+/// The cached keys, indexed by owner (a change names an owner).
+#[derive(Debug, Default)]
+struct Cache {
+    state: RwLock<CacheState>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    keys: HashMap<Address, (KeyInfo, Instant)>,
+    by_owner: HashMap<Address, HashSet<Address>>,
+    /// Bumped by every change heard: a read that started before one may have seen the old
+    /// row, so it is not cached.
+    generation: u64,
+}
+
+impl Cache {
+    fn get(&self, key: Address) -> Option<KeyInfo> {
+        let found =
+            self.state.read().ok().and_then(|state| {
+                state.keys.get(&key).filter(|(_, at)| at.elapsed() < MAX_AGE).map(|(i, _)| i.clone())
+            });
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    fn generation(&self) -> u64 {
+        self.state.read().map_or(u64::MAX, |state| state.generation)
+    }
+
+    /// Caches `info`, read since `started`, unless a change was heard meanwhile.
+    fn insert(&self, key: Address, info: KeyInfo, started: u64) {
+        let Ok(mut state) = self.state.write() else { return };
+        if state.generation != started {
+            return;
+        }
+        state.by_owner.entry(info.key.owner).or_default().insert(key);
+        state.keys.insert(key, (info, Instant::now()));
+    }
+
+    fn forget(&self, change: KeyChange) {
+        let Ok(mut state) = self.state.write() else { return };
+        state.generation = state.generation.wrapping_add(1);
+        match change {
+            KeyChange::Owner(owner) => {
+                for key in state.by_owner.remove(&owner).unwrap_or_default() {
+                    state.keys.remove(&key);
+                }
+            }
+            KeyChange::Key(key) => {
+                if let Some((info, _)) = state.keys.remove(&key)
+                    && let Some(keys) = state.by_owner.get_mut(&info.key.owner)
+                {
+                    keys.remove(&key);
+                }
+            }
+            KeyChange::Everything => {
+                state.keys.clear();
+                state.by_owner.clear();
+            }
+        }
     }
 }
 

@@ -65,7 +65,11 @@ impl Store {
         if inserted && alert.froze {
             freeze_offchain(&mut tx, alert.session_key, now).await?;
         }
-        announce_if(tx, inserted, webhook, now).await
+        let fired = announce_if(tx, inserted, webhook, now).await?;
+        if fired && alert.froze {
+            self.announce(crate::KeyChange::Key(alert.session_key));
+        }
+        Ok(fired)
     }
 
     /// Closes the open alert of `rule` on `key` and writes `webhook`. Returns false if none was open.

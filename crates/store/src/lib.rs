@@ -5,6 +5,7 @@
 //!   off-chain-freeze / deleted marks), tabs per (owner, payee), the chain events and listener
 //!   cursor, an append-only audit log, the usage ledger, settlement intents and the webhook
 //!   outbox;
+//! - a feed of what changed about keys and tabs ([`Store::on_key_change`]), for gateway caches;
 //! - versioned migrations per backend under `migrations/{postgres,sqlite}`, embedded in the
 //!   binary and applied by [`Store::connect`].
 //!
@@ -14,6 +15,7 @@
 //! pure folds, so undoing a reorg is: delete the orphaned events, fold again.
 
 mod alerts;
+mod changes;
 mod error;
 mod gateways;
 mod migrations;
@@ -24,6 +26,7 @@ mod store;
 pub mod testing;
 
 pub use alerts::{Alert, NewAlert};
+pub use changes::{KeyChange, POLL_EVERY};
 pub use error::{Error, Result};
 pub use gateways::{GatewayClaim, LiveGateway};
 pub use rows::{

@@ -54,6 +54,12 @@ pub const RELAY_SENT: &str = "relay.sent";
 pub struct Store {
     pub(crate) pool: AnyPool,
     backend: Backend,
+    pub(crate) feed: std::sync::Arc<crate::changes::Feed>,
+}
+
+/// Unix seconds now.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 pub(crate) const KEY_COLUMNS: &str = "address, owner, payee, limit_units, valid_after, valid_until, chain_status, frozen_at, \
@@ -80,7 +86,15 @@ impl Store {
             .connect(&url)
             .await?;
         crate::migrations::migrator(backend).await?.run(&pool).await?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, feed: std::sync::Arc::new(crate::changes::Feed::new(&url)) })
+    }
+
+    /// Another pool on the same database that shares this store's change feed: a change made
+    /// through either is announced at once to the listeners of both. For work that must never
+    /// wait for the other's connections (the gateway beside the API in `opentab dev`).
+    pub async fn another_pool(&self) -> Result<Self> {
+        let other = Self::connect(&self.feed.url).await?;
+        Ok(Self { feed: self.feed.clone(), ..other })
     }
 
     /// The backend in use.
@@ -96,6 +110,7 @@ impl Store {
 
     /// Closes the pool, waiting for connections in use.
     pub async fn close(&self) {
+        self.feed.close().await;
         self.pool.close().await;
     }
 
@@ -170,7 +185,9 @@ impl Store {
     /// false if the key is unknown.
     pub async fn freeze_offchain(&self, address: Address, now: u64) -> Result<bool> {
         let mut conn = self.pool.acquire().await?;
-        freeze_offchain(&mut conn, address, now).await
+        let frozen = freeze_offchain(&mut conn, address, now).await?;
+        self.announce(crate::KeyChange::Key(address));
+        Ok(frozen)
     }
 
     /// Lifts an off-chain freeze. Returns false if the key is unknown.
@@ -180,6 +197,7 @@ impl Store {
             .bind(secs(now)?)
             .execute(&self.pool)
             .await?;
+        self.announce(crate::KeyChange::Key(address));
         Ok(done.rows_affected() == 1)
     }
 
@@ -360,10 +378,17 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Touched {
+        let touched = Touched {
             owners: owners.iter().map(|o| address(o, "owner")).collect::<Result<_>>()?,
             keys: keys.iter().map(|k| address(k, "session_key")).collect::<Result<_>>()?,
-        })
+        };
+        for owner in touched.owners.iter().copied().chain(tabs.iter().filter_map(|(o, _)| o.parse().ok())) {
+            self.announce(crate::KeyChange::Owner(owner));
+        }
+        for key in &touched.keys {
+            self.announce(crate::KeyChange::Key(*key));
+        }
+        Ok(touched)
     }
 
     /// The listener's saved cursor for `validator` (opaque JSON), if any.
