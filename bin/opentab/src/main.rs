@@ -12,7 +12,9 @@
 //!   on-chain).
 //! - `opentab proxy`: the 402 gateway as a reverse proxy in front of any HTTP API.
 //! - `opentab settlements …`: the operator's settlement queue (list, retry a dead letter).
+//! - `opentab bench`: the paid hot path against the plain proxy, measured on this machine.
 
+mod bench;
 mod chain;
 mod client;
 mod config;
@@ -67,6 +69,8 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// The settlement queue: list settlements, retry a dead-lettered one (reads the database).
     Settlements(settlements::SettlementsArgs),
+    /// Measure the paid hot path against the plain proxy on this machine (starts all it needs).
+    Bench(bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -88,6 +92,7 @@ async fn main() -> std::process::ExitCode {
         Command::Pay(args) => (pay::run(args).await, false),
         Command::Proxy(args) => (proxy::run(args).await, true),
         Command::Settlements(args) => (settlements::run(args).await, false),
+        Command::Bench(args) => (bench::run(args).await, false),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

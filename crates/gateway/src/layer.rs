@@ -130,12 +130,25 @@ where
                 idempotency_key: header_text(&req, IDEMPOTENCY_KEY),
                 request_id: header_text(&req, "x-request-id"),
             };
-            let charge = match gateway.authorize(&route, &req.uri().to_string(), payment).await {
-                Authorized::Paid(charge) => charge,
-                Authorized::Answer(answer) => return Ok(answer.into_response()),
+            let charge = match gateway.take(&route, &req.uri().to_string(), payment).await {
+                Ok(charge) => charge,
+                Err(answer) => return Ok(answer.into_response()),
+            };
+            // The ledger commit runs while the API works on the call; the answer leaves only once
+            // the charge is durable. A task of its own: it completes (or undoes the charge) even
+            // if the client goes away meanwhile.
+            let recording = {
+                let (gateway, charge) = (gateway.clone(), charge.clone());
+                tokio::spawn(async move { gateway.record_or_undo(&charge).await })
             };
             // A handler that panics answered nothing: the charge is voided like any error.
-            let mut response = match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
+            let response = AssertUnwindSafe(inner.call(req)).catch_unwind().await;
+            match recording.await {
+                Ok(Ok(())) => {}
+                Ok(Err(answer)) => return Ok(answer.into_response()),
+                Err(_) => return Ok(unavailable().into_response()),
+            }
+            let mut response = match response {
                 Ok(response) => response?,
                 Err(_) => {
                     tracing::error!(key = %charge.paid.key, route = %charge.route, "the handler panicked; the charge is voided");
@@ -228,27 +241,40 @@ pub enum Authorized {
 impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
     /// Charges a call to `route` (requested as `url`) with the payment in `headers`: decodes it,
     /// decides, and records the charge in the ledger before returning, so nothing served is
-    /// ever missing from it. Shared by the tower layer and the HTTP charge API.
+    /// ever missing from it. The HTTP charge API's path (its app serves the call afterwards).
     pub async fn authorize(&self, route: &PricedRoute, url: &str, headers: PaymentHeaders) -> Authorized {
+        let charge = match self.take(route, url, headers).await {
+            Ok(charge) => charge,
+            Err(answer) => return Authorized::Answer(answer),
+        };
+        match self.record_or_undo(&charge).await {
+            Ok(()) => Authorized::Paid(Box::new(charge)),
+            Err(answer) => Authorized::Answer(answer),
+        }
+    }
+
+    /// Decodes the payment and charges the counters, without recording the charge yet: the
+    /// caller must [`Gateway::record_or_undo`] it before the call's answer leaves.
+    pub async fn take(&self, route: &PricedRoute, url: &str, headers: PaymentHeaders) -> Result<Charge, Answer> {
         let config = &self.config;
         // The ledger keeps the client's request id; a bounded one.
         let request_id = headers.request_id.map(|id| id.chars().take(128).collect()).unwrap_or_else(request_id);
         let payment = match (headers.v2, headers.v1) {
             (Some(v2), _) => decode_payment(&v2),
             (None, Some(v1)) => decode_payment_v1(&v1, &config.requirements(route)),
-            (None, None) => return Authorized::Answer(challenge(config, route, url, None)),
+            (None, None) => return Err(challenge(config, route, url, None)),
         };
         let payment = match payment {
             Ok(payment) => payment,
             Err(malformed) => {
                 let refusal = Refusal { code: ErrorCode::MalformedPayment, message: malformed.0 };
-                return Authorized::Answer(challenge(config, route, url, Some(&refusal)));
+                return Err(challenge(config, route, url, Some(&refusal)));
             }
         };
         let idempotency = headers.idempotency_key.or_else(|| payment.payment_identifier().map(str::to_owned));
         if let Some(Err(malformed)) = idempotency.as_deref().map(check_idempotency_key) {
             let refusal = Refusal { code: ErrorCode::MalformedPayment, message: malformed.0 };
-            return Authorized::Answer(challenge(config, route, url, Some(&refusal)));
+            return Err(challenge(config, route, url, Some(&refusal)));
         }
         let paid =
             match decide(config, &self.directory, &self.counters, route, &payment, idempotency.as_deref(), unix_now())
@@ -262,25 +288,28 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
                         answer.status = StatusCode::CONFLICT;
                         answer.payment_required = None;
                     }
-                    return Authorized::Answer(answer);
+                    return Err(answer);
                 }
                 Decision::Unavailable(err) => {
                     tracing::error!(error = %err, "cannot charge: failing closed");
-                    return Authorized::Answer(unavailable());
+                    return Err(unavailable());
                 }
             };
         let id = Some(charge_id(&paid));
-        let charge = Charge { paid: *paid, route: format!("{} {}", route.method, route.pattern), request_id, id };
-        // Durable before the call is served: a charge the ledger does not hold is undone.
-        if let Err(err) = self.ledger.record(record(&charge, UsageKind::Charge)).await {
-            tracing::error!(error = %err, "cannot record the charge: failing closed");
-            let p = &charge.paid;
-            if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency).await {
-                tracing::error!(error = %err, key = %p.key, "could not undo an unrecorded charge");
-            }
-            return Authorized::Answer(unavailable());
+        Ok(Charge { paid: *paid, route: format!("{} {}", route.method, route.pattern), request_id, id })
+    }
+
+    /// Records a [`Gateway::take`]n charge durably; if the ledger cannot take it, undoes it in
+    /// the counters and gives the 503 to answer instead of the call (a charge the ledger does
+    /// not hold is never served).
+    pub async fn record_or_undo(&self, charge: &Charge) -> Result<(), Answer> {
+        let Err(err) = self.ledger.record(record(charge, UsageKind::Charge)).await else { return Ok(()) };
+        tracing::error!(error = %err, "cannot record the charge: failing closed");
+        let p = &charge.paid;
+        if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency).await {
+            tracing::error!(error = %err, key = %p.key, "could not undo an unrecorded charge");
         }
-        Authorized::Paid(Box::new(charge))
+        Err(unavailable())
     }
 
     /// Voids `charge` (the call failed: the user never pays for an error), durable first: the

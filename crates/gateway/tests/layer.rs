@@ -50,10 +50,16 @@ impl KeyDirectory for Directory {
 struct Ledger {
     records: Mutex<Vec<UsageRecord>>,
     down: Mutex<bool>,
+    /// While set, a record waits for a permit of it (a commit that takes its time).
+    held: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl UsageLedger for Ledger {
     async fn record(&self, record: UsageRecord) -> Result<(), Unavailable> {
+        let held = self.held.lock().map_err(|_| Unavailable("poisoned".into()))?.clone();
+        if let Some(gate) = held {
+            gate.acquire().await.map_err(|_| Unavailable("closed".into()))?.forget();
+        }
         if *self.down.lock().map_err(|_| Unavailable("poisoned".into()))? {
             return Err(Unavailable("ledger is down".into()));
         }
@@ -84,7 +90,12 @@ fn world() -> TestResult<World> {
         pay_to: PAYEE,
         max_timeout_seconds: 60,
     };
-    let pricing = Pricing::new([("POST /v1/chat", "0.002"), ("GET /v1/broken", "0.002"), ("GET /v1/panics", "0.002")])?;
+    let pricing = Pricing::new([
+        ("POST /v1/chat", "0.002"),
+        ("GET /v1/broken", "0.002"),
+        ("GET /v1/panics", "0.002"),
+        ("POST /v1/watched", "0.002"),
+    ])?;
     let directory = Arc::new(Directory::default());
     let counters = Arc::new(InProcessCounters::default());
     let ledger = Arc::new(Ledger::default());
@@ -101,8 +112,17 @@ fn world() -> TestResult<World> {
         .route("/v1/broken", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "model crashed") }))
         .route("/free", get(|| async { "free" }))
         .route("/v1/panics", get(panics))
+        .route("/v1/watched", post(watched))
         .layer(layer);
     Ok(World { gateway, ledger, app, config, directory, counters })
+}
+
+/// Calls `/v1/watched` has answered, across tests.
+static WATCHED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+async fn watched() -> &'static str {
+    WATCHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    "watched"
 }
 
 async fn panics() -> &'static str {
@@ -300,6 +320,57 @@ async fn a_charge_the_ledger_cannot_hold_is_undone_and_not_served() -> TestResul
     assert_eq!(w.counters.key(key.address())?.served, Usdc::ZERO, "the charge was undone");
     *w.ledger.down.lock().map_err(|_| "poisoned")? = false;
     assert!(w.pay(&key, PRICE).await?.0.is_success(), "the same voucher pays once the ledger is back");
+    Ok(())
+}
+
+/// Issue 11: the ledger commit runs while the API works on the call, and the answer leaves only
+/// once the charge is durable; a commit that fails turns the answer into a 503 and undoes the
+/// charge, although the API did the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_commits_while_the_api_works_and_the_answer_waits_for_it() -> TestResult {
+    let w = Arc::new(world()?);
+    let key = w.add_key(1_000_000, 10_000_000)?;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *w.ledger.held.lock().map_err(|_| "poisoned")? = Some(gate.clone());
+    let before = WATCHED.load(std::sync::atomic::Ordering::SeqCst);
+    let call = |cumulative: u64| -> TestResult<_> {
+        let header = b64(&w.payment(&key, cumulative, "POST /v1/watched")?);
+        let req = Request::builder().method("POST").uri("/v1/watched").header(PAYMENT_SIGNATURE, header);
+        Ok(tokio::spawn(w.app.clone().oneshot(req.body(Body::empty())?)))
+    };
+    let read = |res: axum::response::Response| async move {
+        let (status, receipt) = (res.status(), res.headers().contains_key(PAYMENT_RESPONSE));
+        let bytes = res.into_body().collect().await?.to_bytes();
+        TestResult::Ok((status, String::from_utf8_lossy(&bytes).into_owned(), receipt))
+    };
+    let answer = call(PRICE)?;
+    // The API answers while the commit is still held...
+    for _ in 0..500 {
+        if WATCHED.load(std::sync::atomic::Ordering::SeqCst) > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(WATCHED.load(std::sync::atomic::Ordering::SeqCst) > before, "the API worked during the commit");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!answer.is_finished(), "the answer waits for the commit");
+    assert!(w.ledger.records.lock().map_err(|_| "poisoned")?.is_empty());
+    // ...and the answer leaves once the row is durable.
+    gate.add_permits(1);
+    let (status, body, receipt) = read(answer.await??).await?;
+    assert_eq!((status, body.as_str(), receipt), (StatusCode::OK, "watched", true), "with its receipt");
+    assert_eq!(w.ledger.records.lock().map_err(|_| "poisoned")?.len(), 1);
+
+    // A commit that fails: the API worked, the client gets 503 and is not charged.
+    *w.ledger.down.lock().map_err(|_| "poisoned")? = true;
+    let worked = WATCHED.load(std::sync::atomic::Ordering::SeqCst);
+    let answer = call(2 * PRICE)?;
+    gate.add_permits(1);
+    let (status, body, _) = read(answer.await??).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("\"unavailable\""), "{body}");
+    assert!(WATCHED.load(std::sync::atomic::Ordering::SeqCst) > worked, "the API did the work");
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::from_base_units(PRICE), "the charge was undone");
     Ok(())
 }
 

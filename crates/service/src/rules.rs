@@ -24,7 +24,10 @@ use tokio::sync::Mutex;
 
 use crate::{Change, Notifier};
 
-/// Sends alert email through an SMTP relay.
+/// How long sending one alert email may take.
+const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends alert email through an SMTP relay, off the charge path, within [`SMTP_TIMEOUT`].
 #[derive(Clone)]
 pub struct Mailer {
     transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
@@ -47,8 +50,10 @@ impl Mailer {
             smtp_url.strip_prefix("smtp://").ok_or_else(|| bad(format!("{smtp_url:?} is not smtp://host:port")))?;
         let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "25"));
         let port: u16 = port.trim_end_matches('/').parse().map_err(|_| bad(format!("bad port in {smtp_url:?}")))?;
-        let transport =
-            lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host).port(port).build();
+        let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host)
+            .port(port)
+            .timeout(Some(SMTP_TIMEOUT))
+            .build();
         Ok(Self {
             transport,
             from: from.parse().map_err(|e| bad(format!("alert sender {from:?}: {e}")))?,
@@ -285,9 +290,19 @@ impl RuleEngine {
                     (false, _) => "No action was taken.",
                 }
             );
-            if let Err(err) = mailer.send(&subject, body).await {
-                tracing::warn!(error = %err, key = %record.key, "alert email not sent (the webhook carries the alert)");
-            }
+            // Off the charge path: a slow or dead SMTP relay must not hold the key's next call
+            // (the alert is durable already, and its webhook is in the outbox).
+            let (mailer, key) = (mailer.clone(), record.key);
+            tokio::spawn(async move {
+                let sent = tokio::time::timeout(SMTP_TIMEOUT, mailer.send(&subject, body)).await;
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, %key, "alert email not sent (the webhook carries the alert)");
+                    }
+                    Err(_) => tracing::warn!(%key, "alert email timed out (the webhook carries the alert)"),
+                }
+            });
         }
         Ok(())
     }

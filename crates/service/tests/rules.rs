@@ -147,6 +147,13 @@ async fn a_burst_freezes_at_once_alerts_by_webhook_and_email_once_then_recovers(
     let inputs: serde_json::Value = serde_json::from_str(&alerts[0].alert.inputs)?;
     assert_eq!(inputs["callsLastMinute"], 101);
     assert_eq!(w.store.webhooks_of_type("key.alert").await?.len(), 1);
+    // The email leaves off the charge path: wait for it.
+    for _ in 0..500 {
+        if !mails.lock().map_err(|_| "poisoned")?.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let mail = mails.lock().map_err(|_| "poisoned")?.clone();
     assert_eq!(mail.len(), 1, "{mail:?}");
     assert!(mail[0].contains("opentab alert: rate") && mail[0].contains("The key is frozen"), "{}", mail[0]);
@@ -156,6 +163,39 @@ async fn a_burst_freezes_at_once_alerts_by_webhook_and_email_once_then_recovers(
     let alerts = w.store.alerts_of(key, 10).await?;
     assert_eq!(alerts[0].recovered_at, Some(1_200));
     assert_eq!(w.store.webhooks_of_type("key.alert_recovered").await?.len(), 1);
+    Ok(())
+}
+
+/// Issue 11: the alert email was sent under the key's lock with no timeout, so an SMTP relay
+/// that never answers held the charge that fired the rule (and every later call of the key).
+/// Now the freeze and the webhook are durable when the charge returns, and the email is on its
+/// own, within a timeout.
+#[tokio::test]
+async fn a_dead_smtp_relay_holds_no_charge() -> TestResult {
+    // Accepts connections and never says a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("smtp://127.0.0.1:{}", listener.local_addr()?.port());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            if let Ok(mut keep) = keep.lock() {
+                keep.push(socket);
+            }
+        }
+    });
+    let mailer = Mailer::new(&url, "opentab <opentab@localhost>", "ops@example.com")?;
+    let w = world(RuleMode::Enforce, Some(mailer)).await?;
+    let key = w.key("100", 10).await?;
+    for n in 1..=102 {
+        // Far below the SMTP timeout: a charge waiting for the relay would not make it.
+        tokio::time::timeout(std::time::Duration::from_secs(5), w.charge(key, "0.002", n, 1_000))
+            .await
+            .map_err(|_| format!("charge {n} waited for the SMTP relay"))??;
+    }
+    assert!(w.frozen(key).await?, "the burst froze the key");
+    assert_eq!(w.store.webhooks_of_type("key.alert").await?.len(), 1, "the webhook is in the outbox");
+    assert!(!held.lock().map_err(|_| "poisoned")?.is_empty(), "the email was attempted");
     Ok(())
 }
 

@@ -34,4 +34,4 @@ pub use rows::{
     UsageTotal,
 };
 pub use settlements::{NewSettlement, NewWebhook, OutboxEntry, Owed, Settlement, SettlementStatus};
-pub use store::{Backend, RELAY_SENT, Store, Touched};
+pub use store::{Backend, RELAY_SENT, Store, Touched, create_postgres_database};

@@ -45,6 +45,30 @@ impl Backend {
     }
 }
 
+/// Creates a new, empty PostgreSQL database beside `admin_url`'s (whose user may create
+/// databases), named `prefix` with this process and a counter; its URL. For tests and
+/// `opentab bench`, which each need a database of their own.
+pub async fn create_postgres_database(admin_url: &str, prefix: &str) -> Result<String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    if Backend::of_url(admin_url)? != Backend::Postgres {
+        return Err(Error::UnsupportedUrl(opentab_core::redact_url(admin_url)));
+    }
+    sqlx::any::install_default_drivers();
+    let admin = AnyPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(admin_url)
+        .await?;
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let name = format!("{prefix}_{}_{}_{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
+    admin.close().await;
+    let base = admin_url.rsplit_once('/').map_or(admin_url, |(base, _)| base);
+    Ok(format!("{base}/{name}"))
+}
+
 /// The audit action each relayed transaction is recorded under before it is sent; the relay
 /// quota counts them.
 pub const RELAY_SENT: &str = "relay.sent";
