@@ -176,6 +176,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         crate::demo::gateway(&chain, &gateway_store, state.notifier().clone(), pricing, mailer, guardian.clone())
             .await?;
     let charge = crate::demo::charge(&layer, &gateway_secret);
+    let gateway_metrics = opentab_service::gateway_metrics(layer.metrics().clone(), layer.gateway().directory.clone());
     // With --upstream, the user's API gets a port of its own: its whole path space is
     // forwarded, and nothing of dev's (the REST API, the web UI) can shadow one of its routes.
     let (paid, demo_api) = match &upstream {
@@ -197,7 +198,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let dev_wallet = dev_wallet(&chain);
     let app = with_ops(
         router(state).merge(demo_api).merge(charge).merge(dev_wallet),
-        Ops::new(store.clone(), Some(provider), metrics),
+        Ops::new(store.clone(), Some(provider), metrics).with_metrics(gateway_metrics),
     )
     .fallback(crate::web::handler(args.web_dir.clone()));
     let url = format!("http://{addr}");

@@ -7,6 +7,11 @@
 //! too (as that account), for owners who made it their guardian; set serve's `rule_guardian`
 //! to its address so owners are shown it.
 //!
+//! It answers `/healthz`, `/readyz` (the database answers) and `/metrics` itself (paid, refused
+//! by code, voided and failed-closed calls, charge and upstream latency histograms, the key
+//! cache's hits and misses): an upstream route of one of these names is not reachable through
+//! it. `docs/grafana-gateway.json` is a dashboard for them.
+//!
 //! With `OPENTAB_GATEWAY_SECRET` set it also serves the charge API (`/gateway/v1/charge` and
 //! `/void`) that `packages/express` calls, on the same counters; `--upstream` is then optional.
 //!
@@ -64,7 +69,8 @@ use opentab_gateway::{
     charge_api,
 };
 use opentab_service::{
-    Guardian, Notifier, RuleEngine, RuledLedger, StoreCounterSource, StoreDirectory, StoreLedger, restore_counters,
+    ExtraMetrics, Guardian, Metrics, Notifier, Ops, RuleEngine, RuledLedger, StoreCounterSource, StoreDirectory,
+    StoreLedger, gateway_metrics, restore_counters, with_ops,
 };
 use opentab_store::Store;
 use serde::Deserialize;
@@ -233,7 +239,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let max_body = usize::try_from(section.max_body_bytes).unwrap_or(usize::MAX);
     let forward = upstream.clone().map(|u| Forward::new(u, Duration::from_secs(section.timeout_secs), max_body));
     let secret = args.gateway_secret.as_deref();
-    let (app, counters) = match &redis_url {
+    let ((app, gateway_metrics), counters) = match &redis_url {
         Some(url) => {
             // Budgets are per (owner, payee): an owner's served total at one payee's gateways must
             // never count against its tab with another payee sharing the Redis.
@@ -244,7 +250,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 .context("connecting to Redis")?
                 .with_source(Arc::new(StoreCounterSource::new(store.clone())));
             (
-                app(config, pricing, directory, counters, ledger, forward, secret),
+                app(config, pricing, directory.clone(), counters, ledger, forward, secret),
                 format!("Redis {}", opentab_core::redact_url(url)),
             )
         }
@@ -252,11 +258,14 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             let counters = InProcessCounters::default();
             let restored = restore_counters(&store, &counters).await.context("rebuilding counters from the ledger")?;
             tracing::info!(keys = restored, "in-process counters rebuilt from the usage ledger");
-            let app = app(config, pricing, directory, counters, ledger, forward, secret);
+            let app = app(config, pricing, directory.clone(), counters, ledger, forward, secret);
             (app, "in-process (the only gateway of this payee on the database)".to_owned())
         }
     };
 
+    // /healthz, /readyz (the database answers) and /metrics, answered by the proxy itself.
+    let ops = Ops::new(store.clone(), None, Arc::new(Metrics::default())).with_metrics(gateway_metrics);
+    let app = with_ops(app, ops);
     let socket =
         tokio::net::TcpListener::bind(section.listen).await.with_context(|| format!("binding {}", section.listen))?;
     let addr = socket.local_addr()?;
@@ -278,6 +287,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         writeln!(out, "  charge API  http://{addr}/gateway/v1/charge and /void")?;
     }
     writeln!(out, "  counters    {counters}")?;
+    writeln!(out, "  ops         http://{addr}/healthz /readyz /metrics (answered by the proxy, not forwarded)")?;
     for (route, price) in &section.routes {
         writeln!(out, "  priced      {route} = {price} USDC")?;
     }
@@ -292,21 +302,22 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn app<D, C, L>(
+/// The proxy's routes, and what its payment layer counts.
+fn app<C, L>(
     config: GatewayConfig,
     pricing: Pricing,
-    directory: D,
+    directory: StoreDirectory,
     counters: C,
     ledger: L,
     forward: Option<Forward>,
     secret: Option<&str>,
-) -> Router
+) -> (Router, ExtraMetrics)
 where
-    D: KeyDirectory + 'static,
     C: CounterStore + 'static,
     L: UsageLedger + 'static,
 {
-    let layer = PaymentLayer::new(Gateway { config, pricing, directory, counters, ledger });
+    let layer = PaymentLayer::new(Gateway { config, pricing, directory: directory.clone(), counters, ledger });
+    let metrics = gateway_metrics(layer.metrics().clone(), directory);
     let api = secret.map(|secret| charge_api(layer.gateway().clone(), secret));
     let mut router = match forward {
         Some(forward) => forwarding(layer, forward),
@@ -315,7 +326,7 @@ where
     if let Some(api) = api {
         router = router.merge(api);
     }
-    router
+    (router, metrics)
 }
 
 /// Every request forwarded to the upstream, priced ones through `layer` (charged first, voided

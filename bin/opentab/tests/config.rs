@@ -45,6 +45,11 @@ async fn a_config_made_from_dev_starts_serve_and_the_proxy_as_written() -> TestR
     let body: serde_json::Value = serde_json::from_str(&challenge.text().await?)?;
     let pay_to = body["accepts"][0]["payTo"].as_str().ok_or("payTo")?.to_lowercase();
     assert_eq!(pay_to, chain["demoPayee"].as_str().ok_or("demoPayee")?.to_lowercase(), "dev's payee");
+    // The proxy answers its operations routes itself (its upstream is not even there).
+    for (path, expected) in [("/healthz", "ok"), ("/readyz", "ready"), ("/metrics", "opentab_gateway_paid_total 0")] {
+        let (status, text) = common::get(&format!("{url}{path}")).await?;
+        assert!(status == 200 && text.contains(expected), "{path}: {status} {text}");
+    }
     Ok(())
 }
 

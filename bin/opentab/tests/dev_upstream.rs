@@ -194,6 +194,22 @@ async fn dev_fronts_your_api_with_one_set_of_counters_and_settles_what_it_served
         .await?;
     let listed = settlements()?;
     assert_eq!(listed[0]["amount"].as_str(), Some("11000"), "{listed}");
+    // What the gateway counted: the paid calls through the proxy port (the charge API's are
+    // its app's to count), the voided one, the refusal after the freeze; keys came from memory.
+    let metrics = client.get(format!("{url}/metrics")).send().await?.text().await?;
+    for line in [
+        "opentab_gateway_paid_total 4\n",
+        "opentab_gateway_voided_total 1\n",
+        "opentab_gateway_refused_total{code=\"key_frozen\"} 1\n",
+        "opentab_gateway_upstream_seconds_count 5\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in:\n{metrics}");
+    }
+    let hits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("opentab_gateway_key_cache_hits_total "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(hits.is_some_and(|n| n > 0), "{metrics}");
     let validator = opentab_chain::Validator::connect(
         opentab_chain::read_provider(demo["rpcUrl"].as_str().ok_or("rpcUrl")?)?,
         demo["validator"].as_str().ok_or("validator")?.parse()?,

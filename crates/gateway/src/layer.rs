@@ -10,7 +10,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
@@ -22,6 +22,7 @@ use crate::gateway::{
     CounterStore, Decision, GatewayConfig, KeyDirectory, Paid, Refusal, UsageKind, UsageLedger, UsageRecord, decide,
     unix_now,
 };
+use crate::metrics::GatewayMetrics;
 use crate::pricing::{PricedRoute, Pricing, Resolution};
 use crate::protocol::{
     ErrorCode, IDEMPOTENCY_KEY, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT,
@@ -48,23 +49,29 @@ pub struct Gateway<D, C, L> {
 #[derive(Debug)]
 pub struct PaymentLayer<D, C, L> {
     gateway: Arc<Gateway<D, C, L>>,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl<D, C, L> Clone for PaymentLayer<D, C, L> {
     fn clone(&self) -> Self {
-        Self { gateway: self.gateway.clone() }
+        Self { gateway: self.gateway.clone(), metrics: self.metrics.clone() }
     }
 }
 
 impl<D, C, L> PaymentLayer<D, C, L> {
     /// A layer charging through `gateway`.
     pub fn new(gateway: Gateway<D, C, L>) -> Self {
-        Self { gateway: Arc::new(gateway) }
+        Self { gateway: Arc::new(gateway), metrics: Arc::default() }
     }
 
     /// The shared gateway (to read counters in tests and metrics).
     pub fn gateway(&self) -> &Arc<Gateway<D, C, L>> {
         &self.gateway
+    }
+
+    /// What the layer counted (for `/metrics`).
+    pub fn metrics(&self) -> &Arc<GatewayMetrics> {
+        &self.metrics
     }
 }
 
@@ -72,7 +79,7 @@ impl<S, D, C, L> Layer<S> for PaymentLayer<D, C, L> {
     type Service = PaymentService<S, D, C, L>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PaymentService { inner, gateway: self.gateway.clone() }
+        PaymentService { inner, gateway: self.gateway.clone(), metrics: self.metrics.clone() }
     }
 }
 
@@ -81,11 +88,12 @@ impl<S, D, C, L> Layer<S> for PaymentLayer<D, C, L> {
 pub struct PaymentService<S, D, C, L> {
     inner: S,
     gateway: Arc<Gateway<D, C, L>>,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl<S: Clone, D, C, L> Clone for PaymentService<S, D, C, L> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), gateway: self.gateway.clone() }
+        Self { inner: self.inner.clone(), gateway: self.gateway.clone(), metrics: self.metrics.clone() }
     }
 }
 
@@ -109,7 +117,7 @@ where
         // Call the instance that was polled ready, leave a fresh clone for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let gateway = self.gateway.clone();
+        let (gateway, metrics) = (self.gateway.clone(), self.metrics.clone());
         Box::pin(async move {
             let (route, path) = match gateway.pricing.resolve(req.method().as_str(), req.uri().path()) {
                 Resolution::Free => return inner.call(req).await,
@@ -130,9 +138,20 @@ where
                 idempotency_key: header_text(&req, IDEMPOTENCY_KEY),
                 request_id: header_text(&req, "x-request-id"),
             };
-            let charge = match gateway.take(&route, &req.uri().to_string(), payment).await {
+            let taking = Instant::now();
+            let taken = gateway.take(&route, &req.uri().to_string(), payment).await;
+            metrics.charge_latency.observe(taking.elapsed());
+            let charge = match taken {
                 Ok(charge) => charge,
-                Err(answer) => return Ok(answer.into_response()),
+                Err(answer) => {
+                    match answer.error {
+                        Some(code) => metrics.refused(code),
+                        None if answer.status == StatusCode::SERVICE_UNAVAILABLE => metrics.unavailable(),
+                        // A plain challenge: no payment was sent.
+                        None => {}
+                    }
+                    return Ok(answer.into_response());
+                }
             };
             // The ledger commit runs while the API works on the call; the answer leaves only once
             // the charge is durable. A task of its own: it completes (or undoes the charge) even
@@ -142,11 +161,19 @@ where
                 tokio::spawn(async move { gateway.record_or_undo(&charge).await })
             };
             // A handler that panics answered nothing: the charge is voided like any error.
+            let serving = Instant::now();
             let response = AssertUnwindSafe(inner.call(req)).catch_unwind().await;
+            metrics.upstream_latency.observe(serving.elapsed());
             match recording.await {
                 Ok(Ok(())) => {}
-                Ok(Err(answer)) => return Ok(answer.into_response()),
-                Err(_) => return Ok(unavailable().into_response()),
+                Ok(Err(answer)) => {
+                    metrics.unavailable();
+                    return Ok(answer.into_response());
+                }
+                Err(_) => {
+                    metrics.unavailable();
+                    return Ok(unavailable().into_response());
+                }
             }
             let mut response = match response {
                 Ok(response) => response?,
@@ -163,8 +190,12 @@ where
             if response.status().as_u16() >= 400 {
                 // The user never pays for an error.
                 gateway.void(&charge).await;
-            } else if let Ok(value) = HeaderValue::from_str(&charge.receipt_header()) {
-                response.headers_mut().insert(PAYMENT_RESPONSE, value);
+                metrics.voided();
+            } else {
+                metrics.paid();
+                if let Ok(value) = HeaderValue::from_str(&charge.receipt_header()) {
+                    response.headers_mut().insert(PAYMENT_RESPONSE, value);
+                }
             }
             Ok(response)
         })
@@ -214,6 +245,8 @@ pub struct Answer {
     pub body: String,
     /// The `PAYMENT-REQUIRED` header value, on a 402.
     pub payment_required: Option<String>,
+    /// Why the payment was refused, if it was (none for a plain challenge or a 503).
+    pub error: Option<ErrorCode>,
 }
 
 impl Answer {
@@ -382,6 +415,7 @@ fn challenge(config: &GatewayConfig, route: &PricedRoute, url: &str, refusal: Op
         status: StatusCode::PAYMENT_REQUIRED,
         payment_required: Some(base64::engine::general_purpose::STANDARD.encode(&json)),
         body: json,
+        error: refusal.map(|r| r.code),
     }
 }
 
@@ -411,5 +445,6 @@ fn unavailable() -> Answer {
         body: r#"{"error":"unavailable","message":"payments cannot be checked right now; nothing was charged, try again shortly"}"#
             .to_owned(),
         payment_required: None,
+        error: None,
     }
 }

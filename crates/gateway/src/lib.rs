@@ -10,6 +10,7 @@
 //! - [`PaymentLayer`]: the tower layer for axum/hyper services (402 challenge, charge before
 //!   the handler, void on an error answer, `PAYMENT-RESPONSE` receipt), over
 //!   [`Gateway::authorize`] and [`Gateway::void`].
+//! - [`GatewayMetrics`]: what the layer counts, for `/metrics`.
 //! - [`charge_api`]: the same as an authenticated HTTP API (`charge` / `void`) for middleware in
 //!   other languages (`packages/express`).
 
@@ -17,6 +18,7 @@ mod api;
 mod counters;
 mod gateway;
 mod layer;
+mod metrics;
 pub mod pricing;
 /// The x402 wire format, from the core (clients use it without the gateway).
 pub use opentab_core::x402 as protocol;
@@ -29,4 +31,5 @@ pub use gateway::{
     UsageKind, UsageLedger, UsageRecord, decide, idempotency_hash,
 };
 pub use layer::{Answer, Authorized, Charge, Gateway, PaymentHeaders, PaymentLayer, PaymentService};
+pub use metrics::{GatewayMetrics, Histogram};
 pub use redis_counters::{CounterSource, RedisCounters, Restored, SourceFuture};

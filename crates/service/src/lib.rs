@@ -24,7 +24,7 @@ pub use directory::{StoreCounterSource, StoreDirectory, StoreLedger, restore_cou
 pub use error::{Error, Result};
 pub use listener::{ChainListener, ListenerConfig};
 pub use notify::{Change, MAX_STREAMS_PER_OWNER, Notifier, TooManyStreams};
-pub use ops::{Metrics, Ops, with_ops};
+pub use ops::{ExtraMetrics, Metrics, Ops, gateway_metrics, with_ops};
 pub use rules::{Guardian, Mailer, RuleEngine, RuledLedger};
 
 /// Unix seconds now: the one clock of this crate (the core takes `now` as an argument).

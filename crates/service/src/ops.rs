@@ -72,18 +72,61 @@ impl Metrics {
     }
 }
 
+/// More metrics exported beside [`Metrics`] (a gateway's counters, its key cache), written in
+/// the Prometheus text format.
+#[derive(Clone)]
+pub struct ExtraMetrics(Arc<dyn Fn(&mut String) + Send + Sync>);
+
+impl ExtraMetrics {
+    /// Metrics written by `render`.
+    pub fn new(render: impl Fn(&mut String) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(render))
+    }
+}
+
+impl std::fmt::Debug for ExtraMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtraMetrics")
+    }
+}
+
+/// A gateway's counters and its key cache's hits and misses, for [`Ops::with_metrics`].
+pub fn gateway_metrics(
+    metrics: Arc<opentab_gateway::GatewayMetrics>,
+    directory: crate::StoreDirectory,
+) -> ExtraMetrics {
+    ExtraMetrics::new(move |out| {
+        metrics.render(out);
+        let (hits, misses) = directory.cache_stats();
+        for (name, help, value) in [
+            ("opentab_gateway_key_cache_hits_total", "Paid calls whose key state came from memory.", hits),
+            ("opentab_gateway_key_cache_misses_total", "Paid calls that read key state from the database.", misses),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+    })
+}
+
 /// What the readiness probe checks.
 #[derive(Debug, Clone)]
 pub struct Ops {
     store: Store,
     chain: Option<DynProvider>,
     metrics: Arc<Metrics>,
+    extra: Vec<ExtraMetrics>,
 }
 
 impl Ops {
     /// Probes `store` and, if given, the chain behind `chain`.
     pub fn new(store: Store, chain: Option<DynProvider>, metrics: Arc<Metrics>) -> Self {
-        Self { store, chain, metrics }
+        Self { store, chain, metrics, extra: Vec::new() }
+    }
+
+    /// Exports `extra` at `/metrics` too.
+    #[must_use]
+    pub fn with_metrics(mut self, extra: ExtraMetrics) -> Self {
+        self.extra.push(extra);
+        self
     }
 }
 
@@ -120,5 +163,9 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], ops.metrics.render()).into_response()
+    let mut text = ops.metrics.render();
+    for extra in &ops.extra {
+        (extra.0)(&mut text);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

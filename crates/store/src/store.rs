@@ -462,44 +462,58 @@ impl Store {
     /// in one transaction committed when this returns (the gateway's group commit: one disk
     /// flush for every call that arrived while the previous batch was committing).
     pub async fn record_usage_batch(&self, entries: &[UsageEntry]) -> Result<()> {
-        // Per key: the served delta and the latest time, applied once per key.
-        let mut per_key: std::collections::BTreeMap<Address, (Address, i64, u64)> = std::collections::BTreeMap::new();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // One statement for the whole batch (one round trip, not one per call), in chunks that
+        // stay under the databases' limits on bound parameters.
+        const COLUMNS: usize = 11;
+        const ROWS_PER_STATEMENT: usize = 256;
         let mut tx = self.pool.begin().await?;
-        for entry in entries {
-            let amount = units(entry.amount)?;
-            let delta = match entry.kind {
-                UsageKind::Charge => amount,
-                UsageKind::Void => -amount,
-            };
-            let inserted = sqlx::query(
+        // Per key: the served delta and the latest time of the rows actually inserted (a void
+        // recorded again, after a retry whose first answer was lost, inserts nothing).
+        let mut per_key: std::collections::BTreeMap<Address, (Address, i64, u64)> = std::collections::BTreeMap::new();
+        for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
                 "INSERT INTO usage_ledger (at, session_key, owner, kind, amount, route, request_id, voucher, \
-                 signature, idempotency, void_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(secs(entry.at)?)
-            .bind(hex(entry.session_key))
-            .bind(hex(entry.owner))
-            .bind(match entry.kind {
-                UsageKind::Charge => "charge",
-                UsageKind::Void => "void",
-            })
-            .bind(amount)
-            .bind(&entry.route)
-            .bind(&entry.request_id)
-            .bind(format!("{:0>78}", entry.voucher))
-            .bind(entry.signature.map(|s| s.to_string()).unwrap_or_default())
-            .bind(entry.idempotency.map(|id| format!("{id:#x}")))
-            .bind(entry.void_of.map(|id| format!("{id:#x}")))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                // The same charge voided again (a retry whose first answer was lost): done already.
-                continue;
+                 signature, idempotency, void_of) VALUES ",
+            );
+            for row in 0..chunk.len() {
+                let first = row * COLUMNS + 1;
+                let placeholders: Vec<String> = (first..first + COLUMNS).map(|n| format!("${n}")).collect();
+                sql.push_str(if row == 0 { "(" } else { ", (" });
+                sql.push_str(&placeholders.join(", "));
+                sql.push(')');
             }
-            let slot = per_key.entry(entry.session_key).or_insert((entry.owner, 0, entry.at));
-            slot.1 += delta;
-            slot.2 = slot.2.max(entry.at);
+            sql.push_str(" ON CONFLICT DO NOTHING RETURNING session_key, owner, kind, amount, at");
+            let mut query = sqlx::query(&sql);
+            for entry in chunk {
+                query = query
+                    .bind(secs(entry.at)?)
+                    .bind(hex(entry.session_key))
+                    .bind(hex(entry.owner))
+                    .bind(match entry.kind {
+                        UsageKind::Charge => "charge",
+                        UsageKind::Void => "void",
+                    })
+                    .bind(units(entry.amount)?)
+                    .bind(entry.route.clone())
+                    .bind(entry.request_id.clone())
+                    .bind(format!("{:0>78}", entry.voucher))
+                    .bind(entry.signature.map(|s| s.to_string()).unwrap_or_default())
+                    .bind(entry.idempotency.map(|id| format!("{id:#x}")))
+                    .bind(entry.void_of.map(|id| format!("{id:#x}")));
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let key = address(&row.try_get::<String, _>("session_key")?, "session_key")?;
+                let owner = address(&row.try_get::<String, _>("owner")?, "owner")?;
+                let amount: i64 = row.try_get("amount")?;
+                let delta = if row.try_get::<String, _>("kind")? == "void" { -amount } else { amount };
+                let at = get_u64(&row, "at")?;
+                let slot = per_key.entry(key).or_insert((owner, 0, at));
+                slot.1 += delta;
+                slot.2 = slot.2.max(at);
+            }
         }
         for (key, (owner, delta, at)) in per_key {
             sqlx::query(

@@ -345,6 +345,11 @@ async fn the_usage_ledger_sums_charges_less_voids_and_keeps_the_best_voucher(sto
     store.record_usage_batch(&[void.clone(), void]).await?;
     assert_eq!(store.served(key.address()).await?, Usdc::from_base_units(2_000), "voided once");
     assert_eq!(store.usage_total(key.address()).await?.map(|t| t.served), Some(Usdc::from_base_units(2_000)));
+    // The first void of a charge twice in one batch (one statement): counted once.
+    let other = UsageEntry { void_of: Some(B256::repeat_byte(0xc5)), ..entry(UsageKind::Void, 2_000, 0) };
+    store.record_usage_batch(&[entry(UsageKind::Charge, 2_000, 1_000_002_000), other.clone(), other]).await?;
+    assert_eq!(store.served(key.address()).await?, Usdc::from_base_units(2_000), "one charge, one void");
+    assert_eq!(store.usage_total(key.address()).await?.map(|t| t.served), Some(Usdc::from_base_units(2_000)));
     Ok(())
 }
 
