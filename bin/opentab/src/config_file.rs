@@ -76,7 +76,7 @@ const FIELDS: &[Field] = &[
     field("proxy.redis_prefix", Need::Optional, "a key prefix, e.g. \"opentab\"", is::<String>),
     field("proxy.timeout_secs", Need::Optional, "seconds, a whole number", is::<u64>),
     field("proxy.max_body_bytes", Need::Optional, "bytes, a whole number", is::<u64>),
-    field("proxy.rules", Need::Optional, "\"enforce\" or \"shadow\"", rules),
+    field("proxy.rules", Need::Optional, "\"enforce\" or \"shadow\"", is::<opentab_core::rules::RuleMode>),
     field("proxy.routes", Need::Optional, "entries \"METHOD /path\" = \"price in USDC\" under [proxy.routes]", routes),
 ];
 
@@ -251,13 +251,6 @@ fn decimal_usdc(value: &toml::Value) -> Result<(), String> {
     Usdc::parse_decimal(string(value)?).map(drop).map_err(|err| err.to_string())
 }
 
-fn rules(value: &toml::Value) -> Result<(), String> {
-    match string(value)? {
-        "enforce" | "shadow" => Ok(()),
-        other => Err(format!("{other:?} is no mode")),
-    }
-}
-
 /// Each route's pattern and price (all of them: the first bad one does not hide the next).
 fn routes(value: &toml::Value) -> Result<(), String> {
     let table = value.as_table().ok_or_else(|| format!("{} is not a table", value.type_str()))?;
@@ -315,7 +308,7 @@ rules = "strict"
             "line 2: rpc_url: integer is not a string; expects the chain's JSON-RPC endpoint",
             "line 4: domian: not a setting; did you mean `domain`?",
             "line 7: proxy.listen: ",
-            "line 8: proxy.rules: \"strict\" is no mode; expects \"enforce\" or \"shadow\"",
+            "line 8: proxy.rules: unknown variant `strict`, expected `enforce` or `shadow`; expects \"enforce\" or \"shadow\"",
             "line 10: proxy.routes: ",
             "payee: missing; expects the payee's address",
             "domain: missing; expects the host[:port]",

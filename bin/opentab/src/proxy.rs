@@ -133,19 +133,9 @@ pub(crate) struct Section {
     #[serde(default = "default_max_body")]
     max_body_bytes: u64,
     #[serde(default)]
-    rules: RulesMode,
+    rules: RuleMode,
     #[serde(default)]
     routes: BTreeMap<String, String>,
-}
-
-/// The rule engine's mode: `enforce` freezes on a spike or a burst, `shadow` only alerts (for
-/// load tests, or to watch the rules before trusting them).
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum RulesMode {
-    #[default]
-    Enforce,
-    Shadow,
 }
 
 impl Default for Section {
@@ -157,7 +147,7 @@ impl Default for Section {
             redis_prefix: default_prefix(),
             timeout_secs: default_timeout(),
             max_body_bytes: default_max_body(),
-            rules: RulesMode::default(),
+            rules: RuleMode::default(),
             routes: BTreeMap::new(),
         }
     }
@@ -219,13 +209,11 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         max_timeout_seconds: section.timeout_secs,
     };
     let directory = StoreDirectory::new(store.clone());
-    // Nobody subscribes to a proxy's notifier: live updates come from `serve`.
-    let mode = match section.rules {
-        RulesMode::Enforce => RuleMode::Enforce,
-        RulesMode::Shadow => RuleMode::Shadow,
-    };
-    let mut engine =
-        RuleEngine::new(store.clone(), RuleConfig { mode, ..RuleConfig::default() }, Notifier::default(), None);
+    // Nobody subscribes to a proxy's notifier: live updates come from `serve`. The rules'
+    // mode: `enforce` freezes on a spike or a burst, `shadow` only alerts (for load tests, or
+    // to watch the rules before trusting them).
+    let rules = RuleConfig { mode: section.rules, ..RuleConfig::default() };
+    let mut engine = RuleEngine::new(store.clone(), rules, Notifier::default(), None);
     if let Some(key) = &args.guardian_key {
         let key: SigningKey = key.parse().context("OPENTAB_GUARDIAN_KEY is not a private key")?;
         let signer = tx_signer(&key)?;

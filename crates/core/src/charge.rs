@@ -107,6 +107,16 @@ pub enum ChargeRefused {
     },
 }
 
+/// Whether a usage-ledger row charged a call or voided a charge (the gateway records them, the
+/// store keeps them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageKind {
+    /// A call was charged.
+    Charge,
+    /// A charge was voided (the handler answered an error).
+    Void,
+}
+
 /// Applies the charge rule; on success `key.served` and `owner_served` grow by the price
 /// and `best` rises to the voucher if it is higher. On refusal nothing changes.
 pub fn charge(key: &mut KeyCounters, owner_served: &mut Usdc, req: &ChargeRequest) -> Result<Charged, ChargeRefused> {

@@ -43,10 +43,12 @@ impl core::str::FromStr for Rule {
     }
 }
 
-/// What a rule does when it fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a rule does when it fires (in config files: `"enforce"` or `"shadow"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RuleMode {
     /// Alert, and freeze where the rule freezes.
+    #[default]
     Enforce,
     /// Alert only: to watch a rule before trusting it.
     Shadow,

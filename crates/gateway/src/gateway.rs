@@ -97,14 +97,8 @@ impl<T: CounterStore> CounterStore for std::sync::Arc<T> {
     }
 }
 
-/// Whether a ledger record charges or voids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UsageKind {
-    /// A call was charged.
-    Charge,
-    /// A charge was voided because the handler answered an error.
-    Void,
-}
+/// Whether a ledger record charges or voids (one type with the store's).
+pub use opentab_core::charge::UsageKind;
 
 /// One charge or void, as the durable ledger records it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use opentab_core::Usdc;
 use opentab_core::charge::KeyCounters;
 use opentab_gateway::{
     CounterSource, IDEMPOTENCY_TTL_SECS, InProcessCounters, KeyDirectory, KeyInfo, Restored, SourceFuture, Unavailable,
-    UsageKind, UsageLedger, UsageRecord,
+    UsageLedger, UsageRecord,
 };
 use opentab_store::{ChainStatus, KeyChange, Store, UsageEntry};
 
@@ -199,10 +199,7 @@ impl UsageLedger for StoreLedger {
             at: record.at,
             session_key: record.key,
             owner: record.owner,
-            kind: match record.kind {
-                UsageKind::Charge => opentab_store::UsageKind::Charge,
-                UsageKind::Void => opentab_store::UsageKind::Void,
-            },
+            kind: record.kind,
             amount: record.amount,
             route: record.route,
             request_id: record.request_id,

@@ -101,14 +101,8 @@ impl AuditEntry {
     }
 }
 
-/// Whether a ledger row charged or voided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UsageKind {
-    /// A call was charged.
-    Charge,
-    /// A charge was voided (the handler answered an error).
-    Void,
-}
+/// Whether a ledger row charged or voided (one type with the gateway's).
+pub use opentab_core::charge::UsageKind;
 
 /// One row of the usage ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
