@@ -51,6 +51,15 @@ contract SessionKeyValidator is EIP712, Nonces, ReentrancyGuardTransient {
         uint48 graceEndsAt; // the payee may settle until this second; the owner withdraws after it
     }
 
+    /// @notice One key to register in `registerSessionKeys`.
+    struct KeyTerms {
+        address sessionKey;
+        address payee;
+        uint128 limit;
+        uint48 validAfter;
+        uint48 validUntil;
+    }
+
     /// @notice One voucher to settle in `settleBatch`.
     struct Claim {
         address sessionKey;
@@ -298,6 +307,18 @@ contract SessionKeyValidator is EIP712, Nonces, ReentrancyGuardTransient {
         external
     {
         _register(msg.sender, sessionKey, payee, limit, validAfter, validUntil);
+    }
+
+    /// @notice Registers many keys for the caller in one transaction (fleets of agents). All or
+    ///         nothing: one invalid entry, or one key registered before, reverts the batch with
+    ///         the error `registerSessionKey` would give for it.
+    function registerSessionKeys(KeyTerms[] calldata keys) external {
+        uint256 n = keys.length;
+        if (n == 0) revert EmptyBatch();
+        for (uint256 i; i < n; ++i) {
+            KeyTerms calldata k = keys[i];
+            _register(msg.sender, k.sessionKey, k.payee, k.limit, k.validAfter, k.validUntil);
+        }
     }
 
     /// @notice Registers `sessionKey` for `owner`, who signed an EIP-712 `RegisterSessionKey`

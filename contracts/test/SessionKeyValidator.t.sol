@@ -199,6 +199,67 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         vm.assertEq(validator.settleableUntil(key), validUntil + GRACE, "settleableUntil");
     }
 
+    function _terms(address sessionKey, address to) internal view returns (SessionKeyValidator.KeyTerms memory) {
+        return SessionKeyValidator.KeyTerms(sessionKey, to, LIMIT, u48(T0), u48(T0 + 1 days));
+    }
+
+    function test_registerSessionKeys_registersEveryKeyForTheCallerAndEmitsEach() public {
+        SessionKeyValidator.KeyTerms[] memory keys = new SessionKeyValidator.KeyTerms[](3);
+        keys[0] = _terms(key, payee);
+        keys[1] = _terms(key2, payee2);
+        keys[2] = _terms(key3, payee);
+        for (uint256 i; i < 3; ++i) {
+            vm.expectEmit(true, true, true, true, address(validator));
+            emit SessionKeyValidator.SessionKeyRegistered(
+                owner, keys[i].sessionKey, keys[i].payee, LIMIT, u48(T0), u48(T0 + 1 days)
+            );
+        }
+        vm.prank(owner);
+        validator.registerSessionKeys(keys);
+        for (uint256 i; i < 3; ++i) {
+            SessionKeyValidator.SessionKey memory k = validator.sessionKeyOf(keys[i].sessionKey);
+            vm.assertEq(k.owner, owner, "owner is the caller");
+            vm.assertEq(k.payee, keys[i].payee, "payee");
+            vm.assertEq(k.limit, LIMIT, "limit");
+        }
+    }
+
+    function test_registerSessionKeys_revertsOnAnEmptyBatch() public {
+        vm.expectRevert(SessionKeyValidator.EmptyBatch.selector);
+        vm.prank(owner);
+        validator.registerSessionKeys(new SessionKeyValidator.KeyTerms[](0));
+    }
+
+    function test_registerSessionKeys_isAllOrNothing() public {
+        SessionKeyValidator.KeyTerms[] memory keys = new SessionKeyValidator.KeyTerms[](3);
+        keys[0] = _terms(key, payee);
+        keys[1] = _terms(key2, payee);
+        keys[2] = _terms(key3, payee);
+        keys[2].limit = 0;
+        vm.expectRevert(SessionKeyValidator.ZeroLimit.selector);
+        vm.prank(owner);
+        validator.registerSessionKeys(keys);
+        vm.assertEq(validator.sessionKeyOf(key).owner, address(0), "the valid ones were not registered either");
+        vm.assertEq(validator.sessionKeyOf(key2).owner, address(0), "nor the second");
+    }
+
+    function test_registerSessionKeys_refusesAKeyTwiceInOneBatchOrOneRegisteredBefore() public {
+        SessionKeyValidator.KeyTerms[] memory keys = new SessionKeyValidator.KeyTerms[](2);
+        keys[0] = _terms(key, payee);
+        keys[1] = _terms(key, payee2);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.SessionKeyExists.selector, key));
+        vm.prank(owner);
+        validator.registerSessionKeys(keys);
+
+        _register(stranger, key2, payee, LIMIT);
+        keys[0] = _terms(key3, payee);
+        keys[1] = _terms(key2, payee);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.SessionKeyExists.selector, key2));
+        vm.prank(owner);
+        validator.registerSessionKeys(keys);
+        vm.assertEq(validator.sessionKeyOf(key2).owner, stranger, "not taken over");
+    }
+
     function test_registerSessionKey_acceptsAWindowThatStartedInThePast() public {
         vm.prank(owner);
         validator.registerSessionKey(key, payee, LIMIT, 0, u48(T0 + 1));

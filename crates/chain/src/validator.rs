@@ -268,6 +268,25 @@ impl Validator {
         .await
     }
 
+    /// Registers many keys for the sender in one transaction, all or nothing (a fleet of agents;
+    /// about 71,000 gas a key, against 71,600 plus a transaction's 21,000 one by one).
+    pub async fn register_session_keys(&self, keys: &[KeyTerms]) -> Result<TxOutcome> {
+        let keys = keys
+            .iter()
+            .map(|terms| {
+                let (valid_after, valid_until) = window(terms)?;
+                Ok(SessionKeyValidator::KeyTerms {
+                    sessionKey: terms.session_key,
+                    payee: terms.payee,
+                    limit: u128::from(terms.limit.base_units()),
+                    validAfter: valid_after,
+                    validUntil: valid_until,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        transact(self.contract.registerSessionKeys(keys)).await
+    }
+
     /// The message an owner signs to have a relayer register `terms` for it.
     pub fn registration_message(
         &self,

@@ -51,18 +51,28 @@ impl StoreDirectory {
         (self.cache.hits.load(Ordering::Relaxed), self.cache.misses.load(Ordering::Relaxed))
     }
 
-    async fn read(&self, key: Address) -> Result<Option<KeyInfo>, Unavailable> {
+    async fn read(&self, key: Address, started: u64) -> Result<Option<KeyInfo>, Unavailable> {
         let unavailable = |e: opentab_store::Error| Unavailable(e.to_string());
         let Some(record) = self.store.key(key).await.map_err(unavailable)? else { return Ok(None) };
         if record.chain_status != ChainStatus::Registered {
             return Ok(None);
         }
-        let (tab, settled) =
-            self.store.gateway_budget(record.key.owner, record.key.payee).await.map_err(unavailable)?;
+        // The budget is the owner's, shared by all its keys with this payee: read once for them
+        // all (it sums what their keys settled, which grows with the number of keys).
+        let tab = (record.key.owner, record.key.payee);
+        let (tab_available, owner_settled) = match self.cache.budget(tab) {
+            Some(budget) => budget,
+            None => {
+                let (balance, settled) = self.store.gateway_budget(tab.0, tab.1).await.map_err(unavailable)?;
+                let budget = (balance.available(), settled);
+                self.cache.insert_budget(tab, budget, started);
+                budget
+            }
+        };
         Ok(Some(KeyInfo {
             frozen_offchain: record.frozen_offchain_at.is_some(),
-            tab_available: tab.available(),
-            owner_settled: settled,
+            tab_available,
+            owner_settled,
             key: record.key,
         }))
     }
@@ -74,7 +84,7 @@ impl KeyDirectory for StoreDirectory {
             return Ok(Some(info));
         }
         let started = self.cache.generation();
-        let info = self.read(key).await?;
+        let info = self.read(key, started).await?;
         if let Some(info) = &info {
             self.cache.insert(key, info.clone(), started);
         }
@@ -94,6 +104,8 @@ struct Cache {
 struct CacheState {
     keys: HashMap<Address, (KeyInfo, Instant)>,
     by_owner: HashMap<Address, HashSet<Address>>,
+    /// Per (owner, payee): the tab available and what the owner's keys settled.
+    budgets: HashMap<(Address, Address), ((Usdc, Usdc), Instant)>,
     /// Bumped by every change heard: a read that started before one may have seen the old
     /// row, so it is not cached.
     generation: u64,
@@ -108,6 +120,19 @@ impl Cache {
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found
+    }
+
+    fn budget(&self, tab: (Address, Address)) -> Option<(Usdc, Usdc)> {
+        let state = self.state.read().ok()?;
+        state.budgets.get(&tab).filter(|(_, at)| at.elapsed() < MAX_AGE).map(|(budget, _)| *budget)
+    }
+
+    /// Caches a budget, read since `started`, unless a change was heard meanwhile.
+    fn insert_budget(&self, tab: (Address, Address), budget: (Usdc, Usdc), started: u64) {
+        let Ok(mut state) = self.state.write() else { return };
+        if state.generation == started {
+            state.budgets.insert(tab, (budget, Instant::now()));
+        }
     }
 
     fn generation(&self) -> u64 {
@@ -132,6 +157,7 @@ impl Cache {
                 for key in state.by_owner.remove(&owner).unwrap_or_default() {
                     state.keys.remove(&key);
                 }
+                state.budgets.retain(|(o, _), _| *o != owner);
             }
             KeyChange::Key(key) => {
                 if let Some((info, _)) = state.keys.remove(&key)
@@ -143,6 +169,7 @@ impl Cache {
             KeyChange::Everything => {
                 state.keys.clear();
                 state.by_owner.clear();
+                state.budgets.clear();
             }
         }
     }
