@@ -58,17 +58,7 @@ pub(crate) fn run(args: ConfigArgs) -> anyhow::Result<()> {
     let ConfigCommand::Init { from, out } = args.command;
     let values = match &from {
         Some(dir) => from_dev(dir)?,
-        None => Values {
-            source: "Fill in the five required values (marked REQUIRED); every other line shows its default.".into(),
-            database_url: "postgres://opentab@127.0.0.1/opentab".into(),
-            rpc_url: "https://rpc.example/REQUIRED".into(),
-            validator: "0x0000000000000000000000000000000000000000".into(),
-            deployed_at_block: 0,
-            payee: "0x0000000000000000000000000000000000000000".into(),
-            domain: "api.example.com".into(),
-            confirmations: 2,
-            secure_cookies: true,
-        },
+        None => blank(),
     };
     let text = render(&values);
     match out {
@@ -84,6 +74,21 @@ pub(crate) fn run(args: ConfigArgs) -> anyhow::Result<()> {
         None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }
     Ok(())
+}
+
+/// A config to fill in: placeholders for the required values, defaults for the rest.
+fn blank() -> Values {
+    Values {
+        source: "Fill in the five required values (marked REQUIRED); every other line shows its default.".into(),
+        database_url: "postgres://opentab@127.0.0.1/opentab".into(),
+        rpc_url: "https://rpc.example/REQUIRED".into(),
+        validator: "0x0000000000000000000000000000000000000000".into(),
+        deployed_at_block: 0,
+        payee: "0x0000000000000000000000000000000000000000".into(),
+        domain: "api.example.com".into(),
+        confirmations: 2,
+        secure_cookies: true,
+    }
 }
 
 fn from_dev(dir: &Path) -> anyhow::Result<Values> {
@@ -179,20 +184,6 @@ rules = "enforce"                    # the rule engine: enforce, or shadow (aler
 mod tests {
     use super::*;
     use crate::config_file::Reader;
-
-    fn blank() -> Values {
-        Values {
-            source: String::new(),
-            database_url: "postgres://opentab@127.0.0.1/opentab".into(),
-            rpc_url: "https://rpc.example/REQUIRED".into(),
-            validator: "0x0000000000000000000000000000000000000000".into(),
-            deployed_at_block: 0,
-            payee: "0x0000000000000000000000000000000000000000".into(),
-            domain: "api.example.com".into(),
-            confirmations: 2,
-            secure_cookies: true,
-        }
-    }
 
     /// The written file names every setting the checker knows, and passes it for both readers.
     #[test]

@@ -54,6 +54,22 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: [Self; 12] = [
+        Self::InsufficientFunds,
+        Self::LimitExceeded,
+        Self::KeyFrozen,
+        Self::KeyRevoked,
+        Self::KeyExpired,
+        Self::UnknownKey,
+        Self::InvalidSignature,
+        Self::WrongPayee,
+        Self::WrongNetwork,
+        Self::VoucherTooLow,
+        Self::MalformedPayment,
+        Self::DuplicatePayment,
+    ];
+
     /// The code as it appears on the wire.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -419,19 +435,7 @@ mod tests {
 
     #[test]
     fn error_codes_are_the_documented_strings() -> Result<(), serde_json::Error> {
-        for code in [
-            ErrorCode::InsufficientFunds,
-            ErrorCode::LimitExceeded,
-            ErrorCode::KeyFrozen,
-            ErrorCode::KeyRevoked,
-            ErrorCode::KeyExpired,
-            ErrorCode::UnknownKey,
-            ErrorCode::InvalidSignature,
-            ErrorCode::WrongPayee,
-            ErrorCode::WrongNetwork,
-            ErrorCode::VoucherTooLow,
-            ErrorCode::MalformedPayment,
-        ] {
+        for code in ErrorCode::ALL {
             assert_eq!(serde_json::to_value(code)?, code.as_str());
         }
         Ok(())

@@ -9,20 +9,7 @@ use std::time::Duration;
 use crate::protocol::ErrorCode;
 
 /// Every refusal code, in the order [`GatewayMetrics`] counts them.
-const CODES: [ErrorCode; 12] = [
-    ErrorCode::InsufficientFunds,
-    ErrorCode::LimitExceeded,
-    ErrorCode::KeyFrozen,
-    ErrorCode::KeyRevoked,
-    ErrorCode::KeyExpired,
-    ErrorCode::UnknownKey,
-    ErrorCode::InvalidSignature,
-    ErrorCode::WrongPayee,
-    ErrorCode::WrongNetwork,
-    ErrorCode::VoucherTooLow,
-    ErrorCode::MalformedPayment,
-    ErrorCode::DuplicatePayment,
-];
+const CODES: [ErrorCode; ErrorCode::ALL.len()] = ErrorCode::ALL;
 
 /// Upper bounds of the latency buckets, in microseconds (100 µs to 10 s).
 const BOUNDS_US: [u64; 14] =
