@@ -5,8 +5,9 @@ use opentab_core::Address;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use crate::keys::freeze_offchain;
 use crate::settlements::announce_if;
-use crate::store::{address, freeze_offchain, get_u64, hex, opt_u64, secs};
+use crate::store::{address, get_u64, hex, opt_u64, secs};
 use crate::{NewWebhook, Result, Store};
 
 /// An alert to record.

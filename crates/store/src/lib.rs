@@ -15,17 +15,26 @@
 //! pure folds, so undoing a reorg is: delete the orphaned events, fold again.
 
 mod alerts;
+mod audit;
+mod auth;
+mod chain;
 mod changes;
 mod error;
 mod gateways;
+mod keys;
 mod migrations;
+mod owners;
 mod rows;
 mod settlements;
 mod store;
+mod tabs;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+mod usage;
 
 pub use alerts::{Alert, NewAlert};
+pub use audit::RELAY_SENT;
+pub use chain::Touched;
 pub use changes::{KeyChange, POLL_EVERY};
 pub use error::{Error, Result};
 pub use gateways::{GatewayClaim, LiveGateway};
@@ -34,4 +43,4 @@ pub use rows::{
     UsageTotal,
 };
 pub use settlements::{NewSettlement, NewWebhook, OutboxEntry, Owed, Settlement, SettlementStatus};
-pub use store::{Backend, RELAY_SENT, Store, Touched, create_postgres_database};
+pub use store::{Backend, Store, create_postgres_database};

@@ -132,7 +132,7 @@ impl Store {
              LEFT JOIN tabs e ON e.owner = k.owner AND e.payee = k.payee \
              WHERE k.payee = $1 AND k.chain_status = 'registered' AND u.served > k.settled_units \
              ORDER BY k.owner, k.address",
-            crate::store::KEY_COLUMNS.split(", ").map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", ")
+            crate::keys::KEY_COLUMNS.split(", ").map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", ")
         ))
         .bind(hex(payee))
         .fetch_all(&self.pool)
@@ -140,7 +140,7 @@ impl Store {
         rows.iter()
             .map(|row| {
                 Ok(Owed {
-                    key: crate::store::key_record(row)?,
+                    key: crate::keys::key_record(row)?,
                     served: Usdc::from_base_units(get_u64(row, "served")?),
                     withdrawal_pending: opt_u64(row, "withdrawal_units")?.is_some_and(|w| w > 0),
                 })
