@@ -51,7 +51,8 @@ contract SessionKeyValidator is EIP712, Nonces, ReentrancyGuardTransient {
         uint48 graceEndsAt; // the payee may settle until this second; the owner withdraws after it
     }
 
-    /// @notice One key to register in `registerSessionKeys`.
+    /// @notice One key to register in `registerSessionKeys` and `registerSessionKeysWithSig`
+    ///         (and the EIP-712 type of each entry of a `RegisterSessionKeys`).
     struct KeyTerms {
         address sessionKey;
         address payee;
@@ -84,6 +85,11 @@ contract SessionKeyValidator is EIP712, Nonces, ReentrancyGuardTransient {
         keccak256("Voucher(address sessionKey,address payee,uint256 cumulativeAmount)");
     bytes32 public constant REGISTER_TYPEHASH = keccak256(
         "RegisterSessionKey(address owner,address sessionKey,address payee,uint128 limit,uint48 validAfter,uint48 validUntil,uint256 nonce,uint256 deadline)"
+    );
+    bytes32 public constant KEY_TERMS_TYPEHASH =
+        keccak256("KeyTerms(address sessionKey,address payee,uint128 limit,uint48 validAfter,uint48 validUntil)");
+    bytes32 public constant REGISTER_BATCH_TYPEHASH = keccak256(
+        "RegisterSessionKeys(address owner,KeyTerms[] keys,uint256 nonce,uint256 deadline)KeyTerms(address sessionKey,address payee,uint128 limit,uint48 validAfter,uint48 validUntil)"
     );
     bytes32 public constant FREEZE_TYPEHASH =
         keccak256("FreezeSessionKey(address sessionKey,uint256 nonce,uint256 deadline)");
@@ -313,12 +319,28 @@ contract SessionKeyValidator is EIP712, Nonces, ReentrancyGuardTransient {
     ///         nothing: one invalid entry, or one key registered before, reverts the batch with
     ///         the error `registerSessionKey` would give for it.
     function registerSessionKeys(KeyTerms[] calldata keys) external {
-        uint256 n = keys.length;
-        if (n == 0) revert EmptyBatch();
-        for (uint256 i; i < n; ++i) {
-            KeyTerms calldata k = keys[i];
-            _register(msg.sender, k.sessionKey, k.payee, k.limit, k.validAfter, k.validUntil);
-        }
+        if (keys.length == 0) revert EmptyBatch();
+        _registerAll(msg.sender, keys);
+    }
+
+    /// @notice Registers many keys for `owner`, who signed one EIP-712 `RegisterSessionKeys`
+    ///         over all of them (an EOA signature, or ERC-1271 for contract owners). Anyone may
+    ///         relay it. All or nothing, like `registerSessionKeys`; the signature covers the
+    ///         entries in order, so a relayer can neither drop, add, reorder nor change one.
+    function registerSessionKeysWithSig(
+        KeyTerms[] calldata keys,
+        address owner,
+        uint256 nonce,
+        uint256 deadline,
+        bytes calldata signature
+    ) external {
+        if (keys.length == 0) revert EmptyBatch();
+        if (block.timestamp > deadline) revert SignatureExpired(deadline);
+        if (owner == address(0)) revert ZeroAddress();
+        bytes32 digest = registrationsDigest(owner, keys, nonce, deadline);
+        _useCheckedNonce(owner, nonce);
+        if (!SignatureChecker.isValidSignatureNow(owner, digest, signature)) revert InvalidOwnerSignature(owner);
+        _registerAll(owner, keys);
     }
 
     /// @notice Registers `sessionKey` for `owner`, who signed an EIP-712 `RegisterSessionKey`
@@ -340,6 +362,14 @@ contract SessionKeyValidator is EIP712, Nonces, ReentrancyGuardTransient {
         _useCheckedNonce(owner, nonce);
         if (!SignatureChecker.isValidSignatureNow(owner, digest, signature)) revert InvalidOwnerSignature(owner);
         _register(owner, sessionKey, payee, limit, validAfter, validUntil);
+    }
+
+    function _registerAll(address owner, KeyTerms[] calldata keys) internal {
+        uint256 n = keys.length;
+        for (uint256 i; i < n; ++i) {
+            KeyTerms calldata k = keys[i];
+            _register(owner, k.sessionKey, k.payee, k.limit, k.validAfter, k.validUntil);
+        }
     }
 
     function _register(
@@ -656,6 +686,45 @@ contract SessionKeyValidator is EIP712, Nonces, ReentrancyGuardTransient {
                 abi.encode(REGISTER_TYPEHASH, owner, sessionKey, payee, limit, validAfter, validUntil, nonce, deadline)
             )
         );
+    }
+
+    /// @notice The digest an owner signs to have all of `keys` registered by a relayer in one
+    ///         transaction (EIP-712 `RegisterSessionKeys`).
+    function registrationsDigest(address owner, KeyTerms[] calldata keys, uint256 nonce, uint256 deadline)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(
+            keccak256(abi.encode(REGISTER_BATCH_TYPEHASH, owner, _hashKeyTerms(keys), nonce, deadline))
+        );
+    }
+
+    /// @dev EIP-712 `encodeData` of a `KeyTerms[]`: keccak256 of its entries' struct hashes,
+    ///      concatenated. Hashed in place above the free memory pointer, which it leaves where it
+    ///      was: one word per entry, where `abi.encode` would allocate seven and an array.
+    function _hashKeyTerms(KeyTerms[] calldata keys) internal pure returns (bytes32 keysHash) {
+        bytes32 typehash = KEY_TERMS_TYPEHASH;
+        assembly ("memory-safe") {
+            let n := keys.length
+            let hashes := mload(0x40) // n struct hashes, then one entry's encoding
+            let entry := add(hashes, shl(5, n))
+            mstore(entry, typehash)
+            let addressMask := 0xffffffffffffffffffffffffffffffffffffffff
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
+                // An entry is five words in calldata: sessionKey, payee, limit, validAfter,
+                // validUntil. Each is masked to its type, so the digest covers exactly what
+                // `_register` reads (the ABI decoder refuses dirty bits there anyway).
+                let p := add(keys.offset, mul(i, 0xa0))
+                mstore(add(entry, 0x20), and(calldataload(p), addressMask))
+                mstore(add(entry, 0x40), and(calldataload(add(p, 0x20)), addressMask))
+                mstore(add(entry, 0x60), and(calldataload(add(p, 0x40)), 0xffffffffffffffffffffffffffffffff))
+                mstore(add(entry, 0x80), and(calldataload(add(p, 0x60)), 0xffffffffffff))
+                mstore(add(entry, 0xa0), and(calldataload(add(p, 0x80)), 0xffffffffffff))
+                mstore(add(hashes, shl(5, i)), keccak256(entry, 0xc0))
+            }
+            keysHash := keccak256(hashes, shl(5, n))
+        }
     }
 
     /// @notice The digest an owner signs for a relayed freeze, unfreeze or revoke.

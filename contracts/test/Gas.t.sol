@@ -87,6 +87,20 @@ contract GasTest is ValidatorFixture {
         vm.assertEq(validator.sessionKeyOf(vm.addr(0x5E55000 + 99)).owner, owner, "registered");
     }
 
+    function test_gas_registerSessionKeysWithSig_100keys() public {
+        SessionKeyValidator.KeyTerms[] memory keys = new SessionKeyValidator.KeyTerms[](100);
+        for (uint256 i; i < 100; ++i) {
+            keys[i] = SessionKeyValidator.KeyTerms(
+                vm.addr(0x5E55000 + i), payee, LIMIT, u48(T0), u48(T0 + LIFETIME)
+            );
+        }
+        bytes memory sig = _registrationsSig(OWNER_PK, keys, 0, T0);
+        vm.prank(relayer);
+        validator.registerSessionKeysWithSig(keys, owner, 0, T0, sig);
+        vm.snapshotGasLastCall("registerSessionKeysWithSig_100keys");
+        vm.assertEq(validator.sessionKeyOf(vm.addr(0x5E55000 + 99)).owner, owner, "registered");
+    }
+
     function test_gas_registerSessionKeyWithSig() public {
         bytes memory sig = _registrationSig(OWNER_PK, key3, payee, LIMIT, u48(T0), u48(T0 + LIFETIME), 0, T0);
         vm.prank(relayer);

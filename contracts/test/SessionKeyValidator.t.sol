@@ -44,6 +44,8 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         vm.assertEq(validator.UNFREEZE_TYPEHASH(), Digests.UNFREEZE_TYPEHASH, "unfreeze");
         vm.assertEq(validator.REVOKE_TYPEHASH(), Digests.REVOKE_TYPEHASH, "revoke");
         vm.assertEq(validator.SET_SETTLER_TYPEHASH(), Digests.SET_SETTLER_TYPEHASH, "setSettler");
+        vm.assertEq(validator.KEY_TERMS_TYPEHASH(), Digests.KEY_TERMS_TYPEHASH, "keyTerms");
+        vm.assertEq(validator.REGISTER_BATCH_TYPEHASH(), Digests.REGISTER_BATCH_TYPEHASH, "registerSessionKeys");
     }
 
     function test_constructor_revertsOnZeroToken() public {
@@ -452,6 +454,248 @@ contract SessionKeyValidatorTest is ValidatorFixture {
         bytes memory sig = _registrationSig(OWNER_PK, key, payee, 0, 0, u48(T0 + 1 days), 0, T0);
         vm.expectRevert(SessionKeyValidator.ZeroLimit.selector);
         validator.registerSessionKeyWithSig(key, payee, 0, 0, u48(T0 + 1 days), owner, 0, T0, sig);
+    }
+
+    // ========================================== registerSessionKeysWithSig
+
+    function _three() internal view returns (SessionKeyValidator.KeyTerms[] memory keys) {
+        keys = new SessionKeyValidator.KeyTerms[](3);
+        keys[0] = _terms(key, payee);
+        keys[1] = _terms(key2, payee2);
+        keys[2] = _terms(key3, payee);
+    }
+
+    function test_registerSessionKeysWithSig_eoaOwnerViaRelayer() public {
+        SessionKeyValidator.KeyTerms[] memory keys = _three();
+        uint256 deadline = T0 + 1 hours;
+        bytes memory sig = _registrationsSig(OWNER_PK, keys, 0, deadline);
+
+        for (uint256 i; i < 3; ++i) {
+            vm.expectEmit(true, true, true, true, address(validator));
+            emit SessionKeyValidator.SessionKeyRegistered(
+                owner, keys[i].sessionKey, keys[i].payee, LIMIT, u48(T0), u48(T0 + 1 days)
+            );
+        }
+        vm.prank(relayer);
+        validator.registerSessionKeysWithSig(keys, owner, 0, deadline, sig);
+
+        for (uint256 i; i < 3; ++i) {
+            SessionKeyValidator.SessionKey memory k = validator.sessionKeyOf(keys[i].sessionKey);
+            vm.assertEq(k.owner, owner, "owner is the signer, not the relayer");
+            vm.assertEq(k.payee, keys[i].payee, "payee");
+            vm.assertEq(k.limit, LIMIT, "limit");
+            vm.assertEq(k.validUntil, u48(T0 + 1 days), "validUntil");
+        }
+        vm.assertEq(validator.nonces(owner), 1, "one nonce for the whole batch");
+        vm.assertEq(validator.nonces(relayer), 0, "relayer nonce untouched");
+    }
+
+    function test_registerSessionKeysWithSig_digestIsTheEip712OfTheTypeString() public view {
+        SessionKeyValidator.KeyTerms[] memory keys = _three();
+        vm.assertEq(
+            validator.registrationsDigest(owner, keys, 7, T0 + 1 hours),
+            Digests.registrations(_separator(address(validator)), owner, keys, 7, T0 + 1 hours),
+            "digest"
+        );
+    }
+
+    /// A fixed point the Rust core is held to as well (`crates/core/src/eip712.rs`,
+    /// `batch_registration_digest_matches_the_contract`): same domain, same three entries.
+    function test_registerSessionKeysWithSig_pinnedDigest() public {
+        vm.chainId(31337);
+        uint160 ones = type(uint160).max / 0xff; // 0x0101…01: repeat a byte with `ones * byte`
+        address at = address(ones * 0x42);
+        vm.etch(at, address(validator).code); // the domain follows the address it runs at
+        SessionKeyValidator.KeyTerms[] memory keys = new SessionKeyValidator.KeyTerms[](3);
+        uint128[3] memory limits = [uint128(25_000_000), 1, type(uint128).max];
+        for (uint256 i; i < 3; ++i) {
+            keys[i] = SessionKeyValidator.KeyTerms(
+                address(ones * uint160(i + 1)),
+                address(ones * 0xfe),
+                limits[i],
+                1_700_000_000,
+                1_700_086_400
+            );
+        }
+        address signer = address(ones * 0xaa);
+        bytes32 digest = SessionKeyValidator(at).registrationsDigest(signer, keys, 7, 1_700_000_900);
+        vm.assertEq(digest, Digests.registrations(_separator(at), signer, keys, 7, 1_700_000_900), "first principles");
+        vm.assertEq(digest, PINNED_BATCH_DIGEST, "the digest the Rust core pins");
+    }
+
+    bytes32 internal constant PINNED_BATCH_DIGEST = 0x763cd19358f58d7b6ed7f8935654b1e11458db2514d5c752fc238efa53941c06;
+
+    /// The contract hashes the array in assembly; the test library with `abi.encode`.
+    function test_fuzz_registrationsDigest_matchesFirstPrinciples(
+        uint8 count,
+        uint256 seed,
+        address who,
+        uint256 nonce,
+        uint256 deadline
+    ) public view {
+        uint256 n = bound(count, 1, 40);
+        SessionKeyValidator.KeyTerms[] memory keys = new SessionKeyValidator.KeyTerms[](n);
+        for (uint256 i; i < n; ++i) {
+            uint256 r = uint256(keccak256(abi.encode(seed, i)));
+            // forge-lint: disable-start(unsafe-typecast)
+            keys[i] = SessionKeyValidator.KeyTerms(
+                address(uint160(r)), address(uint160(r >> 96)), uint128(r >> 64), uint48(r >> 16), uint48(r >> 200)
+            );
+            // forge-lint: disable-end(unsafe-typecast)
+        }
+        vm.assertEq(
+            validator.registrationsDigest(who, keys, nonce, deadline),
+            Digests.registrations(_separator(address(validator)), who, keys, nonce, deadline),
+            "digest"
+        );
+    }
+
+    function test_registerSessionKeysWithSig_acceptsDeadlineEqualToNow() public {
+        SessionKeyValidator.KeyTerms[] memory keys = _three();
+        validator.registerSessionKeysWithSig(keys, owner, 0, T0, _registrationsSig(OWNER_PK, keys, 0, T0));
+        vm.assertEq(validator.sessionKeyOf(key3).owner, owner, "registered");
+    }
+
+    function test_registerSessionKeysWithSig_revertsOnAnEmptyBatch() public {
+        SessionKeyValidator.KeyTerms[] memory none = new SessionKeyValidator.KeyTerms[](0);
+        bytes memory sig = _registrationsSig(OWNER_PK, none, 0, T0);
+        vm.expectRevert(SessionKeyValidator.EmptyBatch.selector);
+        validator.registerSessionKeysWithSig(none, owner, 0, T0, sig);
+        vm.assertEq(validator.nonces(owner), 0, "no nonce spent");
+    }
+
+    function test_registerSessionKeysWithSig_revertsWhenSignatureExpired() public {
+        SessionKeyValidator.KeyTerms[] memory keys = _three();
+        uint256 deadline = T0 - 1;
+        bytes memory sig = _registrationsSig(OWNER_PK, keys, 0, deadline);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.SignatureExpired.selector, deadline));
+        validator.registerSessionKeysWithSig(keys, owner, 0, deadline, sig);
+    }
+
+    function test_registerSessionKeysWithSig_revertsOnZeroOwner() public {
+        SessionKeyValidator.KeyTerms[] memory keys = _three();
+        bytes memory sig = _registrationsSig(OWNER_PK, keys, 0, T0);
+        vm.expectRevert(SessionKeyValidator.ZeroAddress.selector);
+        validator.registerSessionKeysWithSig(keys, address(0), 0, T0, sig);
+    }
+
+    function test_registerSessionKeysWithSig_revertsWhenSignedByAnotherKey() public {
+        SessionKeyValidator.KeyTerms[] memory keys = _three();
+        bytes memory sig = _sign(OTHER_PK, Digests.registrations(_separator(address(validator)), owner, keys, 0, T0));
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidOwnerSignature.selector, owner));
+        validator.registerSessionKeysWithSig(keys, owner, 0, T0, sig);
+        vm.assertEq(validator.sessionKeyOf(key).owner, address(0), "nothing registered");
+    }
+
+    /// The signature covers every entry, in order: the relayer can drop, add, reorder or
+    /// change none of them.
+    function test_registerSessionKeysWithSig_revertsWhenTheRelayerChangesTheBatch() public {
+        SessionKeyValidator.KeyTerms[] memory keys = _three();
+        bytes memory sig = _registrationsSig(OWNER_PK, keys, 0, T0);
+        bytes memory invalid = abi.encodeWithSelector(SessionKeyValidator.InvalidOwnerSignature.selector, owner);
+
+        SessionKeyValidator.KeyTerms[] memory dropped = new SessionKeyValidator.KeyTerms[](2);
+        (dropped[0], dropped[1]) = (keys[0], keys[1]);
+        vm.expectRevert(invalid);
+        validator.registerSessionKeysWithSig(dropped, owner, 0, T0, sig);
+
+        SessionKeyValidator.KeyTerms[] memory added = new SessionKeyValidator.KeyTerms[](4);
+        (added[0], added[1], added[2], added[3]) = (keys[0], keys[1], keys[2], _terms(stranger, payee));
+        vm.expectRevert(invalid);
+        validator.registerSessionKeysWithSig(added, owner, 0, T0, sig);
+
+        SessionKeyValidator.KeyTerms[] memory swapped = _three();
+        (swapped[0], swapped[2]) = (keys[2], keys[0]);
+        vm.expectRevert(invalid);
+        validator.registerSessionKeysWithSig(swapped, owner, 0, T0, sig);
+
+        SessionKeyValidator.KeyTerms[] memory raised = _three();
+        raised[1].limit = LIMIT + 1;
+        vm.expectRevert(invalid);
+        validator.registerSessionKeysWithSig(raised, owner, 0, T0, sig);
+
+        SessionKeyValidator.KeyTerms[] memory redirected = _three();
+        redirected[2].payee = stranger;
+        vm.expectRevert(invalid);
+        validator.registerSessionKeysWithSig(redirected, owner, 0, T0, sig);
+        vm.assertEq(validator.nonces(owner), 0, "no nonce spent on failure");
+    }
+
+    /// A signed single registration is no batch of one (its own type), and the reverse.
+    function test_registerSessionKeysWithSig_refusesASingleRegistrationSignature() public {
+        SessionKeyValidator.KeyTerms[] memory one = new SessionKeyValidator.KeyTerms[](1);
+        one[0] = _terms(key, payee);
+        bytes memory single = _registrationSig(OWNER_PK, key, payee, LIMIT, u48(T0), u48(T0 + 1 days), 0, T0);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidOwnerSignature.selector, owner));
+        validator.registerSessionKeysWithSig(one, owner, 0, T0, single);
+
+        bytes memory batch = _registrationsSig(OWNER_PK, one, 0, T0);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidOwnerSignature.selector, owner));
+        validator.registerSessionKeyWithSig(key, payee, LIMIT, u48(T0), u48(T0 + 1 days), owner, 0, T0, batch);
+    }
+
+    function test_registerSessionKeysWithSig_revertsWhenNonceReused() public {
+        SessionKeyValidator.KeyTerms[] memory keys = _three();
+        bytes memory sig = _registrationsSig(OWNER_PK, keys, 0, T0);
+        validator.registerSessionKeysWithSig(keys, owner, 0, T0, sig);
+
+        // The same signature again (its keys now exist, but the nonce is checked first).
+        vm.expectRevert(abi.encodeWithSelector(Nonces.InvalidAccountNonce.selector, owner, 1));
+        validator.registerSessionKeysWithSig(keys, owner, 0, T0, sig);
+
+        // A fresh batch signed with the spent nonce.
+        SessionKeyValidator.KeyTerms[] memory others = new SessionKeyValidator.KeyTerms[](1);
+        others[0] = _terms(stranger, payee);
+        bytes memory sig2 = _registrationsSig(OWNER_PK, others, 0, T0);
+        vm.expectRevert(abi.encodeWithSelector(Nonces.InvalidAccountNonce.selector, owner, 1));
+        validator.registerSessionKeysWithSig(others, owner, 0, T0, sig2);
+    }
+
+    function test_registerSessionKeysWithSig_isAllOrNothing() public {
+        SessionKeyValidator.KeyTerms[] memory keys = _three();
+        keys[2].validAfter = keys[2].validUntil; // an empty window, last in the batch
+        bytes memory sig = _registrationsSig(OWNER_PK, keys, 0, T0);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                SessionKeyValidator.InvalidValidityWindow.selector, keys[2].validAfter, keys[2].validUntil
+            )
+        );
+        validator.registerSessionKeysWithSig(keys, owner, 0, T0, sig);
+        vm.assertEq(validator.sessionKeyOf(key).owner, address(0), "the valid ones were not registered either");
+        vm.assertEq(validator.sessionKeyOf(key2).owner, address(0), "nor the second");
+        vm.assertEq(validator.nonces(owner), 0, "the nonce is still unspent");
+    }
+
+    function test_registerSessionKeysWithSig_refusesAKeyRegisteredBefore() public {
+        _register(stranger, key2, payee, LIMIT);
+        SessionKeyValidator.KeyTerms[] memory keys = _three();
+        bytes memory sig = _registrationsSig(OWNER_PK, keys, 0, T0);
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.SessionKeyExists.selector, key2));
+        validator.registerSessionKeysWithSig(keys, owner, 0, T0, sig);
+        vm.assertEq(validator.sessionKeyOf(key2).owner, stranger, "not taken over");
+        vm.assertEq(validator.sessionKeyOf(key).owner, address(0), "nothing registered");
+    }
+
+    function test_registerSessionKeysWithSig_erc1271Owner() public {
+        ERC1271Wallet wallet = new ERC1271Wallet(owner);
+        SessionKeyValidator.KeyTerms[] memory keys = _three();
+        bytes memory sig =
+            _sign(OWNER_PK, Digests.registrations(_separator(address(validator)), address(wallet), keys, 0, T0));
+        vm.prank(relayer);
+        validator.registerSessionKeysWithSig(keys, address(wallet), 0, T0, sig);
+        for (uint256 i; i < 3; ++i) {
+            vm.assertEq(validator.sessionKeyOf(keys[i].sessionKey).owner, address(wallet), "wallet owns the key");
+        }
+        vm.assertEq(validator.nonces(address(wallet)), 1, "wallet nonce spent");
+    }
+
+    function test_registerSessionKeysWithSig_revertsForErc1271OwnerWithWrongSigner() public {
+        ERC1271Wallet wallet = new ERC1271Wallet(owner);
+        SessionKeyValidator.KeyTerms[] memory keys = _three();
+        bytes memory sig =
+            _sign(OTHER_PK, Digests.registrations(_separator(address(validator)), address(wallet), keys, 0, T0));
+        vm.expectRevert(abi.encodeWithSelector(SessionKeyValidator.InvalidOwnerSignature.selector, address(wallet)));
+        validator.registerSessionKeysWithSig(keys, address(wallet), 0, T0, sig);
     }
 
     // ================================================================ freeze

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.30;
 
+import {SessionKeyValidator} from "../../src/SessionKeyValidator.sol";
+
 /// @notice EIP-712 digests computed from first principles (type strings, name, version,
 ///         chain id, address), independently of the contract's own digest views, so the
 ///         tests check the contract instead of echoing it.
@@ -11,6 +13,15 @@ library Digests {
         keccak256("Voucher(address sessionKey,address payee,uint256 cumulativeAmount)");
     bytes32 internal constant REGISTER_TYPEHASH = keccak256(
         "RegisterSessionKey(address owner,address sessionKey,address payee,uint128 limit,uint48 validAfter,uint48 validUntil,uint256 nonce,uint256 deadline)"
+    );
+    bytes32 internal constant KEY_TERMS_TYPEHASH =
+        keccak256("KeyTerms(address sessionKey,address payee,uint128 limit,uint48 validAfter,uint48 validUntil)");
+    /// @dev EIP-712 `encodeType`: the primary type, then each referenced type (here one).
+    bytes32 internal constant REGISTER_BATCH_TYPEHASH = keccak256(
+        abi.encodePacked(
+            "RegisterSessionKeys(address owner,KeyTerms[] keys,uint256 nonce,uint256 deadline)",
+            "KeyTerms(address sessionKey,address payee,uint128 limit,uint48 validAfter,uint48 validUntil)"
+        )
     );
     bytes32 internal constant FREEZE_TYPEHASH =
         keccak256("FreezeSessionKey(address sessionKey,uint256 nonce,uint256 deadline)");
@@ -64,6 +75,25 @@ library Digests {
                 abi.encode(REGISTER_TYPEHASH, owner, sessionKey, payee, limit, validAfter, validUntil, nonce, deadline)
             )
         );
+    }
+
+    /// @dev An array of structs is encoded as keccak256 of its elements' struct hashes, concatenated.
+    function registrations(
+        bytes32 separator,
+        address owner,
+        SessionKeyValidator.KeyTerms[] memory keys,
+        uint256 nonce,
+        uint256 deadline
+    ) internal pure returns (bytes32) {
+        bytes32[] memory hashes = new bytes32[](keys.length);
+        for (uint256 i; i < keys.length; ++i) {
+            SessionKeyValidator.KeyTerms memory k = keys[i];
+            hashes[i] = keccak256(
+                abi.encode(KEY_TERMS_TYPEHASH, k.sessionKey, k.payee, k.limit, k.validAfter, k.validUntil)
+            );
+        }
+        bytes32 keysHash = keccak256(abi.encodePacked(hashes));
+        return typed(separator, keccak256(abi.encode(REGISTER_BATCH_TYPEHASH, owner, keysHash, nonce, deadline)));
     }
 
     function keyAction(bytes32 separator, bytes32 typehash, address sessionKey, uint256 nonce, uint256 deadline)

@@ -111,6 +111,16 @@ abstract contract ValidatorFixture is Test {
         );
     }
 
+    /// @dev `pk`'s signature over a `RegisterSessionKeys` of `keys` for `validator`.
+    function _registrationsSig(
+        uint256 pk,
+        SessionKeyValidator.KeyTerms[] memory keys,
+        uint256 nonce,
+        uint256 deadline
+    ) internal view returns (bytes memory) {
+        return _sign(pk, Digests.registrations(_separator(address(validator)), vm.addr(pk), keys, nonce, deadline));
+    }
+
     function _actionSig(uint256 pk, bytes32 typehash, address sessionKey, uint256 nonce, uint256 deadline)
         internal
         view

@@ -5,7 +5,9 @@ use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256, Bytes, TxHash, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
-use opentab_core::eip712::{FreezeSessionKey, RegisterSessionKey, RevokeSessionKey, SetSettler, UnfreezeSessionKey};
+use opentab_core::eip712::{
+    self, FreezeSessionKey, RegisterSessionKey, RegisterSessionKeys, RevokeSessionKey, SetSettler, UnfreezeSessionKey,
+};
 use opentab_core::{ContractDomain, SessionKey, Signature, SigningKey, SkipReason, Tab, Usdc};
 
 use crate::bindings::SessionKeyValidator::{self, SessionKeyValidatorInstance};
@@ -271,20 +273,55 @@ impl Validator {
     /// Registers many keys for the sender in one transaction, all or nothing (a fleet of agents;
     /// about 71,000 gas a key, against 71,600 plus a transaction's 21,000 one by one).
     pub async fn register_session_keys(&self, keys: &[KeyTerms]) -> Result<TxOutcome> {
-        let keys = keys
-            .iter()
-            .map(|terms| {
-                let (valid_after, valid_until) = window(terms)?;
-                Ok(SessionKeyValidator::KeyTerms {
-                    sessionKey: terms.session_key,
-                    payee: terms.payee,
-                    limit: u128::from(terms.limit.base_units()),
-                    validAfter: valid_after,
-                    validUntil: valid_until,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let keys = keys.iter().map(|terms| Ok(contract_terms(&signed_terms(terms)?))).collect::<Result<Vec<_>>>()?;
         transact(self.contract.registerSessionKeys(keys)).await
+    }
+
+    /// The message an owner signs to have a relayer register all of `keys`, in this order, in
+    /// one transaction.
+    pub fn registrations_message(
+        &self,
+        owner: Address,
+        keys: &[KeyTerms],
+        nonce: U256,
+        deadline: u64,
+    ) -> Result<RegisterSessionKeys> {
+        Ok(RegisterSessionKeys {
+            owner,
+            keys: keys.iter().map(signed_terms).collect::<Result<_>>()?,
+            nonce,
+            deadline: U256::from(deadline),
+        })
+    }
+
+    /// Signs `keys` as `owner` (reading its current nonce) for one relayed batch registration.
+    pub async fn sign_registrations(
+        &self,
+        owner: &SigningKey,
+        keys: &[KeyTerms],
+        deadline: u64,
+    ) -> Result<(RegisterSessionKeys, Signature)> {
+        let nonce = self.nonce_of(owner.address()).await?;
+        let message = self.registrations_message(owner.address(), keys, nonce, deadline)?;
+        let signature = owner.sign_digest(&self.domain.digest(&message));
+        Ok((message, signature))
+    }
+
+    /// Relays an owner-signed batch registration, all or nothing (the sender pays the gas:
+    /// about 71,600 a key, one signature check and one nonce for the batch).
+    pub async fn register_session_keys_with_sig(
+        &self,
+        message: &RegisterSessionKeys,
+        signature: &Signature,
+    ) -> Result<TxOutcome> {
+        transact(self.contract.registerSessionKeysWithSig(
+            message.keys.iter().map(contract_terms).collect(),
+            message.owner,
+            message.nonce,
+            message.deadline,
+            sig_bytes(signature),
+        ))
+        .await
     }
 
     /// The message an owner signs to have a relayer register `terms` for it.
@@ -462,6 +499,13 @@ impl Validator {
         Ok(self.contract.nonces(owner).call().await?)
     }
 
+    /// The digest the contract computes for a batch registration (to cross-check off-chain
+    /// hashing).
+    pub async fn registrations_digest(&self, message: &RegisterSessionKeys) -> Result<B256> {
+        let keys = message.keys.iter().map(contract_terms).collect();
+        Ok(self.contract.registrationsDigest(message.owner, keys, message.nonce, message.deadline).call().await?)
+    }
+
     /// The digest the contract computes for a voucher (to cross-check off-chain hashing).
     pub async fn voucher_digest(&self, key: Address, payee: Address, cumulative_amount: U256) -> Result<B256> {
         Ok(self.contract.voucherDigest(key, payee, cumulative_amount).call().await?)
@@ -484,6 +528,29 @@ type U48 = alloy::primitives::Uint<48, 1>;
 fn window(terms: &KeyTerms) -> Result<(U48, U48)> {
     let t = |secs: u64| U48::try_from(secs).map_err(|_| Error::Core(opentab_core::Error::AmountOverflow));
     Ok((t(terms.valid_after)?, t(terms.valid_until)?))
+}
+
+/// `terms` as an entry of the signed `RegisterSessionKeys`.
+fn signed_terms(terms: &KeyTerms) -> Result<eip712::KeyTerms> {
+    let (valid_after, valid_until) = window(terms)?;
+    Ok(eip712::KeyTerms {
+        sessionKey: terms.session_key,
+        payee: terms.payee,
+        limit: u128::from(terms.limit.base_units()),
+        validAfter: valid_after,
+        validUntil: valid_until,
+    })
+}
+
+/// A signed entry as the contract's `KeyTerms` argument (same fields, another generated type).
+fn contract_terms(k: &eip712::KeyTerms) -> SessionKeyValidator::KeyTerms {
+    SessionKeyValidator::KeyTerms {
+        sessionKey: k.sessionKey,
+        payee: k.payee,
+        limit: k.limit,
+        validAfter: k.validAfter,
+        validUntil: k.validUntil,
+    }
 }
 
 fn sig_bytes(signature: &Signature) -> Bytes {

@@ -153,6 +153,55 @@ async fn relayed_registration_and_key_actions_need_the_owner_signature() -> Test
 }
 
 #[tokio::test]
+async fn a_batch_registration_signed_in_rust_registers_every_key_on_anvil() -> TestResult {
+    let c = chain().await?;
+    let keys: Vec<SigningKey> = (0..5).map(|_| SigningKey::random()).collect();
+    let limit = Usdc::parse_decimal("2")?;
+    let terms: Vec<_> = keys.iter().map(|k| c.terms(k, limit)).collect();
+    let deadline = now() + 600;
+
+    // Same digest on both sides: the core's EIP-712 of an array of structs is the contract's.
+    let (message, signature) = c.relayer.sign_registrations(&c.owner_key, &terms, deadline).await?;
+    assert_eq!(c.relayer.registrations_digest(&message).await?, c.relayer.domain().digest(&message));
+
+    let nonce = c.relayer.nonce_of(c.owner_key.address()).await?;
+    let outcome = c.relayer.register_session_keys_with_sig(&message, &signature).await?;
+    for key in &keys {
+        let state = c.relayer.session_key(key.address()).await?.ok_or("not registered")?;
+        assert_eq!((state.owner, state.payee), (c.owner_key.address(), c.payee));
+    }
+    assert_eq!(c.relayer.nonce_of(c.owner_key.address()).await?, nonce + U256::from(1), "one nonce for the batch");
+    // About 71,600 a key, plus the transaction, its calldata, one signature check and the nonce.
+    assert!(outcome.gas_used < 5 * 90_000, "5 keys used {} gas in all", outcome.gas_used);
+
+    // Relayed twice: the nonce is spent.
+    let again = c.relayer.register_session_keys_with_sig(&message, &signature).await;
+    assert!(matches!(again, Err(Error::Reverted(E::InvalidAccountNonce(_)))), "{again:?}");
+
+    // Signed by someone else for the owner: refused.
+    let fresh = [SigningKey::random(), SigningKey::random()];
+    let fresh_terms = [c.terms(&fresh[0], Usdc::ONE), c.terms(&fresh[1], Usdc::ONE)];
+    let (mut forged, forged_sig) = c.relayer.sign_registrations(&SigningKey::random(), &fresh_terms, deadline).await?;
+    forged.owner = c.owner_key.address();
+    forged.nonce = c.relayer.nonce_of(c.owner_key.address()).await?;
+    let refused = c.relayer.register_session_keys_with_sig(&forged, &forged_sig).await;
+    assert!(matches!(refused, Err(Error::Reverted(E::InvalidOwnerSignature(_)))), "{refused:?}");
+
+    // One key registered before sinks the batch: all or nothing.
+    let mixed = [fresh_terms[0], terms[2], fresh_terms[1]];
+    let (message, signature) = c.relayer.sign_registrations(&c.owner_key, &mixed, deadline).await?;
+    let exists = c.relayer.register_session_keys_with_sig(&message, &signature).await;
+    assert!(matches!(exists, Err(Error::Reverted(E::SessionKeyExists(_)))), "{exists:?}");
+    assert_eq!(c.relayer.session_key(fresh[0].address()).await?, None, "nothing registered");
+
+    // An empty batch is refused as such.
+    let (message, signature) = c.relayer.sign_registrations(&c.owner_key, &[], deadline).await?;
+    let empty = c.relayer.register_session_keys_with_sig(&message, &signature).await;
+    assert!(matches!(empty, Err(Error::Reverted(E::EmptyBatch(_)))), "{empty:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn owner_guardian_and_withdrawal_calls_round_trip() -> TestResult {
     let c = chain().await?;
     c.fund_owner(Usdc::parse_decimal("10")?).await?;

@@ -30,6 +30,27 @@ alloy_sol_types::sol! {
         uint256 deadline;
     }
 
+    /// One key's terms inside a [`RegisterSessionKeys`] (the contract's `KeyTerms`).
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct KeyTerms {
+        address sessionKey;
+        address payee;
+        uint128 limit;
+        uint48 validAfter;
+        uint48 validUntil;
+    }
+
+    /// The owner's consent to register every key of `keys`, in that order, in one relayed
+    /// transaction: all or nothing, one nonce for the batch. Its own type, so neither a single
+    /// registration nor a batch signature can stand in for the other.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct RegisterSessionKeys {
+        address owner;
+        KeyTerms[] keys;
+        uint256 nonce;
+        uint256 deadline;
+    }
+
     /// The owner's consent to freeze a key, relayed.
     #[derive(Debug, Default, PartialEq, Eq)]
     struct FreezeSessionKey {
@@ -168,6 +189,92 @@ mod tests {
             FreezeSessionKey::eip712_encode_type(),
             "FreezeSessionKey(address sessionKey,uint256 nonce,uint256 deadline)"
         );
+    }
+
+    #[test]
+    fn batch_registration_type_string_names_its_entry_type() {
+        assert_eq!(
+            RegisterSessionKeys::eip712_encode_type(),
+            "RegisterSessionKeys(address owner,KeyTerms[] keys,uint256 nonce,uint256 deadline)\
+             KeyTerms(address sessionKey,address payee,uint128 limit,uint48 validAfter,uint48 validUntil)"
+        );
+    }
+
+    fn batch() -> RegisterSessionKeys {
+        let terms = |byte: u8, limit: u128| KeyTerms {
+            sessionKey: Address::repeat_byte(byte),
+            payee: Address::repeat_byte(0xfe),
+            limit,
+            validAfter: alloy_primitives::Uint::from(1_700_000_000u64),
+            validUntil: alloy_primitives::Uint::from(1_700_086_400u64),
+        };
+        RegisterSessionKeys {
+            owner: Address::repeat_byte(0xaa),
+            keys: vec![terms(1, 25_000_000), terms(2, 1), terms(3, u128::MAX)],
+            nonce: U256::from(7),
+            deadline: U256::from(1_700_000_900u64),
+        }
+    }
+
+    /// EIP-712 by hand: an array of structs is keccak256 of its elements' struct hashes, each
+    /// `keccak256(typehash ‖ fields as words)`.
+    #[test]
+    fn batch_registration_digest_is_the_standard_array_of_structs_encoding() {
+        let domain = ContractDomain::opentab(31337, Address::repeat_byte(0x42));
+        let m = batch();
+        let word = |bytes: &[u8]| {
+            let mut w = [0u8; 32];
+            w[32 - bytes.len()..].copy_from_slice(bytes);
+            w
+        };
+        let entry_typehash =
+            keccak256("KeyTerms(address sessionKey,address payee,uint128 limit,uint48 validAfter,uint48 validUntil)");
+        let mut entries = Vec::new();
+        for k in &m.keys {
+            let mut enc = entry_typehash.to_vec();
+            enc.extend(word(k.sessionKey.as_slice()));
+            enc.extend(word(k.payee.as_slice()));
+            enc.extend(word(&k.limit.to_be_bytes()));
+            enc.extend(word(&k.validAfter.to::<u64>().to_be_bytes()));
+            enc.extend(word(&k.validUntil.to::<u64>().to_be_bytes()));
+            entries.extend(keccak256(enc));
+        }
+        let mut enc = keccak256(RegisterSessionKeys::eip712_encode_type().as_bytes()).to_vec();
+        enc.extend(word(m.owner.as_slice()));
+        enc.extend(keccak256(entries));
+        enc.extend(m.nonce.to_be_bytes::<32>());
+        enc.extend(m.deadline.to_be_bytes::<32>());
+        let mut typed = vec![0x19, 0x01];
+        typed.extend(domain.separator());
+        typed.extend(keccak256(enc));
+        assert_eq!(domain.digest(&m), keccak256(typed));
+    }
+
+    /// The same batch, digested by the contract's `registrationsDigest` (forge test
+    /// `test_registerSessionKeysWithSig_pinnedDigest`, same domain and terms): a fixed point
+    /// both sides are held to. `crates/chain/tests` also compares the two live on anvil.
+    #[test]
+    fn batch_registration_digest_matches_the_contract() {
+        let domain = ContractDomain::opentab(31337, Address::repeat_byte(0x42));
+        assert_eq!(domain.digest(&batch()), BATCH_DIGEST_FROM_THE_CONTRACT);
+    }
+
+    const BATCH_DIGEST_FROM_THE_CONTRACT: B256 =
+        alloy_primitives::b256!("763cd19358f58d7b6ed7f8935654b1e11458db2514d5c752fc238efa53941c06");
+
+    #[test]
+    fn a_batch_digest_depends_on_every_entry_and_their_order() {
+        let domain = ContractDomain::opentab(31337, Address::repeat_byte(0x42));
+        let m = batch();
+        let mut reordered = batch();
+        reordered.keys.swap(0, 2);
+        let mut dropped = batch();
+        dropped.keys.pop();
+        let mut raised = batch();
+        raised.keys[1].limit += 1;
+        for other in [reordered, dropped, raised] {
+            assert_ne!(domain.digest(&m), domain.digest(&other));
+        }
     }
 
     #[test]
