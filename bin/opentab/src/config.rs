@@ -143,6 +143,8 @@ secure_cookies = {secure_cookies}
 # webhook_url = "https://hooks.example.com/opentab"   # signed with OPENTAB_WEBHOOK_SECRET
 settle_every_secs = 2
 # rule_guardian = "0x…"              # the account `opentab proxy` freezes keys on-chain with
+# smtp_url = "smtp://127.0.0.1:25"   # rule alerts by email, sent from the outbox by serve
+# alert_email = "ops@example.com"    # …to this mailbox (both or neither)
 relay_daily_quota = 20               # relayed transactions per owner a day (freezes are free)
 relay_min_tab = "1"                  # USDC an owner's tab must hold for key creations ("0": off)
 

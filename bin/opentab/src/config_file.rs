@@ -61,6 +61,8 @@ const FIELDS: &[Field] = &[
     field("webhook_url", Need::Optional, "an http(s):// URL to deliver webhooks to", http_url),
     field("settle_every_secs", Need::Optional, "seconds between settlement rounds, a whole number", is::<u64>),
     field("rule_guardian", Need::Optional, "an address (0x and 40 hex digits)", is::<Address>),
+    field("smtp_url", Need::Optional, "an SMTP relay, smtp://host:port", smtp_url),
+    field("alert_email", Need::Optional, "who receives alert email, e.g. \"ops@example.com\"", is::<String>),
     field("relay_daily_quota", Need::Optional, "relayed transactions per owner a day, a whole number", is::<u64>),
     field("relay_min_tab", Need::Optional, "USDC as a decimal string, e.g. \"1\" or \"0.5\"", decimal_usdc),
     field("rate_limits", Need::Optional, "a table: [rate_limits]", is::<toml::Table>),
@@ -239,12 +241,16 @@ fn http_url(value: &toml::Value) -> Result<(), String> {
     with_scheme(value, &["http://", "https://"])
 }
 
+fn smtp_url(value: &toml::Value) -> Result<(), String> {
+    with_scheme(value, &["smtp://"])
+}
+
 fn redis_url(value: &toml::Value) -> Result<(), String> {
     with_scheme(value, &["redis://", "rediss://"])
 }
 
 fn upstream(value: &toml::Value) -> Result<(), String> {
-    crate::proxy::Upstream::parse(string(value)?).map(drop).map_err(|err| err.to_string())
+    opentab_proxy::Upstream::parse(string(value)?).map(drop).map_err(|err| err.to_string())
 }
 
 fn decimal_usdc(value: &toml::Value) -> Result<(), String> {

@@ -14,9 +14,9 @@ use opentab_core::rules::RuleConfig;
 use opentab_core::{Address, SigningKey, Usdc};
 use opentab_gateway::pricing::Pricing;
 use opentab_gateway::{Gateway, GatewayConfig, InProcessCounters, PaymentLayer, charge_api};
-use opentab_service::{
-    Guardian, Mailer, Notifier, RuleEngine, RuledLedger, StoreDirectory, StoreLedger, restore_counters,
-};
+use opentab_proxy::{StoreDirectory, StoreLedger, restore_counters};
+use opentab_rules::RuleEngine;
+use opentab_service::{Change, Notifier};
 use opentab_store::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -177,18 +177,18 @@ pub(crate) fn demo_pricing() -> anyhow::Result<Pricing> {
 }
 
 /// `opentab dev`'s one gateway: in-process counters rebuilt from the usage ledger, the rule
-/// engine (freezing on-chain as the guardian), `pricing`'s routes. The demo route, the charge
-/// API and `--upstream`'s proxy all charge through it: one set of counters.
-pub(crate) type DevLayer = PaymentLayer<StoreDirectory, InProcessCounters, RuledLedger<StoreLedger>>;
+/// engine as its charge observer (freezing on-chain through `guardian`'s outbox worker),
+/// `pricing`'s routes. The demo route, the charge API and `--upstream`'s proxy all charge
+/// through it: one set of counters.
+pub(crate) type DevLayer = PaymentLayer<StoreDirectory, InProcessCounters, StoreLedger>;
 
-/// Builds [`DevLayer`].
+/// Builds [`DevLayer`]; usage and rule crossings are announced through `notifier`.
 pub(crate) async fn gateway(
     chain: &DevChain,
     store: &Store,
     notifier: Notifier,
     pricing: Pricing,
-    mailer: Option<Mailer>,
-    guardian: Guardian,
+    guardian: Address,
 ) -> anyhow::Result<DevLayer> {
     let counters = InProcessCounters::default();
     let restored =
@@ -204,12 +204,19 @@ pub(crate) async fn gateway(
             max_timeout_seconds: 60,
         },
         pricing,
-        directory: StoreDirectory::new(store.clone()),
+        directory: StoreDirectory::preloaded(store.clone(), chain.payee).await.context("loading the key cache")?,
         counters,
-        ledger: RuledLedger::new(
-            StoreLedger::new(store.clone(), notifier.clone()),
-            Arc::new(RuleEngine::new(store.clone(), RuleConfig::default(), notifier, mailer).with_guardian(guardian)),
-        ),
+        ledger: {
+            let notifier = notifier.clone();
+            StoreLedger::announcing(store.clone(), move |owner, key| notifier.publish(Change { owner, key: Some(key) }))
+        },
+        observer: Some(Arc::new(
+            RuleEngine::start(store.clone(), RuleConfig::default())
+                .await
+                .context("loading the rule engine")?
+                .with_guardian(guardian)
+                .with_listener(move |owner, key| notifier.publish(Change { owner, key: Some(key) })),
+        )),
     };
     Ok(PaymentLayer::new(gateway))
 }

@@ -15,13 +15,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use opentab_accumulator::{SettlementConfig, SettlementWorker, WebhookConfig, WebhookSecret, WebhookSender};
+use opentab_accumulator::{
+    EmailSender, Mailer, SettlementConfig, SettlementWorker, WebhookConfig, WebhookSecret, WebhookSender,
+};
 use opentab_gateway::pricing::Pricing;
+use opentab_proxy::{DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, ExtraMetrics, Forward, Ops, Presence, Upstream, with_ops};
+use opentab_rules::Guardian;
 use opentab_service::api::{ApiConfig, AppState, ChainAccess, router};
-use opentab_service::{ChainListener, Guardian, ListenerConfig, Metrics, Ops, with_ops};
+use opentab_service::{ChainListener, ListenerConfig, ServiceMetrics};
 use opentab_store::Store;
-
-use crate::presence::Presence;
 
 use crate::chain::{ChainArgs, DevChain};
 use crate::server::{serve, shutdown_signal};
@@ -70,8 +72,7 @@ pub(crate) struct DevArgs {
 
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Checked before anything starts: a typo in a route should not wait for a chain.
-    let upstream =
-        args.upstream.as_deref().map(|text| crate::proxy::Upstream::parse(text).context("--upstream")).transpose()?;
+    let upstream = args.upstream.as_deref().map(|text| Upstream::parse(text).context("--upstream")).transpose()?;
     let pricing = match &upstream {
         Some(_) => upstream_pricing(&args.routes)?,
         None => crate::demo::demo_pricing()?,
@@ -96,9 +97,11 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let presence = Presence::claim(&gateway_store, chain.payee, false, format!("opentab dev at http://{addr}")).await?;
 
     // The rule engine freezes on-chain as anvil account #3, for owners who chose it as their
-    // guardian (the demo owner did, on first start).
+    // guardian (the demo owner did, on first start): it leaves the freeze in the outbox, the
+    // guardian sends it.
     let guardian_signer = chain.anvil.signer(crate::chain::GUARDIAN_ACCOUNT)?;
     let guardian = Guardian::new(
+        gateway_store.clone(),
         chain.relayer.with_provider(opentab_chain::signing_provider(&chain.anvil.endpoint(), guardian_signer.clone())?),
         guardian_signer.address(),
     );
@@ -109,7 +112,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     config.grace_secs = chain.relayer.grace();
     let state = AppState::new(store.clone(), config)
         .with_chain(ChainAccess { relayer: chain.relayer.clone(), payee: chain.payee });
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(ServiceMetrics::default());
     let provider = chain.relayer.provider().clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // The dev chain mines instantly and never reorganises: follow its tip closely.
@@ -164,19 +167,26 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
 
     let gateway_secret = args.gateway_secret.clone().unwrap_or_else(|| format!("gws_{:032x}", rand::random::<u128>()));
-    let mailer = match (&args.smtp_url, &args.alert_email) {
-        (Some(url), Some(to)) => Some(opentab_service::Mailer::new(url, "opentab <opentab@localhost>", to)?),
-        _ => None,
-    };
+    let mut background = Vec::new();
+    let mut stop_guardian = stopped.clone();
+    background.push(tokio::spawn(guardian.clone().run(async move {
+        let _ = stop_guardian.wait_for(|stop| *stop).await;
+    })));
+    if let (Some(url), Some(to)) = (&args.smtp_url, &args.alert_email) {
+        let sender = EmailSender::new(store.clone(), Mailer::new(url, "opentab <opentab@localhost>", to)?);
+        let mut stop_sender = stopped.clone();
+        background.push(tokio::spawn(sender.run(async move {
+            let _ = stop_sender.wait_for(|stop| *stop).await;
+        })));
+    }
     let routes = match &upstream {
         Some(_) => crate::demo::listed_routes(&pricing),
         None => crate::demo::demo_routes()?,
     };
     let layer =
-        crate::demo::gateway(&chain, &gateway_store, state.notifier().clone(), pricing, mailer, guardian.clone())
-            .await?;
+        crate::demo::gateway(&chain, &gateway_store, state.notifier().clone(), pricing, guardian.address()).await?;
     let charge = crate::demo::charge(&layer, &gateway_secret);
-    let gateway_metrics = opentab_service::gateway_metrics(layer.metrics().clone(), layer.gateway().directory.clone());
+    let gateway_metrics = opentab_proxy::gateway_metrics(layer.metrics().clone(), layer.gateway().directory.clone());
     // With --upstream, the user's API gets a port of its own: its whole path space is
     // forwarded, and nothing of dev's (the REST API, the web UI) can shadow one of its routes.
     let (paid, demo_api) = match &upstream {
@@ -184,21 +194,18 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             let socket = tokio::net::TcpListener::bind(("127.0.0.1", args.proxy_port)).await.with_context(|| {
                 format!("binding 127.0.0.1:{} for the upstream (try --proxy-port)", args.proxy_port)
             })?;
-            let forward = crate::proxy::Forward::new(
-                upstream.clone(),
-                Duration::from_secs(crate::proxy::DEFAULT_TIMEOUT_SECS),
-                crate::proxy::DEFAULT_MAX_BODY,
-            );
-            (Some((socket, crate::proxy::forwarding(layer, forward))), axum::Router::new())
+            let forward = Forward::new(upstream.clone(), DEFAULT_TIMEOUT, DEFAULT_MAX_BODY);
+            (Some((socket, opentab_proxy::forwarding(layer, forward))), axum::Router::new())
         }
         None => (None, crate::demo::demo_api(layer)),
     };
     // Open event streams end at shutdown, or they would hold the drain until its deadline.
     let streams = state.notifier().clone();
     let dev_wallet = dev_wallet(&chain);
+    let service_metrics = ExtraMetrics::new(move |out| metrics.render(out));
     let app = with_ops(
         router(state).merge(demo_api).merge(charge).merge(dev_wallet),
-        Ops::new(store.clone(), Some(provider), metrics).with_metrics(gateway_metrics),
+        Ops::new(store.clone(), Some(provider)).with_metrics(service_metrics).with_metrics(gateway_metrics),
     )
     .fallback(crate::web::handler(args.web_dir.clone()));
     let url = format!("http://{addr}");
@@ -208,7 +215,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some((socket, app)) => {
             let paid_url = format!("http://{}", socket.local_addr()?);
             let mut paid_stopped = paid_stopped.clone();
-            let drain = crate::server::drain_for(Duration::from_secs(crate::proxy::DEFAULT_TIMEOUT_SECS));
+            let drain = crate::server::drain_for(DEFAULT_TIMEOUT);
             let task = tokio::spawn(serve(
                 socket,
                 app,
@@ -305,6 +312,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let _ = listener_task.await;
     let _ = worker_task.await;
     if let Some((_, _, task)) = webhooks {
+        let _ = task.await;
+    }
+    for task in background {
         let _ = task.await;
     }
     presence.release().await;

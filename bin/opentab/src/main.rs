@@ -25,7 +25,6 @@ mod keys;
 mod output;
 mod owner;
 mod pay;
-mod presence;
 mod proxy;
 mod serve;
 mod server;

@@ -22,6 +22,9 @@
 //! rule_guardian = "0x…"                      # optional: the account `opentab proxy` freezes
 //!                                            # keys on-chain with (OPENTAB_GUARDIAN_KEY there);
 //!                                            # shown to owners so they can choose it
+//! smtp_url = "smtp://127.0.0.1:25"           # optional, with alert_email: the rule engine's
+//! alert_email = "ops@example.com"            # alerts (fired on any proxy) are emailed from
+//!                                            # the outbox by this node
 //!
 //! [rate_limits]                              # requests a minute; 0 turns one off
 //! sign_in_per_ip = 30                        # default; nonces and logins per client IP
@@ -42,11 +45,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use opentab_accumulator::{SettlementConfig, SettlementWorker, WebhookConfig, WebhookSecret, WebhookSender};
+use opentab_accumulator::{
+    EmailSender, Mailer, SettlementConfig, SettlementWorker, WebhookConfig, WebhookSecret, WebhookSender,
+};
 use opentab_chain::{Address, Validator, read_provider, signing_provider};
 use opentab_core::{SigningKey, Usdc};
+use opentab_proxy::{ExtraMetrics, Ops, with_ops};
 use opentab_service::api::{ApiConfig, AppState, ChainAccess, RateLimits, router};
-use opentab_service::{ChainListener, ListenerConfig, Metrics, Ops, with_ops};
+use opentab_service::{ChainListener, ListenerConfig, ServiceMetrics};
 use opentab_store::Store;
 use serde::Deserialize;
 
@@ -105,6 +111,12 @@ struct Config {
     settle_every_secs: u64,
     #[serde(default)]
     rule_guardian: Option<Address>,
+    /// The SMTP relay rule alerts are emailed through.
+    #[serde(default)]
+    smtp_url: Option<String>,
+    /// Who receives them.
+    #[serde(default)]
+    alert_email: Option<String>,
     /// Transactions the relayer sends per owner in 24 hours (key creations, on-chain unfreezes
     /// and deletions; freezes are never refused).
     #[serde(default = "default_relay_quota")]
@@ -172,7 +184,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let chain_id = deployed.domain().chain_id();
 
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(ServiceMetrics::default());
     let listener_config = ListenerConfig {
         stream: opentab_chain::StreamConfig { confirmations: config.confirmations, ..Default::default() },
         ..ListenerConfig::default()
@@ -248,9 +260,23 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })));
     }
 
+    match (&config.smtp_url, &config.alert_email) {
+        (Some(url), Some(to)) => {
+            let mailer = Mailer::new(url, "opentab <opentab@localhost>", to).context("smtp_url / alert_email")?;
+            let sender = EmailSender::new(store.clone(), mailer);
+            let mut stopped = stop.subscribe();
+            background.push(tokio::spawn(sender.run(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })));
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("{}: smtp_url and alert_email go together", args.config.display()),
+    }
+
     // Open event streams end at shutdown, or they would hold the drain until its deadline.
     let streams = state.notifier().clone();
-    let app = with_ops(router(state), Ops::new(store.clone(), Some(reader), metrics))
+    let service_metrics = ExtraMetrics::new(move |out| metrics.render(out));
+    let app = with_ops(router(state), Ops::new(store.clone(), Some(reader)).with_metrics(service_metrics))
         .fallback(crate::web::handler(args.web_dir.clone()));
     let socket =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;

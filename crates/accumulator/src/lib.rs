@@ -9,15 +9,19 @@
 //!   never pays twice; a lease keeps one key settling in one place when many workers run.
 //! - [`WebhookSender`] delivers the outbox as Standard Webhooks, signed with a `whsec_` secret
 //!   and retried with backoff.
+//! - [`EmailSender`] sends the rule engine's alert email from the outbox through an SMTP relay
+//!   ([`Mailer`]), each within a timeout, retried with backoff.
 //!
 //! Nothing is subtracted from counters after a settlement: `unsettled = served − settled`
 //! where `settled` comes from the chain (see `opentab_core::charge`).
 //!
 //! [`SETTLEMENT_THRESHOLD`]: opentab_core::SETTLEMENT_THRESHOLD
 
+mod emails;
 mod settlement;
 mod webhooks;
 
+pub use emails::{EmailSender, Mailer, SMTP_TIMEOUT};
 pub use settlement::{SettlementConfig, SettlementWorker, TickReport};
 pub use webhooks::{WebhookConfig, WebhookSecret, WebhookSender, sign, verify};
 
@@ -30,6 +34,9 @@ pub enum Error {
     /// The chain failed.
     #[error(transparent)]
     Chain(#[from] opentab_chain::Error),
+    /// A setting is unusable (an SMTP URL, a mailbox).
+    #[error("{0}")]
+    Config(String),
     /// A webhook secret is not `whsec_` + base64.
     #[error("a webhook secret is \"whsec_\" followed by base64; {0}")]
     BadSecret(String),

@@ -141,6 +141,33 @@ impl<T: UsageLedger> UsageLedger for std::sync::Arc<T> {
     }
 }
 
+/// A charge or a void the ledger holds, as whoever watches spending (the rule engine) sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChargeEvent {
+    /// Unix seconds.
+    pub at: u64,
+    /// The paying key.
+    pub key: Address,
+    /// Its owner.
+    pub owner: Address,
+    /// Charge or void.
+    pub kind: UsageKind,
+    /// The price charged or given back.
+    pub amount: Usdc,
+    /// What the key has been served, this charge included, as the counters say (charges).
+    pub served: Usdc,
+    /// The key's spend limit.
+    pub limit: Usdc,
+}
+
+/// Consumes charge events. The gateway awaits [`ChargeObserver::observe`] once a charge or void
+/// is durable and before the call's answer leaves, so a decision it takes (a freeze) holds for
+/// the key's very next call; whatever it must tell the world leaves through an outbox, not here.
+pub trait ChargeObserver: Send + Sync + std::fmt::Debug {
+    /// Takes `event` into account. It cannot fail the charge, which is durable already.
+    fn observe(&self, event: ChargeEvent) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
 /// A dependency (database, counter store) did not answer: the call is refused, never served
 /// unpaid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -237,6 +264,9 @@ pub struct Paid {
     pub owner: Address,
     /// What was charged (to void if the handler fails).
     pub price: Usdc,
+    /// The key's spend limit (for the rule engine).
+    #[serde(default)]
+    pub limit: Usdc,
     /// The idempotency key it was charged under (freed by a void).
     pub idempotency: Option<B256>,
     /// The receipt for `PAYMENT-RESPONSE`.
@@ -329,6 +359,7 @@ pub async fn decide<D: KeyDirectory, C: CounterStore>(
             key: key.address,
             owner: key.owner,
             price: route.price,
+            limit: key.limit,
             idempotency: request.idempotency,
             response: PaymentResponse {
                 success: true,

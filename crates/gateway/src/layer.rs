@@ -19,8 +19,8 @@ use futures_util::FutureExt;
 use tower::{Layer, Service};
 
 use crate::gateway::{
-    CounterStore, Decision, GatewayConfig, KeyDirectory, Paid, Refusal, UsageKind, UsageLedger, UsageRecord, decide,
-    unix_now,
+    ChargeEvent, ChargeObserver, CounterStore, Decision, GatewayConfig, KeyDirectory, Paid, Refusal, UsageKind,
+    UsageLedger, UsageRecord, decide, unix_now,
 };
 use crate::metrics::GatewayMetrics;
 use crate::pricing::{PricedRoute, Pricing, Resolution};
@@ -43,6 +43,8 @@ pub struct Gateway<D, C, L> {
     pub counters: C,
     /// The durable usage ledger.
     pub ledger: L,
+    /// Told of every durable charge and void (the rule engine), if anyone listens.
+    pub observer: Option<Arc<dyn ChargeObserver>>,
 }
 
 /// The layer; clone it freely (the gateway is shared).
@@ -336,7 +338,12 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
     /// the counters and gives the 503 to answer instead of the call (a charge the ledger does
     /// not hold is never served).
     pub async fn record_or_undo(&self, charge: &Charge) -> Result<(), Answer> {
-        let Err(err) = self.ledger.record(record(charge, UsageKind::Charge)).await else { return Ok(()) };
+        let row = record(charge, UsageKind::Charge);
+        let at = row.at;
+        let Err(err) = self.ledger.record(row).await else {
+            self.tell(charge, UsageKind::Charge, at).await;
+            return Ok(());
+        };
         tracing::error!(error = %err, "cannot record the charge: failing closed");
         let p = &charge.paid;
         if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency).await {
@@ -352,11 +359,23 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
     /// they may refuse a call, never serve one unpaid.
     pub async fn void_durably(&self, charge: &Charge) -> Result<(), crate::Unavailable> {
         let p = &charge.paid;
-        self.ledger.record(record(charge, UsageKind::Void)).await?;
+        let row = record(charge, UsageKind::Void);
+        let at = row.at;
+        self.ledger.record(row).await?;
         if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency).await {
             tracing::error!(error = %err, key = %p.key, price = %p.price, "the ledger has a void the counters missed");
         }
+        self.tell(charge, UsageKind::Void, at).await;
         Ok(())
+    }
+
+    /// Hands a durable charge or void to the observer.
+    async fn tell(&self, charge: &Charge, kind: UsageKind, at: u64) {
+        let Some(observer) = &self.observer else { return };
+        let p = &charge.paid;
+        let served = p.response.receipt.served;
+        let event = ChargeEvent { at, key: p.key, owner: p.owner, kind, amount: p.price, served, limit: p.limit };
+        observer.observe(event).await;
     }
 
     /// [`Gateway::void_durably`] for the layer, which has no one to retry: a failure is logged.

@@ -27,8 +27,8 @@ mod redis_counters;
 pub use api::charge_api;
 pub use counters::InProcessCounters;
 pub use gateway::{
-    CounterStore, Decision, GatewayConfig, IDEMPOTENCY_TTL_SECS, KeyDirectory, KeyInfo, Paid, Refusal, Unavailable,
-    UsageKind, UsageLedger, UsageRecord, decide, idempotency_hash,
+    ChargeEvent, ChargeObserver, CounterStore, Decision, GatewayConfig, IDEMPOTENCY_TTL_SECS, KeyDirectory, KeyInfo,
+    Paid, Refusal, Unavailable, UsageKind, UsageLedger, UsageRecord, decide, idempotency_hash,
 };
 pub use layer::{Answer, Authorized, Charge, Gateway, PaymentHeaders, PaymentLayer, PaymentService};
 pub use metrics::{GatewayMetrics, Histogram};

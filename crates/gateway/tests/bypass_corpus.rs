@@ -155,6 +155,7 @@ async fn every_variant_is_charged_or_refused_never_served_free() -> TestResult {
         directory: Arc::new(NoKeys),
         counters: Arc::new(InProcessCounters::default()),
         ledger: Arc::new(NoLedger),
+        observer: None,
     });
     let app = lenient_api(corpus.routes.keys().cloned().collect(), served.clone()).layer(layer);
 

@@ -105,6 +105,7 @@ fn world() -> TestResult<World> {
         directory: directory.clone(),
         counters: counters.clone(),
         ledger: ledger.clone(),
+        observer: None,
     });
     let gateway = layer.gateway().clone();
     let app = Router::new()
@@ -551,6 +552,7 @@ async fn any_node_voids_a_charge_once_and_nobody_forges_one() -> TestResult {
         directory: w.directory.clone(),
         counters: w.counters.clone(),
         ledger: w.ledger.clone(),
+        observer: None,
     });
     let (node_a, node_b) = (charge_api(w.gateway.clone(), "s3cret-s3cret"), charge_api(other, "s3cret-s3cret"));
     let call_as = |secret: &'static str, node: &Router, path: &'static str, body: Value| {

@@ -5,27 +5,21 @@
 //!   to storage in one transaction together with the new cursor.
 //! - [`api`]: the REST API (`/api/auth/*`, `/api/session-keys`, `/api/tabs`) with
 //!   Sign-In with Ethereum; every route serves the signed-in owner's data only.
-//! - [`StoreDirectory`], [`StoreLedger`], [`restore_counters`]: the gateway's key lookups,
-//!   durable usage ledger and counter rebuild, backed by storage.
-//! - [`RuleEngine`], [`RuledLedger`], [`Guardian`]: the rule engine behind the gateway's
-//!   ledger (spike and burst freeze a key at once, on-chain too through a guardian; low
-//!   balance warns; webhooks and email).
-//! - [`with_ops`]: `/healthz`, `/readyz` and Prometheus `/metrics` beside the API.
+//! - [`Notifier`]: the owners' live event streams (the web UI's updates).
+//! - [`ServiceMetrics`]: the listener's and the settler's figures for `/metrics`.
+//!
+//! The gateway node (key cache, usage ledger, rule engine, `/metrics`) is `opentab-proxy`.
 
 pub mod api;
-mod directory;
 mod error;
 mod listener;
+mod metrics;
 mod notify;
-mod ops;
-mod rules;
 
-pub use directory::{StoreCounterSource, StoreDirectory, StoreLedger, restore_counters};
 pub use error::{Error, Result};
 pub use listener::{ChainListener, ListenerConfig};
+pub use metrics::ServiceMetrics;
 pub use notify::{Change, MAX_STREAMS_PER_OWNER, Notifier, TooManyStreams};
-pub use ops::{ExtraMetrics, Metrics, Ops, gateway_metrics, with_ops};
-pub use rules::{Guardian, Mailer, RuleEngine, RuledLedger};
 
 /// Unix seconds now: the one clock of this crate (the core takes `now` as an argument).
 pub(crate) fn unix_now() -> u64 {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use opentab_chain::{Address, Cursor, DynProvider, EventStream, StreamConfig, Update};
 use opentab_store::{Store, StoredEvent};
 
-use crate::{Change, Error, Metrics, Notifier, Result};
+use crate::{Change, Error, Notifier, Result, ServiceMetrics};
 
 /// How the listener follows the chain.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +44,7 @@ pub struct ChainListener {
     /// This deployment's payee: settlements to it that its own worker did not send are counted
     /// and warned about.
     payee: Option<Address>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ServiceMetrics>,
 }
 
 impl ChainListener {
@@ -75,7 +75,7 @@ impl ChainListener {
     /// Watches for settlements to `payee` that this deployment's settlement worker did not send,
     /// counting them in `metrics` (`opentab_foreign_settlements_total`) with a warning: two
     /// deployments sharing a payee address share its tabs and can over-commit them.
-    pub fn with_payee(mut self, payee: Address, metrics: Arc<Metrics>) -> Self {
+    pub fn with_payee(mut self, payee: Address, metrics: Arc<ServiceMetrics>) -> Self {
         self.payee = Some(payee);
         self.metrics = metrics;
         self
@@ -109,7 +109,7 @@ impl ChainListener {
 
     /// Runs until `shutdown` resolves. Failures (RPC or database away) are logged and retried
     /// with exponential backoff; nothing is skipped, because the cursor only moves with storage.
-    pub async fn run(mut self, metrics: Arc<Metrics>, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, metrics: Arc<ServiceMetrics>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = self.config.poll_interval;
         loop {

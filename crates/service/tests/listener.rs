@@ -51,7 +51,7 @@ async fn listener(w: &World, store: &Store) -> TestResult<ChainListener> {
 
 async fn converges_across_restart_and_reorg(store: Store) -> TestResult {
     let w = world().await?;
-    let metrics = std::sync::Arc::new(opentab_service::Metrics::default());
+    let metrics = std::sync::Arc::new(opentab_service::ServiceMetrics::default());
     let mut l = listener(&w, &store).await?.with_payee(w.payee, metrics.clone());
 
     w.owner.mint_test_usdc(w.owner_key.address(), Usdc::parse_decimal("30")?).await?;

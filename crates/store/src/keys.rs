@@ -59,6 +59,17 @@ impl Store {
         row.as_ref().map(key_record).transpose()
     }
 
+    /// Every key registered on-chain to pay `payee` (a gateway loads them all when it starts).
+    pub async fn registered_keys_of_payee(&self, payee: Address) -> Result<Vec<KeyRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM session_keys WHERE payee = $1 AND chain_status = 'registered'"
+        ))
+        .bind(hex(payee))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_record).collect()
+    }
+
     /// An owner's keys, newest first; deleted ones only when asked.
     pub async fn keys_of(&self, owner: Address, include_deleted: bool) -> Result<Vec<KeyRecord>> {
         let filter = if include_deleted { "" } else { " AND deleted_at IS NULL" };

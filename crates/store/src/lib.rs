@@ -32,7 +32,7 @@ mod tabs;
 pub mod testing;
 mod usage;
 
-pub use alerts::{Alert, NewAlert};
+pub use alerts::{Alert, Effect, EffectKind, KeyActivity, NewAlert, NewEffect};
 pub use audit::RELAY_SENT;
 pub use chain::Touched;
 pub use changes::{KeyChange, POLL_EVERY};

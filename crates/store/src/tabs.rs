@@ -61,6 +61,26 @@ impl Store {
         let Some(row) = row else { return Ok((Tab::default(), Usdc::ZERO)) };
         Ok((tab_of_row(&row)?, Usdc::from_base_units(get_u64(&row, "settled")?)))
     }
+
+    /// [`Store::gateway_budget`] of every owner with a tab at `payee`, in one read (a gateway
+    /// loads them all when it starts). Owners without a tab row have nothing to spend.
+    pub async fn gateway_budgets(&self, payee: Address) -> Result<Vec<(Address, Tab, Usdc)>> {
+        let rows = sqlx::query(
+            "SELECT t.owner, t.balance_units, t.withdrawal_units, t.withdrawal_grace_ends_at, \
+             (SELECT CAST(COALESCE(SUM(k.settled_units), 0) AS BIGINT) FROM session_keys k \
+              WHERE k.owner = t.owner AND k.payee = t.payee) AS settled \
+             FROM tabs t WHERE t.payee = $1",
+        )
+        .bind(hex(payee))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let owner = address(&row.try_get::<String, _>("owner")?, "owner")?;
+                Ok((owner, tab_of_row(row)?, Usdc::from_base_units(get_u64(row, "settled")?)))
+            })
+            .collect()
+    }
 }
 
 fn tab_of_row(row: &AnyRow) -> Result<Tab> {

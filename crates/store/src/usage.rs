@@ -32,7 +32,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Per key: the served delta and the latest time of the rows actually inserted (a void
         // recorded again, after a retry whose first answer was lost, inserts nothing).
-        let mut per_key: std::collections::BTreeMap<Address, (Address, i64, u64)> = std::collections::BTreeMap::new();
+        let mut per_key: std::collections::BTreeMap<Address, (Address, i64, i64, u64)> =
+            std::collections::BTreeMap::new();
         for chunk in entries.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from(
                 "INSERT INTO usage_ledger (at, session_key, owner, kind, amount, route, request_id, voucher, \
@@ -68,22 +69,25 @@ impl Store {
                 let key = address(&row.try_get::<String, _>("session_key")?, "session_key")?;
                 let owner = address(&row.try_get::<String, _>("owner")?, "owner")?;
                 let amount: i64 = row.try_get("amount")?;
-                let delta = if row.try_get::<String, _>("kind")? == "void" { -amount } else { amount };
+                let (delta, calls) =
+                    if row.try_get::<String, _>("kind")? == "void" { (-amount, -1) } else { (amount, 1) };
                 let at = get_u64(&row, "at")?;
-                let slot = per_key.entry(key).or_insert((owner, 0, at));
+                let slot = per_key.entry(key).or_insert((owner, 0, 0, at));
                 slot.1 += delta;
-                slot.2 = slot.2.max(at);
+                slot.2 += calls;
+                slot.3 = slot.3.max(at);
             }
         }
-        for (key, (owner, delta, at)) in per_key {
+        for (key, (owner, delta, calls, at)) in per_key {
             sqlx::query(
-                "INSERT INTO key_usage (session_key, owner, served, last_at) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO key_usage (session_key, owner, served, calls, last_at) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (session_key) DO UPDATE SET served = key_usage.served + excluded.served, \
-                 last_at = excluded.last_at",
+                 calls = key_usage.calls + excluded.calls, last_at = excluded.last_at",
             )
             .bind(hex(key))
             .bind(hex(owner))
             .bind(delta)
+            .bind(calls)
             .bind(secs(at)?)
             .execute(&mut *tx)
             .await?;

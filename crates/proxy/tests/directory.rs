@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use opentab_core::{Address, B256, Usdc, ValidatorEvent};
 use opentab_gateway::KeyDirectory;
-use opentab_service::StoreDirectory;
+use opentab_proxy::StoreDirectory;
 use opentab_store::{NewKey, Store, StoredEvent};
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;

@@ -15,23 +15,11 @@ use opentab_chain::DynProvider;
 use opentab_chain::alloy_provider::Provider;
 use opentab_store::Store;
 
-/// Counters exported at `/metrics`. Cheap to share; updated with relaxed atomics.
+/// HTTP answers by status class, exported at `/metrics`. Cheap to share; relaxed atomics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// HTTP answers by class: 2xx, 3xx, 4xx, 5xx.
+    /// 2xx, 3xx, 4xx, 5xx.
     responses: [AtomicU64; 4],
-    /// Chain-listener updates applied.
-    pub listener_updates: AtomicU64,
-    /// Chain-listener steps that failed (RPC or database away).
-    pub listener_errors: AtomicU64,
-    /// The last block the listener has applied.
-    pub listener_block: AtomicU64,
-    /// Settlements to this deployment's payee that this deployment did not send (another
-    /// deployment shares the payee address, and with it the tabs: see the README).
-    pub foreign_settlements: AtomicU64,
-    /// 1 when this node's settlement worker was authorised to settle for the payee when it
-    /// started, else 0 (not authorised, or no settler configured).
-    pub settler_authorized: AtomicU64,
 }
 
 impl Metrics {
@@ -48,32 +36,12 @@ impl Metrics {
             let n = self.responses[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "opentab_http_responses_total{{class=\"{class}\"}} {n}");
         }
-        for (name, help, kind, value) in [
-            ("opentab_listener_updates_total", "Chain updates applied to storage.", "counter", &self.listener_updates),
-            ("opentab_listener_errors_total", "Chain listener steps that failed.", "counter", &self.listener_errors),
-            ("opentab_listener_block", "Last block applied by the chain listener.", "gauge", &self.listener_block),
-            (
-                "opentab_foreign_settlements_total",
-                "Settlements to this payee that this deployment did not send.",
-                "counter",
-                &self.foreign_settlements,
-            ),
-            (
-                "opentab_settler_authorized",
-                "1 if this node's settler may settle for the payee (checked at start-up), else 0.",
-                "gauge",
-                &self.settler_authorized,
-            ),
-        ] {
-            let _ =
-                writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", value.load(Ordering::Relaxed));
-        }
         out
     }
 }
 
-/// More metrics exported beside [`Metrics`] (a gateway's counters, its key cache), written in
-/// the Prometheus text format.
+/// More metrics exported beside [`Metrics`] (a gateway's counters, its key cache, the chain
+/// listener's progress), written in the Prometheus text format.
 #[derive(Clone)]
 pub struct ExtraMetrics(Arc<dyn Fn(&mut String) + Send + Sync>);
 
@@ -118,8 +86,8 @@ pub struct Ops {
 
 impl Ops {
     /// Probes `store` and, if given, the chain behind `chain`.
-    pub fn new(store: Store, chain: Option<DynProvider>, metrics: Arc<Metrics>) -> Self {
-        Self { store, chain, metrics, extra: Vec::new() }
+    pub fn new(store: Store, chain: Option<DynProvider>) -> Self {
+        Self { store, chain, metrics: Arc::default(), extra: Vec::new() }
     }
 
     /// Exports `extra` at `/metrics` too.

@@ -18,8 +18,6 @@ use opentab_gateway::{
 };
 use opentab_store::{ChainStatus, KeyChange, Store, UsageEntry};
 
-use crate::{Change, Notifier};
-
 /// [`KeyDirectory`] over the store, with the state of the keys in use cached in memory: a paid
 /// call reads no database once its key has been seen. The cache follows
 /// [`Store::key_changes`]: a change to a key or to its owner's tabs, made by any process on the
@@ -44,6 +42,62 @@ impl StoreDirectory {
         // Inline: a change this process made is forgotten before the write that made it returns.
         store.on_key_change(move |change| weak.upgrade().map(|cache| cache.forget(change)).is_some());
         Self { store, cache }
+    }
+
+    /// [`StoreDirectory::new`], with every key registered to pay `payee` and every tab at
+    /// `payee` read at once, in two queries, and read again in bulk every half [`MAX_AGE`] in
+    /// the background: a paid call reads no database, even with 100,000 keys each called less
+    /// than once a minute (read one by one, each such call was a cache miss).
+    pub async fn preloaded(store: Store, payee: Address) -> Result<Self, opentab_store::Error> {
+        let directory = Self::new(store);
+        // A change heard during the read voids it (it may hold the old row): try again.
+        for _ in 0..5 {
+            if directory.load(payee).await? {
+                break;
+            }
+        }
+        let weak = Arc::downgrade(&directory.cache);
+        let store = directory.store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(MAX_AGE / 2).await;
+                let Some(cache) = weak.upgrade() else { return };
+                let again = Self { store: store.clone(), cache };
+                if let Err(err) = again.load(payee).await {
+                    tracing::warn!(error = %err, "could not refresh the key cache; keys are read one by one meanwhile");
+                }
+            }
+        });
+        Ok(directory)
+    }
+
+    /// Reads every key of `payee` and their tabs into the cache; false if a change was heard
+    /// meanwhile (nothing is cached then).
+    async fn load(&self, payee: Address) -> Result<bool, opentab_store::Error> {
+        let started = self.cache.generation();
+        let budgets: HashMap<Address, (Usdc, Usdc)> = self
+            .store
+            .gateway_budgets(payee)
+            .await?
+            .into_iter()
+            .map(|(owner, tab, settled)| (owner, (tab.available(), settled)))
+            .collect();
+        let keys = self.store.registered_keys_of_payee(payee).await?;
+        let infos: Vec<KeyInfo> = keys
+            .into_iter()
+            .map(|record| {
+                let (tab_available, owner_settled) = budgets.get(&record.key.owner).copied().unwrap_or_default();
+                let frozen_offchain = record.frozen_offchain_at.is_some();
+                KeyInfo { frozen_offchain, tab_available, owner_settled, key: record.key }
+            })
+            .collect();
+        let budgets = budgets.into_iter().map(|(owner, budget)| ((owner, payee), budget));
+        Ok(self.cache.insert_all(infos.into_iter(), budgets, started))
+    }
+
+    /// How many keys are cached now.
+    pub fn cache_size(&self) -> usize {
+        self.cache.state.read().map_or(0, |state| state.keys.len())
     }
 
     /// Calls answered from memory, and calls that read the database, so far.
@@ -149,6 +203,30 @@ impl Cache {
         state.keys.insert(key, (info, Instant::now()));
     }
 
+    /// Caches every key and budget given, read since `started`, unless a change was heard
+    /// meanwhile; returns whether it did.
+    fn insert_all(
+        &self,
+        keys: impl Iterator<Item = KeyInfo>,
+        budgets: impl Iterator<Item = ((Address, Address), (Usdc, Usdc))>,
+        started: u64,
+    ) -> bool {
+        let Ok(mut state) = self.state.write() else { return false };
+        if state.generation != started {
+            return false;
+        }
+        let now = Instant::now();
+        for info in keys {
+            let key = info.key.address;
+            state.by_owner.entry(info.key.owner).or_default().insert(key);
+            state.keys.insert(key, (info, now));
+        }
+        for (tab, budget) in budgets {
+            state.budgets.insert(tab, (budget, now));
+        }
+        true
+    }
+
     fn forget(&self, change: KeyChange) {
         let Ok(mut state) = self.state.write() else { return };
         state.generation = state.generation.wrapping_add(1);
@@ -181,8 +259,8 @@ const MAX_BATCH: usize = 256;
 /// [`UsageLedger`] in the `usage_ledger` table, with group commit: records go to one writer
 /// task, which commits everything queued while its previous transaction was committing in one
 /// transaction (one disk flush for many calls). Each `record` still returns only once its row
-/// is committed, so a charge the ledger does not hold is never served; then it is announced to
-/// the owner's live event stream.
+/// is committed, so a charge the ledger does not hold is never served; then, with an
+/// announcer, it is announced (`opentab dev` feeds the owner's live event stream with it).
 #[derive(Debug, Clone)]
 pub struct StoreLedger {
     queue: tokio::sync::mpsc::Sender<Pending>,
@@ -190,26 +268,39 @@ pub struct StoreLedger {
 
 type Pending = (UsageEntry, tokio::sync::oneshot::Sender<Result<(), String>>);
 
+/// Told `(owner, key)` of each key whose usage a committed batch moved.
+type Announcer = Box<dyn Fn(Address, Address) + Send + Sync>;
+
 impl StoreLedger {
-    /// A ledger writing to `store`, announcing usage through `notifier`. Starts the writer
-    /// task on the current tokio runtime; it ends when the last clone of this ledger is dropped.
-    pub fn new(store: Store, notifier: Notifier) -> Self {
+    /// A ledger writing to `store`. Starts the writer task on the current tokio runtime; it
+    /// ends when the last clone of this ledger is dropped.
+    pub fn new(store: Store) -> Self {
+        Self::start(store, None)
+    }
+
+    /// [`StoreLedger::new`], calling `announce(owner, key)` for each key whose usage moved, once
+    /// its rows are committed.
+    pub fn announcing(store: Store, announce: impl Fn(Address, Address) + Send + Sync + 'static) -> Self {
+        Self::start(store, Some(Box::new(announce)))
+    }
+
+    fn start(store: Store, announce: Option<Announcer>) -> Self {
         let (queue, pending) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(store, notifier, pending));
+        tokio::spawn(write_batches(store, announce, pending));
         Self { queue }
     }
 }
 
-async fn write_batches(store: Store, notifier: Notifier, mut pending: tokio::sync::mpsc::Receiver<Pending>) {
+async fn write_batches(store: Store, announce: Option<Announcer>, mut pending: tokio::sync::mpsc::Receiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (entries, replies): (Vec<UsageEntry>, Vec<_>) = batch.drain(..).unzip();
         let outcome = store.record_usage_batch(&entries).await.map_err(|e| e.to_string());
-        if outcome.is_ok() {
+        if let (Ok(()), Some(announce)) = (&outcome, &announce) {
             let mut announced = std::collections::BTreeSet::new();
             for entry in &entries {
                 if announced.insert((entry.owner, entry.session_key)) {
-                    notifier.publish(Change { owner: entry.owner, key: Some(entry.session_key) });
+                    announce(entry.owner, entry.session_key);
                 }
             }
         }

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! opentab dev                                   # terminal 1: chain, database, REST API
-//! cargo run -p opentab-service --example paid_api   # terminal 2: this API on 127.0.0.1:8404
+//! cargo run -p opentab-proxy --example paid_api     # terminal 2: this API on 127.0.0.1:8404
 //! curl -i -X POST http://127.0.0.1:8404/v1/summarize   # 402 with PAYMENT-REQUIRED
 //! ```
 //!
@@ -12,12 +12,16 @@
 //! demo session key of `.opentab/demo.json`. Production swaps SQLite for PostgreSQL and
 //! `InProcessCounters` for `RedisCounters`; nothing else changes.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::routing::post;
+use opentab_core::rules::RuleConfig;
 use opentab_core::{Address, ContractDomain};
 use opentab_gateway::pricing::Pricing;
 use opentab_gateway::{Gateway, GatewayConfig, InProcessCounters, PaymentLayer};
-use opentab_service::{Notifier, StoreDirectory, StoreLedger, restore_counters};
+use opentab_proxy::{StoreDirectory, StoreLedger, restore_counters};
+use opentab_rules::RuleEngine;
 use opentab_store::Store;
 
 #[derive(serde::Deserialize)]
@@ -48,9 +52,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_timeout_seconds: 60,
         },
         pricing: Pricing::new([("POST /v1/summarize", "0.001")])?,
-        directory: StoreDirectory::new(store.clone()),
+        directory: StoreDirectory::preloaded(store.clone(), demo.payee).await?,
         counters,
-        ledger: StoreLedger::new(store, Notifier::default()),
+        ledger: StoreLedger::new(store.clone()),
+        // The rule engine watches every charge (spike, burst, low balance).
+        observer: Some(Arc::new(RuleEngine::start(store, RuleConfig::default()).await?)),
     });
     let app = Router::new()
         .route("/v1/summarize", post(|body: String| async move { format!("{} bytes summarized", body.len()) }))

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use opentab_core::Address;
 use opentab_store::{GatewayClaim, LiveGateway, Store};
 
-use crate::output::now;
+use crate::Error;
+use crate::unix_now as now;
 
 /// How often a running gateway says so.
 const SEEN_EVERY: Duration = Duration::from_secs(10);
@@ -18,7 +18,7 @@ const LIVE_FOR_SECS: u64 = 30;
 
 /// This gateway's row, kept fresh until [`Presence::release`].
 #[derive(Debug)]
-pub(crate) struct Presence {
+pub struct Presence {
     store: Store,
     id: String,
     task: tokio::task::JoinHandle<()>,
@@ -27,21 +27,13 @@ pub(crate) struct Presence {
 impl Presence {
     /// Announces a gateway of `payee` (`shared`: its counters are Redis's), or explains which
     /// running gateway it cannot run beside and what to do instead.
-    pub(crate) async fn claim(
-        store: &Store,
-        payee: Address,
-        shared: bool,
-        description: String,
-    ) -> anyhow::Result<Self> {
+    pub async fn claim(store: &Store, payee: Address, shared: bool, description: String) -> Result<Self, Error> {
         let id = format!("{description} pid {} #{:08x}", std::process::id(), rand::random::<u32>());
         let claim = GatewayClaim { id: id.clone(), payee, shared, description };
         let started = now();
-        let claimed = store
-            .claim_gateway(&claim, started, started.saturating_sub(LIVE_FOR_SECS))
-            .await
-            .context("announcing the gateway on the database")?;
+        let claimed = store.claim_gateway(&claim, started, started.saturating_sub(LIVE_FOR_SECS)).await?;
         if let Err(blocking) = claimed {
-            anyhow::bail!(refusal(shared, &blocking));
+            return Err(Error::AnotherGateway(refusal(shared, &blocking)));
         }
         let (store_, id_) = (store.clone(), id.clone());
         let task = tokio::spawn(async move {
@@ -56,7 +48,7 @@ impl Presence {
     }
 
     /// The gateway stopped: another may start at once.
-    pub(crate) async fn release(self) {
+    pub async fn release(self) {
         self.task.abort();
         if let Err(err) = self.store.release_gateway(&self.id).await {
             tracing::warn!(error = %err, "could not tell the database this gateway stopped");

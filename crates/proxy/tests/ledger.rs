@@ -4,7 +4,7 @@
 
 use opentab_core::{Address, B256, SigningKey, U256, Usdc};
 use opentab_gateway::{UsageKind, UsageLedger, UsageRecord};
-use opentab_service::{Notifier, StoreLedger};
+use opentab_proxy::StoreLedger;
 use opentab_store::Store;
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -26,7 +26,7 @@ fn record(key: &SigningKey, n: u64, kind: UsageKind) -> UsageRecord {
 }
 
 async fn many_calls_at_once_each_land_once(store: Store) -> TestResult {
-    let ledger = StoreLedger::new(store.clone(), Notifier::default());
+    let ledger = StoreLedger::new(store.clone());
     let (a, b) = (SigningKey::random(), SigningKey::random());
     // 300 charges over two keys and 30 voids, all in flight together: more than one batch.
     let mut calls = tokio::task::JoinSet::new();
@@ -71,7 +71,7 @@ async fn postgres_many_calls_at_once_each_land_once() -> TestResult {
 async fn a_database_gone_fails_every_caller_and_writes_nothing() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = opentab_store::testing::fresh_sqlite(dir.path()).await?;
-    let ledger = StoreLedger::new(store.clone(), Notifier::default());
+    let ledger = StoreLedger::new(store.clone());
     let key = SigningKey::random();
     ledger.record(record(&key, 1, UsageKind::Charge)).await?;
     store.close().await;

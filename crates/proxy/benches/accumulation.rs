@@ -9,7 +9,7 @@
 //! - `ledger_*_64_at_once`: 64 calls recorded concurrently, as under load: the ledger's group
 //!   commit puts the rows that queue up meanwhile into one transaction (time per 64 rows).
 //!
-//! `cargo bench -p opentab-service --bench accumulation`
+//! `cargo bench -p opentab-proxy --bench accumulation`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,7 +17,7 @@ use divan::Bencher;
 use opentab_core::charge::ChargeRequest;
 use opentab_core::{Address, B256, SigningKey, U256, Usdc};
 use opentab_gateway::{CounterStore, InProcessCounters, RedisCounters, UsageKind, UsageLedger, UsageRecord};
-use opentab_service::{Notifier, StoreLedger};
+use opentab_proxy::StoreLedger;
 
 fn main() {
     divan::main();
@@ -91,7 +91,7 @@ fn record(n: u64, sig: opentab_core::Signature) -> UsageRecord {
 
 fn bench_ledger(bencher: Bencher, rt: &tokio::runtime::Runtime, store: opentab_store::Store, at_once: u64) {
     // The writer task lives on this runtime (driven by each block_on below).
-    let ledger = rt.block_on(async { StoreLedger::new(store, Notifier::default()) });
+    let ledger = rt.block_on(async { StoreLedger::new(store) });
     let (sig, n) = (signature(), AtomicU64::new(0));
     bencher.counter(divan::counter::ItemsCount::new(at_once)).bench_local(|| {
         let first = n.fetch_add(at_once, Ordering::Relaxed) + 1;

@@ -1,0 +1,267 @@
+//! The engine: per-key activity in memory, the rules applied to each charge event, crossings
+//! recorded with their effects in one transaction.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use opentab_core::rules::{Activity, Rule, RuleConfig, RuleMode, Transition, evaluate, transitions};
+use opentab_core::{Address, Usdc};
+use opentab_gateway::{ChargeEvent, ChargeObserver, UsageKind};
+use opentab_store::{EffectKind, NewAlert, NewEffect, NewWebhook, Store};
+use serde_json::json;
+
+use crate::{Error, Result};
+
+const FROZEN_BY_GUARDIAN: &str = "The key is frozen, at the gateway and (through your guardian) on-chain: no \
+                                  call is served with it until its owner unfreezes it.";
+const FROZEN_AT_GATEWAY: &str =
+    "The key is frozen at the gateway: no call is served with it until its owner unfreezes it.";
+
+/// What the engine remembers of one key. The charges of other gateway nodes are not seen: with
+/// several nodes, each judges averages and rates on its share of a key's calls (the limit, the
+/// counters' served total, is exact).
+#[derive(Debug, Default)]
+struct KeyStats {
+    /// Charges less voids.
+    calls: u64,
+    /// What those charges came to (the spike rule's running average is `served / calls`).
+    served: Usdc,
+    /// Unix seconds of the charges in the last minute.
+    recent: VecDeque<u64>,
+    firing: Vec<Rule>,
+}
+
+/// One crossing to record, with the numbers that decided it.
+#[derive(Debug)]
+struct Decided {
+    transition: Transition,
+    activity: Activity,
+}
+
+/// Told of each crossing recorded, with the key's owner and the key (the web UI's live feed).
+type Listener = std::sync::Arc<dyn Fn(Address, Address) + Send + Sync>;
+
+/// The rule engine (see the crate docs). Share it as an `Arc<dyn ChargeObserver>`.
+pub struct RuleEngine {
+    store: Store,
+    config: RuleConfig,
+    guardian: Option<Address>,
+    listener: Option<Listener>,
+    /// Never held across an await: a key's rules run whole between two charges of it.
+    keys: Mutex<HashMap<Address, KeyStats>>,
+}
+
+impl RuleEngine {
+    /// An engine recording to `store`, its memory loaded from it: every key's calls and served
+    /// total, the last minute's charges and the rules firing, in three queries (not five per
+    /// key on its first charge, which at 100,000 keys was the gateway's bottleneck).
+    pub async fn start(store: Store, config: RuleConfig) -> Result<Self> {
+        let now = crate::unix_now();
+        let mut keys: HashMap<Address, KeyStats> = HashMap::new();
+        for activity in store.rule_activity(now.saturating_sub(59)).await? {
+            keys.insert(
+                activity.key,
+                KeyStats {
+                    calls: activity.calls,
+                    served: activity.served,
+                    recent: activity.recent.into(),
+                    firing: Vec::new(),
+                },
+            );
+        }
+        for (key, rule) in store.open_alerts().await? {
+            if let Ok(rule) = rule.parse() {
+                keys.entry(key).or_default().firing.push(rule);
+            }
+        }
+        Ok(Self { store, config, guardian: None, listener: None, keys: Mutex::new(keys) })
+    }
+
+    /// Calls `listener(owner, key)` after each crossing it records.
+    #[must_use]
+    pub fn with_listener(mut self, listener: impl Fn(Address, Address) + Send + Sync + 'static) -> Self {
+        self.listener = Some(std::sync::Arc::new(listener));
+        self
+    }
+
+    /// Freezes on-chain too, through `guardian`, for the owners who made it their guardian: the
+    /// freeze is left in the outbox for [`crate::Guardian`] to send.
+    #[must_use]
+    pub fn with_guardian(mut self, guardian: Address) -> Self {
+        self.guardian = Some(guardian);
+        self
+    }
+
+    /// How many keys the engine remembers.
+    pub fn keys_known(&self) -> usize {
+        self.keys.lock().map_or(0, |keys| keys.len())
+    }
+
+    /// Applies the rules to `event`, which the ledger holds already, and records what crossed;
+    /// returns the crossings. A crossing that could not be recorded is forgotten, so the key's
+    /// next charge decides it again.
+    pub async fn apply(&self, event: &ChargeEvent) -> Result<Vec<Transition>> {
+        let decided = self.decide(event)?;
+        let mut crossed = Vec::with_capacity(decided.len());
+        let mut failure = None;
+        for d in decided {
+            if failure.is_none() {
+                let recorded = match &d.transition {
+                    Transition::Fired { rule, reason } => self.fire(event, *rule, reason, &d.activity).await,
+                    Transition::Recovered { rule } => self.recover(event, *rule).await,
+                };
+                match recorded {
+                    Ok(()) => {
+                        if let Some(listener) = &self.listener {
+                            listener(event.owner, event.key);
+                        }
+                        crossed.push(d.transition);
+                        continue;
+                    }
+                    Err(err) => failure = Some(err),
+                }
+            }
+            self.forget(event.key, &d.transition);
+        }
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        Ok(crossed)
+    }
+
+    /// The rules' verdict on `event`, the key's memory moved past it (pure, under the lock).
+    fn decide(&self, event: &ChargeEvent) -> Result<Vec<Decided>> {
+        let mut keys = self.keys.lock().map_err(|_| Error::Poisoned)?;
+        let stats = keys.entry(event.key).or_default();
+        if event.kind == UsageKind::Void {
+            stats.calls = stats.calls.saturating_sub(1);
+            stats.served = stats.served.saturating_sub(event.amount);
+            return Ok(Vec::new());
+        }
+        while stats.recent.front().is_some_and(|&t| t + 60 <= event.at) {
+            stats.recent.pop_front();
+        }
+        stats.recent.push_back(event.at);
+        let activity = Activity {
+            charge: event.amount,
+            calls_before: stats.calls,
+            served_before: stats.served,
+            calls_last_minute: u32::try_from(stats.recent.len()).unwrap_or(u32::MAX),
+            limit: event.limit,
+            // The counters' total: exact across gateway nodes.
+            served_after: event.served,
+        };
+        stats.calls += 1;
+        stats.served = stats.served.saturating_add(event.amount);
+        let changes = transitions(&stats.firing, &evaluate(&activity, &self.config));
+        for change in &changes {
+            match change {
+                Transition::Fired { rule, .. } => stats.firing.push(*rule),
+                Transition::Recovered { rule } => stats.firing.retain(|r| r != rule),
+            }
+        }
+        Ok(changes.into_iter().map(|transition| Decided { transition, activity }).collect())
+    }
+
+    /// Undoes `transition` in memory (it could not be recorded).
+    fn forget(&self, key: Address, transition: &Transition) {
+        let Ok(mut keys) = self.keys.lock() else { return };
+        let Some(stats) = keys.get_mut(&key) else { return };
+        match transition {
+            Transition::Fired { rule, .. } => stats.firing.retain(|r| r != rule),
+            Transition::Recovered { rule } => stats.firing.push(*rule),
+        }
+    }
+
+    async fn fire(&self, event: &ChargeEvent, rule: Rule, reason: &str, activity: &Activity) -> Result<()> {
+        let froze = rule.freezes() && self.config.mode == RuleMode::Enforce;
+        let by_guardian = match self.guardian {
+            Some(guardian) if froze => self.store.guardian(event.owner).await? == Some(guardian),
+            _ => false,
+        };
+        let inputs = json!({
+            "charge": activity.charge,
+            "callsBefore": activity.calls_before,
+            "servedBefore": activity.served_before,
+            "callsLastMinute": activity.calls_last_minute,
+            "limit": activity.limit,
+            "servedAfter": activity.served_after,
+        });
+        let (key, owner, mode) = (event.key, event.owner, self.config.mode.as_str());
+        let alert = NewAlert {
+            session_key: key,
+            owner,
+            rule: rule.as_str().to_owned(),
+            mode: mode.to_owned(),
+            reason: reason.to_owned(),
+            inputs: inputs.to_string(),
+            froze,
+        };
+        let data = json!({
+            "sessionKey": key, "owner": owner, "rule": rule.as_str(), "mode": mode,
+            "reason": reason, "froze": froze, "guardianFreezeSent": by_guardian, "inputs": inputs,
+        });
+        let webhook = webhook("key.alert", key, rule, event.at, data);
+        let outcome = match (froze, by_guardian) {
+            (true, true) => FROZEN_BY_GUARDIAN,
+            (true, false) => FROZEN_AT_GATEWAY,
+            (false, _) => "No action was taken.",
+        };
+        let email = json!({
+            "subject": format!("opentab alert: {} on key {key:#x}", rule.as_str()),
+            "body": format!(
+                "Session key {key:#x} (owner {owner:#x}) broke the {} rule: {reason}.\n{outcome}\n",
+                rule.as_str()
+            ),
+        });
+        let mut effects = vec![NewEffect { kind: EffectKind::Email, payload: email.to_string() }];
+        if by_guardian {
+            effects.push(NewEffect { kind: EffectKind::GuardianFreeze, payload: "{}".to_owned() });
+        }
+        if self.store.fire_alert(&alert, &webhook, &effects, event.at).await? {
+            if froze {
+                tracing::warn!(%key, rule = rule.as_str(), reason, "rule engine froze the key");
+            } else {
+                tracing::info!(%key, rule = rule.as_str(), reason, "rule alert");
+            }
+        }
+        Ok(())
+    }
+
+    async fn recover(&self, event: &ChargeEvent, rule: Rule) -> Result<()> {
+        let data = json!({ "sessionKey": event.key, "owner": event.owner, "rule": rule.as_str() });
+        let webhook = webhook("key.alert_recovered", event.key, rule, event.at, data);
+        self.store.recover_alert(event.key, rule.as_str(), &webhook, event.at).await?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for RuleEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleEngine")
+            .field("config", &self.config)
+            .field("guardian", &self.guardian)
+            .field("keys", &self.keys_known())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChargeObserver for RuleEngine {
+    fn observe(&self, event: ChargeEvent) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            // The charge is durable already: an engine failure is logged, never the call's.
+            if let Err(err) = self.apply(&event).await {
+                tracing::warn!(error = %err, key = %event.key, "rule engine could not check a charge");
+            }
+        })
+    }
+}
+
+fn webhook(kind: &str, key: Address, rule: Rule, now: u64, data: serde_json::Value) -> NewWebhook {
+    NewWebhook {
+        event_id: format!("msg_{}_{key:x}_{}_{now}", kind.replace('.', "_"), rule.as_str()),
+        event_type: kind.to_owned(),
+        payload: json!({ "type": kind, "timestamp": opentab_core::format_rfc3339(now), "data": data }).to_string(),
+    }
+}

@@ -1,0 +1,460 @@
+//! The rule engine on a real ledger (SQLite) with a real SMTP listener and a real chain (anvil):
+//! it consumes charge events the way the gateway hands them over (after the ledger row is
+//! durable); a burst freezes the key at once and alerts by webhook and, from the outbox, by
+//! email, once per crossing, then recovers; a spike freezes; low balance warns without
+//! freezing; shadow mode only alerts; a restarted engine judges with the history it loaded;
+//! the guardian sends the on-chain freeze from the outbox.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use opentab_accumulator::{EmailSender, Mailer};
+use opentab_chain::{Anvil, AnvilConfig, KeyTerms, Validator, deploy_dev_contracts, signing_provider};
+use opentab_core::rules::{RuleConfig, RuleMode};
+use opentab_core::{Address, B256, SigningKey, U256, Usdc, ValidatorEvent};
+use opentab_gateway::{ChargeEvent, UsageKind, UsageLedger, UsageRecord};
+use opentab_proxy::StoreLedger;
+use opentab_rules::{Guardian, RuleEngine};
+use opentab_store::{EffectKind, Store, StoredEvent};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+const OWNER: Address = Address::repeat_byte(0xa1);
+const PAYEE: Address = Address::repeat_byte(0xee);
+
+/// A minimal SMTP server on a real socket: accepts every message and keeps its DATA.
+async fn smtp_listener() -> TestResult<(String, Arc<Mutex<Vec<String>>>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("smtp://127.0.0.1:{}", listener.local_addr()?.port());
+    let mails: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = mails.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 test ESMTP\r\n").await;
+                let (mut data, mut in_data) = (String::new(), false);
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if in_data {
+                        if line == "." {
+                            in_data = false;
+                            if let Ok(mut sink) = sink.lock() {
+                                sink.push(std::mem::take(&mut data));
+                            }
+                            let _ = write.write_all(b"250 queued\r\n").await;
+                        } else {
+                            data.push_str(&line);
+                            data.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 test\r\n",
+                        "DATA" => {
+                            in_data = true;
+                            b"354 go on\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            break;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    let _ = write.write_all(reply).await;
+                }
+            });
+        }
+    });
+    Ok((url, mails))
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: Store,
+    ledger: StoreLedger,
+    engine: RuleEngine,
+    /// What the counters would say each key was served.
+    served: Mutex<HashMap<Address, Usdc>>,
+    blocks: std::sync::atomic::AtomicU64,
+}
+
+async fn world(mode: RuleMode) -> TestResult<World> {
+    let dir = tempfile::tempdir()?;
+    let store = opentab_store::testing::fresh_sqlite(dir.path()).await?;
+    World::on(dir, store, mode).await
+}
+
+impl World {
+    async fn on(dir: tempfile::TempDir, store: Store, mode: RuleMode) -> TestResult<Self> {
+        let engine = RuleEngine::start(store.clone(), RuleConfig { mode, ..RuleConfig::default() }).await?;
+        Ok(Self {
+            _dir: dir,
+            ledger: StoreLedger::new(store.clone()),
+            store,
+            engine,
+            served: Mutex::default(),
+            blocks: std::sync::atomic::AtomicU64::new(10),
+        })
+    }
+
+    /// The same database, with a new engine (a restarted gateway).
+    async fn restarted(self, mode: RuleMode) -> TestResult<Self> {
+        let mut again = Self::on(self._dir, self.store, mode).await?;
+        again.served = self.served;
+        again.blocks = self.blocks;
+        Ok(again)
+    }
+
+    async fn apply(&self, event: ValidatorEvent) -> TestResult {
+        let block = self.blocks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stored = StoredEvent {
+            block_number: block,
+            log_index: 0,
+            block_hash: B256::with_last_byte(block as u8),
+            tx_hash: B256::with_last_byte(block as u8),
+            event,
+        };
+        self.store.apply_chain_update(Address::repeat_byte(0x77), None, &[stored], "{}", 1).await?;
+        Ok(())
+    }
+
+    async fn key(&self, limit: &str) -> TestResult<Address> {
+        let key = SigningKey::random().address();
+        self.register(key, OWNER, limit).await?;
+        Ok(key)
+    }
+
+    async fn register(&self, key: Address, owner: Address, limit: &str) -> TestResult {
+        self.apply(ValidatorEvent::Registered {
+            owner,
+            session_key: key,
+            payee: PAYEE,
+            limit: Usdc::parse_decimal(limit)?,
+            valid_after: 0,
+            valid_until: 4_000_000_000,
+        })
+        .await
+    }
+
+    /// What the gateway does with a charge: the ledger row first, then the event.
+    async fn charge(&self, key: Address, price: &str, voucher: u64, at: u64) -> TestResult {
+        let amount = Usdc::parse_decimal(price)?;
+        let terms = self.store.key(key).await?.ok_or("no key")?.key;
+        let (owner, limit) = (terms.owner, terms.limit);
+        let record = UsageRecord {
+            at,
+            key,
+            owner,
+            kind: UsageKind::Charge,
+            amount,
+            route: "POST /v1/chat".into(),
+            request_id: format!("r{voucher}"),
+            voucher: U256::from(voucher),
+            signature: Some(SigningKey::random().sign_digest(&B256::repeat_byte(1))),
+            idempotency: None,
+            void_of: None,
+        };
+        self.ledger.record(record).await?;
+        let served = {
+            let mut served = self.served.lock().map_err(|_| "poisoned")?;
+            let total = served.entry(key).or_default();
+            *total = total.saturating_add(amount);
+            *total
+        };
+        let event = ChargeEvent { at, key, owner, kind: UsageKind::Charge, amount, served, limit };
+        self.engine.apply(&event).await?;
+        Ok(())
+    }
+
+    async fn frozen(&self, key: Address) -> TestResult<bool> {
+        Ok(self.store.key(key).await?.ok_or("no key")?.frozen_offchain_at.is_some())
+    }
+}
+
+/// Sends the outbox's email through `smtp` until one went out (or gives up).
+async fn mail_out(store: &Store, smtp: &str, mails: &Arc<Mutex<Vec<String>>>) -> TestResult<Vec<String>> {
+    let sender = EmailSender::new(store.clone(), Mailer::new(smtp, "opentab <opentab@localhost>", "ops@example.com")?);
+    for _ in 0..50 {
+        sender.tick(now()).await?;
+        if !mails.lock().map_err(|_| "poisoned")?.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(mails.lock().map_err(|_| "poisoned")?.clone())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[tokio::test]
+async fn a_burst_freezes_at_once_alerts_by_webhook_and_email_once_then_recovers() -> TestResult {
+    let (smtp, mails) = smtp_listener().await?;
+    let w = world(RuleMode::Enforce).await?;
+    let key = w.key("100").await?;
+    // Real times: the email sender does not mail alerts older than a day.
+    let t = now() - 60;
+    for n in 1..=100 {
+        w.charge(key, "0.002", n, t).await?;
+    }
+    assert!(!w.frozen(key).await?, "100 calls in a minute are allowed");
+    w.charge(key, "0.002", 101, t + 30).await?;
+    assert!(w.frozen(key).await?, "the 101st freezes the key off-chain before its event is handled");
+    for n in 102..=120 {
+        w.charge(key, "0.002", n, t + 31).await?;
+    }
+    let alerts = w.store.alerts_of(key, 10).await?;
+    assert_eq!(alerts.len(), 1, "one alert per crossing");
+    assert_eq!((alerts[0].alert.rule.as_str(), alerts[0].alert.froze), ("rate", true));
+    assert_eq!(alerts[0].alert.reason, "101 calls in the last minute, more than 100");
+    let inputs: serde_json::Value = serde_json::from_str(&alerts[0].alert.inputs)?;
+    assert_eq!(inputs["callsLastMinute"], 101);
+    assert_eq!(w.store.webhooks_of_type("key.alert").await?.len(), 1);
+    // The email is in the outbox, once; the sender mails it.
+    assert_eq!(w.store.effects_of(key, EffectKind::Email).await?.len(), 1);
+    let mail = mail_out(&w.store, &smtp, &mails).await?;
+    assert_eq!(mail.len(), 1, "{mail:?}");
+    assert!(mail[0].contains("opentab alert: rate") && mail[0].contains("The key is frozen"), "{}", mail[0]);
+    let sent = w.store.effects_of(key, EffectKind::Email).await?;
+    assert_eq!(sent[0].status, "done");
+    // Nothing for the guardian: this engine has none.
+    assert!(w.store.effects_of(key, EffectKind::GuardianFreeze).await?.is_empty());
+
+    // A quiet minute later the condition clears: recovered, announced once.
+    w.charge(key, "0.002", 121, t + 200).await?;
+    let alerts = w.store.alerts_of(key, 10).await?;
+    assert_eq!(alerts[0].recovered_at, Some(t + 200));
+    assert_eq!(w.store.webhooks_of_type("key.alert_recovered").await?.len(), 1);
+    Ok(())
+}
+
+/// Issue 11: the alert email was sent under the key's lock with no timeout, so an SMTP relay
+/// that never answers held the charge that fired the rule (and every later call of the key).
+/// Now the engine only leaves the email in the outbox: charges never wait for the relay, and
+/// the sender gives a dead relay up within its timeout and tries again later.
+#[tokio::test]
+async fn a_dead_smtp_relay_holds_no_charge_and_its_email_is_retried() -> TestResult {
+    // Accepts connections and never says a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("smtp://127.0.0.1:{}", listener.local_addr()?.port());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            if let Ok(mut keep) = keep.lock() {
+                keep.push(socket);
+            }
+        }
+    });
+    let w = world(RuleMode::Enforce).await?;
+    let key = w.key("100").await?;
+    let t = now();
+    for n in 1..=102 {
+        // Far below the SMTP timeout: a charge waiting for the relay would not make it.
+        tokio::time::timeout(std::time::Duration::from_secs(5), w.charge(key, "0.002", n, t))
+            .await
+            .map_err(|_| format!("charge {n} waited for the SMTP relay"))??;
+    }
+    assert!(w.frozen(key).await?, "the burst froze the key");
+    assert_eq!(w.store.webhooks_of_type("key.alert").await?.len(), 1, "the webhook is in the outbox");
+    // Now the sender meets the dead relay: it gives up within its timeout, and keeps the email.
+    let sender =
+        EmailSender::new(w.store.clone(), Mailer::new(&url, "opentab <opentab@localhost>", "ops@example.com")?);
+    let started = std::time::Instant::now();
+    assert_eq!(sender.tick(now()).await?, 0, "nothing was sent");
+    let waited = started.elapsed();
+    assert!(waited < opentab_accumulator::SMTP_TIMEOUT * 2, "the relay held the sender {waited:?}");
+    assert!(!held.lock().map_err(|_| "poisoned")?.is_empty(), "the email was attempted");
+    let effects = w.store.effects_of(key, EffectKind::Email).await?;
+    assert_eq!((effects.len(), effects[0].status.as_str(), effects[0].attempts), (1, "pending", 1), "{effects:?}");
+    assert!(effects[0].last_error.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spike_freezes_and_low_balance_only_warns() -> TestResult {
+    let w = world(RuleMode::Enforce).await?;
+    let spiky = w.key("100").await?;
+    for n in 1..=5 {
+        w.charge(spiky, "0.002", n, 1_000 + n * 60).await?;
+    }
+    w.charge(spiky, "0.02", 6, 2_000).await?;
+    assert!(!w.frozen(spiky).await?, "exactly 10× the average is not a spike");
+    w.charge(spiky, "0.3", 7, 2_100).await?;
+    assert!(w.frozen(spiky).await?);
+    assert_eq!(w.store.alerts_of(spiky, 10).await?[0].alert.rule, "spike");
+
+    let small = w.key("0.01").await?;
+    for n in 1..=4 {
+        w.charge(small, "0.002", n, 1_000 + n * 60).await?;
+    }
+    assert!(w.store.alerts_of(small, 10).await?.is_empty(), "20% left is fine");
+    w.charge(small, "0.0015", 5, 1_500).await?;
+    let alerts = w.store.alerts_of(small, 10).await?;
+    assert_eq!((alerts[0].alert.rule.as_str(), alerts[0].alert.froze), ("low_balance", false));
+    assert!(alerts[0].alert.reason.contains("0.0005 USDC of the 0.01 USDC limit left"), "{}", alerts[0].alert.reason);
+    assert!(!w.frozen(small).await?, "low balance warns, it does not freeze");
+    let email = w.store.effects_of(small, EffectKind::Email).await?;
+    assert!(email[0].payload.contains("No action was taken"), "{}", email[0].payload);
+    Ok(())
+}
+
+#[tokio::test]
+async fn shadow_mode_alerts_without_freezing_and_a_new_engine_remembers_what_fires() -> TestResult {
+    let w = world(RuleMode::Shadow).await?;
+    let key = w.key("100").await?;
+    // Real times: a restarted engine loads the last minute of the real clock.
+    let t = now() - 5;
+    for n in 1..=101 {
+        w.charge(key, "0.002", n, t).await?;
+    }
+    assert!(!w.frozen(key).await?);
+    let alerts = w.store.alerts_of(key, 10).await?;
+    assert_eq!(
+        (alerts[0].alert.rule.as_str(), alerts[0].alert.mode.as_str(), alerts[0].alert.froze),
+        ("rate", "shadow", false)
+    );
+
+    // A restarted gateway loads what fires: the open alert is not fired again.
+    let w = w.restarted(RuleMode::Shadow).await?;
+    for n in 102..=210 {
+        w.charge(key, "0.002", n, t + 1).await?;
+    }
+    assert_eq!(w.store.alerts_of(key, 10).await?.len(), 1, "still the one crossing");
+    Ok(())
+}
+
+/// Issue 11: the engine used to read five queries per key on its first charge; now it loads
+/// every key's calls and served total when it starts. A restarted engine must judge a spike
+/// against that history, exactly at the boundary: 10× the running average is allowed, one base
+/// unit more freezes.
+#[tokio::test]
+async fn a_restarted_engine_judges_a_spike_on_the_history_it_loaded() -> TestResult {
+    let w = world(RuleMode::Enforce).await?;
+    let key = w.key("100").await?;
+    let other = w.key("100").await?;
+    for n in 1..=5 {
+        w.charge(key, "0.002", n, 1_000 + n * 60).await?;
+        w.charge(other, "0.002", n, 1_000 + n * 60).await?;
+    }
+    let w = w.restarted(RuleMode::Enforce).await?;
+    assert!(w.engine.keys_known() >= 2, "{}", w.engine.keys_known());
+    // The average is 0.002: 0.02 is exactly 10×, allowed.
+    w.charge(key, "0.02", 6, 2_000).await?;
+    assert!(!w.frozen(key).await?, "exactly 10× the loaded average is not a spike");
+    // 0.02 + one base unit over the loaded average of `other` (0.002) freezes.
+    w.charge(other, "0.020001", 6, 2_000).await?;
+    assert!(w.frozen(other).await?, "one base unit over 10× the loaded average freezes");
+    // A fresh engine that had loaded nothing would have seen no history and frozen nothing.
+    Ok(())
+}
+
+/// Voids give a charge back to the running average and the call count.
+#[tokio::test]
+async fn a_voided_charge_leaves_the_average_as_if_it_never_happened() -> TestResult {
+    let w = world(RuleMode::Enforce).await?;
+    let key = w.key("100").await?;
+    for n in 1..=5 {
+        w.charge(key, "0.002", n, 1_000 + n * 60).await?;
+    }
+    // A large charge the API failed on is voided: it must not lift the average.
+    w.charge(key, "0.01", 6, 1_500).await?;
+    let terms = w.store.key(key).await?.ok_or("no key")?.key;
+    let void = ChargeEvent {
+        at: 1_501,
+        key,
+        owner: terms.owner,
+        kind: UsageKind::Void,
+        amount: Usdc::parse_decimal("0.01")?,
+        served: Usdc::ZERO,
+        limit: terms.limit,
+    };
+    w.engine.apply(&void).await?;
+    // Average back to 0.002: 0.020001 is a spike.
+    w.charge(key, "0.020001", 7, 2_000).await?;
+    assert!(w.frozen(key).await?, "the void's amount did not count in the average");
+    Ok(())
+}
+
+/// The guardian sends the on-chain freeze the engine left in the outbox, on a real chain; a
+/// guardian the owner never chose is refused by the contract, retried, then given up and
+/// audited, while the gateway's own freeze holds.
+#[tokio::test]
+async fn the_guardian_freezes_on_chain_from_the_outbox() -> TestResult {
+    let anvil = Anvil::spawn(AnvilConfig::default())?;
+    let rpc = anvil.endpoint();
+    let deployer = signing_provider(&rpc, anvil.signer(0)?)?;
+    let deployment = deploy_dev_contracts(&deployer, &rpc, 86_400).await?;
+    let owner_key = SigningKey::from_bytes(&anvil.keys()[1])?;
+    let as_owner = Validator::connect(signing_provider(&rpc, anvil.signer(1)?)?, deployment.validator).await?;
+    let guardian_signer = anvil.signer(3)?;
+    let as_guardian =
+        Validator::connect(signing_provider(&rpc, guardian_signer.clone())?, deployment.validator).await?;
+    let stranger_signer = anvil.signer(4)?;
+    let as_stranger =
+        Validator::connect(signing_provider(&rpc, stranger_signer.clone())?, deployment.validator).await?;
+    as_owner.set_guardian(guardian_signer.address()).await?;
+    let owner = owner_key.address();
+    let (guarded, unguarded) = (SigningKey::random().address(), SigningKey::random().address());
+    for key in [guarded, unguarded] {
+        let terms = KeyTerms {
+            session_key: key,
+            payee: PAYEE,
+            limit: Usdc::parse_decimal("100")?,
+            valid_after: 0,
+            valid_until: 4_000_000_000,
+        };
+        as_owner.register_session_key(&terms).await?;
+    }
+
+    let dir = tempfile::tempdir()?;
+    let store = opentab_store::testing::fresh_sqlite(dir.path()).await?;
+    let mut w = World::on(dir, store, RuleMode::Enforce).await?;
+    w.apply(ValidatorEvent::GuardianSet { owner, guardian: guardian_signer.address() }).await?;
+    w.register(guarded, owner, "100").await?;
+    w.register(unguarded, owner, "100").await?;
+    w.engine =
+        RuleEngine::start(w.store.clone(), RuleConfig::default()).await?.with_guardian(guardian_signer.address());
+    for n in 1..=101 {
+        w.charge(guarded, "0.002", n, 1_000).await?;
+    }
+    assert!(w.frozen(guarded).await?, "frozen at the gateway at once");
+    assert_eq!(w.store.effects_of(guarded, EffectKind::GuardianFreeze).await?.len(), 1);
+    let webhook = &w.store.webhooks_of_type("key.alert").await?[0];
+    assert!(webhook.payload.contains(r#""guardianFreezeSent":true"#), "{}", webhook.payload);
+
+    let guardian = Guardian::new(w.store.clone(), as_guardian.clone(), guardian_signer.address());
+    assert_eq!(guardian.tick(now()).await?, 1);
+    let on_chain = as_guardian.session_key(guarded).await?.ok_or("not on chain")?;
+    assert!(on_chain.frozen_at.is_some(), "frozen on-chain by the guardian");
+    assert_eq!(w.store.effects_of(guarded, EffectKind::GuardianFreeze).await?[0].status, "done");
+    let audit = w.store.audit_of(&format!("{guarded:#x}")).await?;
+    assert!(audit.iter().any(|e| e.action == "key.guardian_freeze"), "{audit:?}");
+    assert_eq!(guardian.tick(now()).await?, 0, "sent once");
+
+    // An account the owner never chose: the contract refuses it, three times, then it is given up.
+    w.engine =
+        RuleEngine::start(w.store.clone(), RuleConfig::default()).await?.with_guardian(stranger_signer.address());
+    w.apply(ValidatorEvent::GuardianSet { owner, guardian: stranger_signer.address() }).await?;
+    for n in 1..=101 {
+        w.charge(unguarded, "0.002", n, 1_000).await?;
+    }
+    assert!(w.frozen(unguarded).await?);
+    let stranger = Guardian::new(w.store.clone(), as_stranger, stranger_signer.address());
+    let mut at = now();
+    for _ in 0..3 {
+        assert_eq!(stranger.tick(at).await?, 0);
+        at += 3_600;
+    }
+    let effect = &w.store.effects_of(unguarded, EffectKind::GuardianFreeze).await?[0];
+    assert_eq!((effect.status.as_str(), effect.attempts), ("dead", 3), "{effect:?}");
+    let audit = w.store.audit_of(&format!("{unguarded:#x}")).await?;
+    assert!(audit.iter().any(|e| e.action == "key.guardian_freeze_failed"), "{audit:?}");
+    assert!(as_guardian.session_key(unguarded).await?.ok_or("not on chain")?.frozen_at.is_none());
+    assert!(w.frozen(unguarded).await?, "the gateway's freeze holds");
+    Ok(())
+}
