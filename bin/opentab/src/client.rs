@@ -43,6 +43,9 @@ pub(crate) struct Problem {
     pub(crate) detail: String,
     /// The request field at fault, for validation errors.
     pub(crate) field: Option<String>,
+    /// Seconds to wait before trying again (`Retry-After`), on a rate limit.
+    #[serde(skip)]
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl std::fmt::Display for Problem {
@@ -163,12 +166,17 @@ impl Api {
         }
         let response = request.send().await.map_err(|err| self.transport_error(err))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
         let text = response.text().await.map_err(|err| self.transport_error(err))?;
         if status.is_success() {
             return Ok(text);
         }
         match serde_json::from_str::<Problem>(&text) {
-            Ok(problem) => Err(problem.into()),
+            Ok(problem) => Err(Problem { retry_after, ..problem }.into()),
             Err(_) => {
                 let excerpt: String = text.chars().take(200).collect();
                 Err(anyhow::anyhow!("{method} {path} answered HTTP {status}: {excerpt}"))

@@ -1,19 +1,22 @@
 //! `opentab keys create|list|show|freeze|unfreeze|delete`: the owner's session keys through
 //! opentab's REST API. Each run signs in with the owner's key; create, freeze, unfreeze and
 //! delete sign the EIP-712 message opentab hands out (after checking it says what was asked)
-//! and opentab relays it on-chain, paying the gas.
+//! and opentab relays it on-chain, paying the gas. `keys create --count N` creates N keys in
+//! batches of up to 250, one signature and one relayed transaction a batch.
 
 use std::io::Write;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use opentab_core::eip712::{FreezeSessionKey, RegisterSessionKey, RevokeSessionKey, UnfreezeSessionKey};
+use opentab_core::eip712::{
+    self, FreezeSessionKey, RegisterSessionKey, RegisterSessionKeys, RevokeSessionKey, UnfreezeSessionKey,
+};
 use opentab_core::{Address, B256, ContractDomain, SigningKey, U256, Usdc};
-use opentab_service::api::RegistrationMessage;
+use opentab_service::api::{BatchRegistrationMessage, MAX_BATCH_KEYS, RegistrationMessage};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Api, path_segment};
+use crate::client::{Api, Problem, path_segment};
 use crate::output::{now, parse_duration, parse_usdc, relative, table, usdc, utc, when};
 use crate::owner::OwnerArgs;
 
@@ -28,7 +31,8 @@ pub(crate) struct KeysArgs {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Create a session key; opentab relays your signed registration and pays the gas.
+    /// Create a session key (or --count N of them); opentab relays your signed registration and
+    /// pays the gas.
     Create(CreateArgs),
     /// List your session keys (deleted ones with --all).
     List {
@@ -79,9 +83,14 @@ struct CreateArgs {
     #[arg(long, value_name = "UNIX")]
     valid_after: Option<u64>,
     /// Register this address (your agent made the key pair) instead of having opentab generate one.
-    #[arg(long, value_name = "ADDRESS")]
+    #[arg(long, value_name = "ADDRESS", conflicts_with = "count")]
     session_key: Option<Address>,
-    /// Print the result as JSON (`sessionKey`, `privateKey`, `txHash`, `txStatus`, `key`).
+    /// How many keys to create, each with these terms and a key pair of its own. More than one
+    /// are created in batches of up to 250: one signature and one relayed transaction a batch.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    count: u32,
+    /// Print the result as JSON (`sessionKey`, `privateKey`, `txHash`, `txStatus`, `key`; with
+    /// --count above 1, an array of them).
     #[arg(long)]
     json: bool,
 }
@@ -130,7 +139,7 @@ struct Settlement {
     block_number: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct PrepareRequest {
     limit: Usdc,
@@ -147,6 +156,44 @@ struct Prepared {
     session_key: Address,
     private_key: Option<B256>,
     typed_data: TypedData,
+}
+
+#[derive(Debug, Serialize)]
+struct PrepareBatchRequest {
+    keys: Vec<PrepareRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PreparedBatch {
+    keys: Vec<PreparedBatchKey>,
+    typed_data: TypedData,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PreparedBatchKey {
+    session_key: Address,
+    private_key: Option<B256>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RelayedBatch {
+    keys: Vec<KeyView>,
+    tx_hash: Option<B256>,
+    tx_status: String,
+}
+
+/// One key made by `keys create`, as `--json` prints it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Created {
+    session_key: Address,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private_key: Option<B256>,
+    #[serde(flatten)]
+    relayed: Relayed,
 }
 
 /// EIP-712 typed data as the API hands it out; `message` is kept as given, to send it back.
@@ -231,6 +278,9 @@ async fn create(api: &Api, owner: &SigningKey, args: CreateArgs) -> anyhow::Resu
     };
     let request =
         PrepareRequest { limit: args.limit, valid_until, valid_after: args.valid_after, session_key: args.session_key };
+    if args.count > 1 {
+        return create_many(api, owner, &request, args.count, args.json).await;
+    }
     let prepared: Prepared = api
         .call(Method::POST, "/api/session-keys/prepare", Some(&request))
         .await
@@ -278,17 +328,7 @@ async fn create(api: &Api, owner: &SigningKey, args: CreateArgs) -> anyhow::Resu
 
     let mut out = std::io::stdout().lock();
     if args.json {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Created<'a> {
-            session_key: Address,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            private_key: Option<&'a B256>,
-            #[serde(flatten)]
-            relayed: &'a Relayed,
-        }
-        let json =
-            Created { session_key: m.session_key, private_key: prepared.private_key.as_ref(), relayed: &created };
+        let json = Created { session_key: m.session_key, private_key: prepared.private_key, relayed: created };
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
         return Ok(());
     }
@@ -309,6 +349,195 @@ async fn create(api: &Api, owner: &SigningKey, args: CreateArgs) -> anyhow::Resu
             usdc(key.limit)
         )?;
         writeln!(out, "  delete it. Give it to your agent (e.g. as OPENTAB_SESSION_KEY), never to anyone else.")?;
+    }
+    Ok(())
+}
+
+/// `keys create --count N`: N keys in batches of up to [`MAX_BATCH_KEYS`], with progress on
+/// stderr. A batch is all or nothing; should one fail, the keys of the batches before it exist,
+/// and are printed (private keys included) before the error.
+async fn create_many(
+    api: &Api,
+    owner: &SigningKey,
+    request: &PrepareRequest,
+    count: u32,
+    json: bool,
+) -> anyhow::Result<()> {
+    let total = usize::try_from(count).context("--count is too large")?;
+    let batches = total.div_ceil(MAX_BATCH_KEYS);
+    let mut created = Vec::with_capacity(total);
+    let mut failure = None;
+    for (i, start) in (0..total).step_by(MAX_BATCH_KEYS).enumerate() {
+        let n = MAX_BATCH_KEYS.min(total - start);
+        eprintln!("batch {}/{batches}: creating keys {} to {} of {total}…", i + 1, start + 1, start + n);
+        match create_batch_patiently(api, owner, request, n).await {
+            Ok(batch) => {
+                if let Some(first) = batch.first() {
+                    let tx = first.relayed.tx_hash.map_or_else(|| "not mined yet".to_owned(), |tx| tx.to_string());
+                    eprintln!("  {n} keys registered in one transaction: {tx} ({})", first.relayed.tx_status);
+                }
+                created.extend(batch);
+            }
+            Err(err) => {
+                failure = Some(err);
+                break;
+            }
+        }
+    }
+    print_many(&created, json)?;
+    match failure {
+        None => Ok(()),
+        Some(err) if created.is_empty() => Err(err),
+        Some(err) => Err(err.context(format!(
+            "{} of the {total} keys were created (printed above, with their private keys); the rest were not",
+            created.len()
+        ))),
+    }
+}
+
+/// [`create_batch`], waiting out rate limits (`Retry-After`, up to a minute at a time, five
+/// times): a refused batch stored and sent nothing, so it is prepared again afresh.
+async fn create_batch_patiently(
+    api: &Api,
+    owner: &SigningKey,
+    request: &PrepareRequest,
+    n: usize,
+) -> anyhow::Result<Vec<Created>> {
+    let mut waits = 0;
+    loop {
+        match create_batch(api, owner, request, n).await {
+            Err(err) if waits < 5 => {
+                let wait = err
+                    .downcast_ref::<Problem>()
+                    .filter(|p| p.code == "rate_limited")
+                    .and_then(|p| p.retry_after)
+                    .filter(|&secs| secs <= 60);
+                let Some(secs) = wait else { return Err(err) };
+                eprintln!("  opentab asks to slow down: waiting {secs} s…");
+                tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await;
+                waits += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One batch of `n` generated keys with `request`'s terms: prepared, checked, signed, relayed.
+async fn create_batch(
+    api: &Api,
+    owner: &SigningKey,
+    request: &PrepareRequest,
+    n: usize,
+) -> anyhow::Result<Vec<Created>> {
+    let body = PrepareBatchRequest { keys: vec![request.clone(); n] };
+    let prepared: PreparedBatch = api
+        .call(Method::POST, "/api/session-keys/batch/prepare", Some(&body))
+        .await
+        .context("preparing a batch of session keys")?;
+
+    // Sign only what was asked for: opentab chooses the payee and the nonce, nothing else.
+    let typed = &prepared.typed_data;
+    anyhow::ensure!(
+        typed.primary_type == "RegisterSessionKeys",
+        "opentab asked to sign a {} instead of a RegisterSessionKeys; not signing",
+        typed.primary_type
+    );
+    let m: BatchRegistrationMessage =
+        serde_json::from_value(typed.message.clone()).context("reading the batch registration message to sign")?;
+    anyhow::ensure!(m.owner == api.owner, "the batch opentab asked to sign names another owner; not signing");
+    anyhow::ensure!(
+        m.keys.len() == n && prepared.keys.len() == n,
+        "opentab asked to sign a batch of {} keys, not the {n} asked for; not signing",
+        m.keys.len()
+    );
+    for (i, (k, p)) in m.keys.iter().zip(&prepared.keys).enumerate() {
+        let checks = [
+            (k.session_key == p.session_key, "sessionKey"),
+            (k.limit == request.limit, "limit"),
+            (k.valid_until == request.valid_until, "validUntil"),
+            (request.valid_after.is_none_or(|at| at == k.valid_after), "validAfter"),
+        ];
+        if let Some((_, field)) = checks.iter().find(|(ok, _)| !ok) {
+            anyhow::bail!(
+                "key {} of the batch opentab asked to sign has a different {field} than requested; not signing",
+                i + 1
+            );
+        }
+        let private_key = p.private_key.as_ref().context("opentab generated a key without its private key")?;
+        let generated = SigningKey::from_bytes(private_key).context("a generated private key is invalid")?;
+        anyhow::ensure!(generated.address() == k.session_key, "a generated private key is not its session key's");
+    }
+    let keys = m
+        .keys
+        .iter()
+        .map(|k| {
+            Ok(eip712::KeyTerms {
+                sessionKey: k.session_key,
+                payee: k.payee,
+                limit: u128::from(k.limit.base_units()),
+                validAfter: k.valid_after.try_into().context("validAfter does not fit 48 bits")?,
+                validUntil: k.valid_until.try_into().context("validUntil does not fit 48 bits")?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let message = RegisterSessionKeys {
+        owner: m.owner,
+        keys,
+        nonce: decimal_u256(&m.nonce, "nonce")?,
+        deadline: U256::from(m.deadline),
+    };
+    let signature = owner.sign_digest(&typed.domain.contract().digest(&message)).to_string();
+    let relayed: RelayedBatch = api
+        .call(Method::POST, "/api/session-keys/batch", Some(&CreateRequest { message: &typed.message, signature }))
+        .await
+        .context("registering a batch of session keys")?;
+    anyhow::ensure!(relayed.keys.len() == n, "opentab answered for {} keys, not {n}", relayed.keys.len());
+    Ok(relayed
+        .keys
+        .into_iter()
+        .zip(prepared.keys)
+        .map(|(key, p)| Created {
+            session_key: p.session_key,
+            private_key: p.private_key,
+            relayed: Relayed { key, tx_hash: relayed.tx_hash, tx_status: relayed.tx_status.clone() },
+        })
+        .collect())
+}
+
+/// The keys `keys create --count N` made: a table with their private keys, or a JSON array.
+fn print_many(created: &[Created], json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(created)?)?;
+        return Ok(());
+    }
+    let Some(first) = created.first() else { return Ok(()) };
+    let key = &first.relayed.key;
+    writeln!(out, "created {} session keys, each:", created.len())?;
+    writeln!(out, "  limit      {}", usdc(key.limit))?;
+    writeln!(out, "  valid      {} to {}", utc(key.valid_after), when(key.valid_until, now()))?;
+    writeln!(out, "  payee      {}", key.payee)?;
+    writeln!(out)?;
+    let mut rows = vec![["SESSION KEY", "PRIVATE KEY", "STATUS", "TX"].map(str::to_owned).to_vec()];
+    for c in created {
+        rows.push(vec![
+            c.session_key.to_string(),
+            c.private_key.map(|k| k.to_string()).unwrap_or_default(),
+            c.relayed.key.status.clone(),
+            c.relayed.tx_hash.map_or_else(|| c.relayed.tx_status.clone(), |tx| tx.to_string()),
+        ]);
+    }
+    table(&mut out, &rows)?;
+    writeln!(out)?;
+    writeln!(out, "Store these private keys now, somewhere safe: opentab does not keep them and will not show")?;
+    writeln!(
+        out,
+        "them again. Whoever holds one can spend up to {} until its key expires or you freeze or",
+        usdc(key.limit)
+    )?;
+    writeln!(out, "delete it. Give each to its agent (e.g. as OPENTAB_SESSION_KEY), never to anyone else.")?;
+    if created.iter().any(|c| c.relayed.key.status == "pending") {
+        writeln!(out, "(pending keys are active once opentab sees their registration on-chain, within seconds)")?;
     }
     Ok(())
 }

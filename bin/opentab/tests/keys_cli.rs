@@ -198,6 +198,69 @@ fn an_owner_manages_keys_and_tabs_from_the_command_line() -> TestResult {
     Ok(())
 }
 
+/// `keys create --count N`: N keys in batches of 250, one signature and one relayed
+/// transaction a batch, every private key printed once.
+#[test]
+fn an_owner_creates_many_keys_at_once_in_batches_of_250() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let dev = Running::start(&["dev", "--port", "0", "--anvil-port", "0", "--data-dir", &data_dir], &[], "ready")?;
+    let owner = Owner { url: dev.field("url").ok_or("no url printed")?, data_dir };
+
+    // 251 keys: a batch of 250, then one of 1, with progress on stderr and all keys as JSON.
+    let out = owner.run(&["keys", "create", "--limit", "1", "--expires-in", "1h", "--count", "251", "--json"])?;
+    let (stdout, stderr) = (String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("batch 1/2: creating keys 1 to 250 of 251"), "{stderr}");
+    assert!(stderr.contains("batch 2/2: creating keys 251 to 251 of 251"), "{stderr}");
+    assert!(stderr.contains("250 keys registered in one transaction"), "{stderr}");
+    let created: Vec<serde_json::Value> = serde_json::from_str(&stdout)?;
+    assert_eq!(created.len(), 251);
+    let mut addresses = std::collections::HashSet::new();
+    for c in &created {
+        let key: Address = c["sessionKey"].as_str().ok_or("sessionKey")?.parse()?;
+        let private_key: opentab_core::SigningKey = c["privateKey"].as_str().ok_or("privateKey")?.parse()?;
+        assert_eq!(private_key.address(), key, "each private key printed is its key's");
+        assert_eq!(c["key"]["limit"], "1000000");
+        assert_eq!(c["txStatus"], "mined");
+        addresses.insert(key);
+    }
+    assert_eq!(addresses.len(), 251, "every key is new");
+    assert_eq!(created[0]["txHash"], created[249]["txHash"], "the first 250 share one transaction");
+    assert_ne!(created[249]["txHash"], created[250]["txHash"], "the 251st has its own");
+    let last: Address = created[250]["sessionKey"].as_str().ok_or("sessionKey")?.parse()?;
+    owner.wait_for_status(last, false, "active")?;
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&owner.ok(&["keys", "list", "--json"])?)?;
+    let ours: Vec<&serde_json::Value> = listed
+        .iter()
+        .filter(|k| {
+            k["address"].as_str().and_then(|a| a.parse::<Address>().ok()).is_some_and(|a| addresses.contains(&a))
+        })
+        .collect();
+    assert_eq!(ours.len(), 251, "every key is listed (beside dev's demo key)");
+    assert!(ours.iter().all(|k| k["status"] == "active"), "the listener saw both transactions");
+
+    // Without --json: a table of keys and private keys, and the warning once.
+    let text = owner.ok(&["keys", "create", "--limit", "2", "--expires-in", "1h", "--count", "2"])?;
+    assert!(text.contains("created 2 session keys, each:") && text.contains("limit      2 USDC"), "{text}");
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("0x")).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in rows {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        let (key, private_key) = (cells[0].parse::<Address>()?, cells[1].parse::<opentab_core::SigningKey>()?);
+        assert_eq!(private_key.address(), key, "{row}");
+    }
+    assert_eq!(text.matches("Store these private keys now").count(), 1, "{text}");
+
+    // Refusals before anything is sent: no key, and why.
+    let bad = owner.run(&["keys", "create", "--limit", "1", "--valid-until", "1", "--count", "3"])?;
+    let stderr = String::from_utf8(bad.stderr)?;
+    assert!(!bad.status.success(), "{stderr}");
+    assert!(stderr.contains("field `keys[0].validUntil`") && stderr.contains("in the future"), "{stderr}");
+    assert!(dev.stop("INT")?.success(), "Ctrl-C is a clean exit");
+    Ok(())
+}
+
 #[test]
 fn keys_create_needs_an_expiry_and_a_sensible_limit() -> TestResult {
     let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_opentab")).args(args).output();
@@ -210,5 +273,13 @@ fn keys_create_needs_an_expiry_and_a_sensible_limit() -> TestResult {
     let out = run(&["keys", "create", "--limit", "5", "--expires-in", "10"])?;
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr)?.contains("needs a unit"));
+    let out = run(&["keys", "create", "--limit", "5", "--expires-in", "1h", "--count", "0"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr)?.contains("--count"));
+    // One address cannot be registered twice: --session-key makes one key.
+    let key = "0x0000000000000000000000000000000000000123";
+    let out = run(&["keys", "create", "--limit", "5", "--expires-in", "1h", "--count", "2", "--session-key", key])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr)?.contains("cannot be used with"));
     Ok(())
 }

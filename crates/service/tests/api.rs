@@ -363,6 +363,8 @@ async fn the_openapi_document_describes_every_route() -> TestResult {
         ("/api/session-keys", "get"),
         ("/api/session-keys", "post"),
         ("/api/session-keys/prepare", "post"),
+        ("/api/session-keys/batch/prepare", "post"),
+        ("/api/session-keys/batch", "post"),
         ("/api/session-keys/events", "get"),
         ("/api/session-keys/{key}", "get"),
         ("/api/session-keys/{key}", "delete"),

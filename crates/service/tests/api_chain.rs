@@ -6,7 +6,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use opentab_chain::{Anvil, AnvilConfig, Validator, deploy_dev_contracts, signing_provider};
-use opentab_core::eip712::{FreezeSessionKey, RegisterSessionKey, RevokeSessionKey, UnfreezeSessionKey};
+use opentab_core::eip712::{
+    FreezeSessionKey, KeyTerms, RegisterSessionKey, RegisterSessionKeys, RevokeSessionKey, UnfreezeSessionKey,
+};
 use opentab_core::siwe::SiweMessage;
 use opentab_core::{Address, ContractDomain, SigningKey, U256, Usdc};
 use opentab_service::api::{ApiConfig, AppState, ChainAccess, router};
@@ -175,6 +177,231 @@ fn registration(m: &Value) -> TestResult<RegisterSessionKey> {
         nonce: U256::from_str_radix(m["nonce"].as_str().ok_or("nonce")?, 10)?,
         deadline: U256::from(num("deadline")?),
     })
+}
+
+/// The `RegisterSessionKeys` a wallet would sign, read from the typed data's JSON message.
+fn batch_registration(m: &Value) -> TestResult<RegisterSessionKeys> {
+    let mut keys = Vec::new();
+    for k in m["keys"].as_array().ok_or("keys")? {
+        let addr = |f: &str| -> TestResult<Address> { Ok(k[f].as_str().ok_or(f.to_owned())?.parse()?) };
+        let num = |f: &str| -> TestResult<u64> { k[f].as_u64().ok_or_else(|| f.to_owned().into()) };
+        keys.push(KeyTerms {
+            sessionKey: addr("sessionKey")?,
+            payee: addr("payee")?,
+            limit: k["limit"].as_str().ok_or("limit")?.parse()?,
+            validAfter: alloy::primitives::Uint::from(num("validAfter")?),
+            validUntil: alloy::primitives::Uint::from(num("validUntil")?),
+        });
+    }
+    Ok(RegisterSessionKeys {
+        owner: m["owner"].as_str().ok_or("owner")?.parse()?,
+        keys,
+        nonce: U256::from_str_radix(m["nonce"].as_str().ok_or("nonce")?, 10)?,
+        deadline: U256::from(m["deadline"].as_u64().ok_or("deadline")?),
+    })
+}
+
+/// EIP-712 `encodeType` as a wallet builds it from the typed data's `types`: the primary type,
+/// then the types it references, sorted by name.
+fn encode_type_from_json(typed: &Value) -> TestResult<String> {
+    let types = typed["types"].as_object().ok_or("types")?;
+    let one = |name: &str| -> TestResult<String> {
+        let fields = types[name].as_array().ok_or(format!("type {name}"))?;
+        let fields: Vec<String> = fields
+            .iter()
+            .map(|f| format!("{} {}", f["type"].as_str().unwrap_or_default(), f["name"].as_str().unwrap_or_default()))
+            .collect();
+        Ok(format!("{name}({})", fields.join(",")))
+    };
+    let primary = typed["primaryType"].as_str().ok_or("primaryType")?;
+    let mut referenced: Vec<&String> = types.keys().filter(|n| *n != primary && *n != "EIP712Domain").collect();
+    referenced.sort();
+    let mut text = one(primary)?;
+    for name in referenced {
+        text.push_str(&one(name)?);
+    }
+    Ok(text)
+}
+
+impl World {
+    /// Prepares a batch of `asked` keys; the status and the answer.
+    async fn prepare_batch(&self, token: &str, asked: Value) -> TestResult<(StatusCode, Value)> {
+        self.call("POST", "/api/session-keys/batch/prepare", token, Some(json!({ "keys": asked }))).await
+    }
+
+    /// Signs a prepared batch's message as `signer`; the body of `POST /api/session-keys/batch`.
+    fn sign_batch(&self, signer: &SigningKey, message: &Value) -> TestResult<Value> {
+        let signature = signer.sign_digest(&self.domain.digest(&batch_registration(message)?)).to_string();
+        Ok(json!({ "message": message, "signature": signature }))
+    }
+}
+
+#[tokio::test]
+async fn an_owner_creates_many_keys_in_one_relayed_transaction() -> TestResult {
+    // A quota of one relayed transaction a day: the batch is one, whatever it holds.
+    let mut w = world_with(|config| config.relay_daily_quota = 1).await?;
+    let owner = SigningKey::random(); // holds no ETH at all: the relayer pays
+    let token = w.sign_in(&owner).await?;
+    let agent = SigningKey::random(); // one key the agent made itself
+    let until = now() + 3600;
+    let asked = json!([
+        { "limit": "5000000", "validUntil": until },
+        { "limit": "7000000", "validUntil": until, "sessionKey": agent.address() },
+        { "limit": "9000000", "validUntil": until, "validAfter": now() + 60 },
+    ]);
+    let (status, prepared) = w.prepare_batch(&token, asked).await?;
+    assert_eq!(status, StatusCode::OK, "{prepared}");
+    let keys = prepared["keys"].as_array().ok_or("keys")?;
+    assert_eq!(keys.len(), 3);
+    // Generated keys come with their private key, shown once; the agent's own does not.
+    for i in [0, 2] {
+        let private_key: SigningKey = keys[i]["privateKey"].as_str().ok_or("private key")?.parse()?;
+        assert_eq!(format!("{:#x}", private_key.address()), keys[i]["sessionKey"].as_str().unwrap_or_default());
+    }
+    assert!(keys[1].get("privateKey").is_none(), "{prepared}");
+    assert_eq!(keys[1]["sessionKey"], format!("{:#x}", agent.address()));
+
+    // The typed data says what a wallet hashes: the contract's type, the asked terms in order.
+    let typed = &prepared["typedData"];
+    assert_eq!(
+        encode_type_from_json(typed)?,
+        <RegisterSessionKeys as alloy::sol_types::SolStruct>::eip712_encode_type()
+    );
+    let message = &typed["message"];
+    let batch = batch_registration(message)?;
+    assert_eq!(batch.owner, owner.address());
+    let limits: Vec<u128> = batch.keys.iter().map(|k| k.limit).collect();
+    assert_eq!(limits, [5_000_000, 7_000_000, 9_000_000]);
+    assert!(batch.keys.iter().all(|k| k.payee == w.payee), "the service's only payee");
+    assert_eq!(w.relayer.registrations_digest(&batch).await?, w.domain.digest(&batch), "the contract's digest");
+
+    let (status, created) =
+        w.call("POST", "/api/session-keys/batch", &token, Some(w.sign_batch(&owner, message)?)).await?;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["txStatus"], "mined");
+    let views = created["keys"].as_array().ok_or("keys")?;
+    assert_eq!(views.len(), 3);
+    for (view, asked) in views.iter().zip(keys) {
+        assert_eq!(view["address"], asked["sessionKey"]);
+        assert_eq!(view["status"], "pending", "until the listener confirms the events");
+    }
+    w.listener.catch_up().await?;
+    let (_, list) = w.call("GET", "/api/session-keys", &token, None).await?;
+    let mut statuses: Vec<(&str, &str)> = list
+        .as_array()
+        .ok_or("list")?
+        .iter()
+        .map(|k| (k["limit"].as_str().unwrap_or_default(), k["status"].as_str().unwrap_or_default()))
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [("5000000", "active"), ("7000000", "active"), ("9000000", "not_yet_valid")]);
+    for view in views {
+        let key: Address = view["address"].as_str().ok_or("address")?.parse()?;
+        let state = w.relayer.session_key(key).await?.ok_or("not on-chain")?;
+        assert_eq!((state.owner, state.payee), (owner.address(), w.payee));
+    }
+
+    // That was the one relayed transaction today's quota allows.
+    let (_, status, problem) = w.try_create_key(&owner, &token).await?;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("relay_quota_exceeded")),
+        "{problem}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_batch_requests_are_refused_and_leave_nothing_behind() -> TestResult {
+    let w = world().await?;
+    let owner = SigningKey::random();
+    let token = w.sign_in(&owner).await?;
+    let until = now() + 600;
+    let key = |limit: &str| json!({ "limit": limit, "validUntil": until });
+
+    // Empty, too many, one bad entry, one key twice: 400 naming the field, before anything else.
+    let too_many: Vec<Value> = (0..251).map(|_| key("1000")).collect();
+    let twice = SigningKey::random().address();
+    for (asked, field) in [
+        (json!([]), "keys"),
+        (json!(too_many), "keys"),
+        (json!([key("1000"), key("0")]), "keys[1].limit"),
+        (json!([key("1000"), { "limit": "1000", "validUntil": now() - 1 }]), "keys[1].validUntil"),
+        (json!([{ "limit": "1000", "validUntil": until, "sessionKey": Address::ZERO }]), "keys[0].sessionKey"),
+        (
+            json!([{ "limit": "1", "validUntil": until, "sessionKey": twice }, key("1"), { "limit": "2", "validUntil": until, "sessionKey": twice }]),
+            "keys[2].sessionKey",
+        ),
+    ] {
+        let (status, problem) = w.prepare_batch(&token, asked).await?;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some(field)), "{problem}");
+    }
+    let (_, problem) = w.prepare_batch(&token, json!(too_many)).await?;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("at most 250")), "{problem}");
+
+    // A key opentab knows already is refused at prepare time.
+    let existing = w.create_key(&owner, &token).await?;
+    let asked = json!([key("1000"), { "limit": "1000", "validUntil": until, "sessionKey": existing }]);
+    let (status, problem) = w.prepare_batch(&token, asked).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::CONFLICT, Some("key_exists")), "{problem}");
+    let listed = |list: &Value| list.as_array().map(Vec::len).unwrap_or_default();
+    let (_, before) = w.call("GET", "/api/session-keys?includeDeleted=true", &token, None).await?;
+    assert_eq!(listed(&before), 1);
+
+    let (status, prepared) = w.prepare_batch(&token, json!([key("1000"), key("2000"), key("3000")])).await?;
+    assert_eq!(status, StatusCode::OK, "{prepared}");
+    let message = prepared["typedData"]["message"].clone();
+    let create = |body: Value| w.call("POST", "/api/session-keys/batch", &token, Some(body));
+
+    // The message must stay as prepared where the service checks it itself.
+    let mut empty = message.clone();
+    empty["keys"] = json!([]);
+    let mut many = message.clone();
+    many["keys"] = json!((0..251).map(|_| message["keys"][0].clone()).collect::<Vec<_>>());
+    let mut other_payee = message.clone();
+    other_payee["keys"][1]["payee"] = json!(Address::repeat_byte(0x99));
+    let mut other_owner = message.clone();
+    other_owner["owner"] = json!(SigningKey::random().address());
+    for (body, field) in [
+        (empty, "message.keys"),
+        (many, "message.keys"),
+        (other_payee, "message.keys[1].payee"),
+        (other_owner, "message.owner"),
+    ] {
+        let (status, problem) = create(w.sign_batch(&owner, &body)?).await?;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some(field)), "{problem}");
+    }
+
+    // Signed by someone else: the contract refuses, and no pending key is left behind.
+    let (status, problem) = create(w.sign_batch(&SigningKey::random(), &message)?).await?;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_signature")),
+        "{problem}"
+    );
+    let (_, list) = w.call("GET", "/api/session-keys?includeDeleted=true", &token, None).await?;
+    assert_eq!(listed(&list), 1, "only the key created before: {list}");
+
+    // One key of the batch registered on-chain meanwhile (by someone else, for themselves):
+    // the whole batch is refused, and none of its keys is kept.
+    let taken: Address = message["keys"][2]["sessionKey"].as_str().ok_or("sessionKey")?.parse()?;
+    let terms = opentab_chain::KeyTerms {
+        session_key: taken,
+        payee: w.payee,
+        limit: Usdc::ONE,
+        valid_after: 0,
+        valid_until: until,
+    };
+    w.relayer.register_session_key(&terms).await?;
+    let (status, problem) = create(w.sign_batch(&owner, &message)?).await?;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::CONFLICT, Some("key_exists")), "{problem}");
+    let (_, list) = w.call("GET", "/api/session-keys?includeDeleted=true", &token, None).await?;
+    assert_eq!(listed(&list), 1, "only the key created before: {list}");
+    for k in message["keys"].as_array().ok_or("keys")?.iter().take(2) {
+        let key: Address = k["sessionKey"].as_str().ok_or("sessionKey")?.parse()?;
+        assert_eq!(w.relayer.session_key(key).await?, None, "all or nothing on-chain too");
+    }
+    Ok(())
 }
 
 #[tokio::test]

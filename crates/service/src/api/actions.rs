@@ -1,8 +1,11 @@
 //! The owner's signed actions, relayed on-chain so owners pay no gas: create (register),
 //! freeze, unfreeze and delete (revoke). Each is two calls: `GET …` answers the EIP-712 typed
 //! data to sign (`eth_signTypedData_v4`), `POST`/`DELETE` takes the signature and relays it.
-//! A freeze takes effect for the gateway at once, before its transaction is mined.
+//! A freeze takes effect for the gateway at once, before its transaction is mined. Keys are
+//! also created many at once (`…/batch/prepare`, `…/batch`): one signature, one relayed
+//! `registerSessionKeysWithSig`, all or nothing.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::Json;
@@ -10,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use opentab_chain::bindings::SessionKeyValidator::SessionKeyValidatorErrors as E;
 use opentab_chain::{KeyAction, KeyTerms, TxOutcome, Validator};
-use opentab_core::eip712::RegisterSessionKey;
+use opentab_core::eip712::{RegisterSessionKey, RegisterSessionKeys};
 use opentab_core::{Address, B256, Signature, SigningKey, U256, Usdc};
 use opentab_store::{AuditEntry, NewKey, RELAY_SENT};
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,9 @@ use super::{ApiError, ApiJson, AppState, now};
 const SIGNATURE_TTL_SECS: u64 = 15 * 60;
 /// How long a request waits for its transaction to be mined before answering `pending`.
 const MINING_WAIT: Duration = Duration::from_secs(30);
+/// The most keys one batch registers: one transaction of about 18 million gas (71,600 a key),
+/// within a block of anvil or Polygon PoS (30 million or more).
+pub const MAX_BATCH_KEYS: usize = 250;
 
 /// `POST /api/session-keys/prepare` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -97,6 +103,103 @@ pub struct RegistrationMessage {
     pub deadline: u64,
 }
 
+/// `POST /api/session-keys/batch/prepare` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrepareBatch {
+    /// The keys to create in one transaction, 1 to 250, each as `POST /api/session-keys/prepare`
+    /// takes it.
+    #[schema(min_items = 1, max_items = 250)]
+    pub keys: Vec<PrepareKey>,
+}
+
+/// One key of a prepared batch.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreparedBatchKey {
+    /// The key's address.
+    #[schema(value_type = String)]
+    pub session_key: Address,
+    /// The generated key's private key: shown this once, never stored. Absent when the caller
+    /// supplied the address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub private_key: Option<B256>,
+}
+
+/// `POST /api/session-keys/batch/prepare` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreparedBatch {
+    /// The keys, in the order asked (and signed).
+    pub keys: Vec<PreparedBatchKey>,
+    /// Sign this with the owner's wallet (`eth_signTypedData_v4`), then
+    /// `POST /api/session-keys/batch`.
+    #[schema(value_type = Object)]
+    pub typed_data: Value,
+}
+
+/// `POST /api/session-keys/batch` body: the batch registration message as prepared, and its
+/// signature.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateBatch {
+    /// `typedData.message` from the batch prepare step.
+    pub message: BatchRegistrationMessage,
+    /// The owner's signature over it.
+    #[schema(value_type = String, pattern = "^0x[0-9a-fA-F]{130}$")]
+    pub signature: Signature,
+}
+
+/// The `RegisterSessionKeys` message in JSON (amounts and big numbers as decimal strings).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchRegistrationMessage {
+    /// The owner.
+    #[schema(value_type = String)]
+    pub owner: Address,
+    /// The keys, in order.
+    #[schema(min_items = 1, max_items = 250)]
+    pub keys: Vec<KeyTermsMessage>,
+    /// The owner's nonce.
+    pub nonce: String,
+    /// Signature deadline (unix seconds).
+    pub deadline: u64,
+}
+
+/// One key's terms in a `RegisterSessionKeys` message.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyTermsMessage {
+    /// The key.
+    #[schema(value_type = String)]
+    pub session_key: Address,
+    /// The payee.
+    #[schema(value_type = String)]
+    pub payee: Address,
+    /// Spend limit, base units.
+    #[schema(value_type = String, example = "25000000")]
+    pub limit: Usdc,
+    /// Served from.
+    pub valid_after: u64,
+    /// Served until.
+    pub valid_until: u64,
+}
+
+/// Answer of a relayed batch creation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayedBatch {
+    /// The keys, in the order of the batch, as opentab sees them now.
+    pub keys: Vec<KeyView>,
+    /// The relayed transaction.
+    #[schema(value_type = Option<String>)]
+    pub tx_hash: Option<B256>,
+    /// `mined`, or `pending` if it was not mined within the wait (poll the keys).
+    #[schema(value_type = String, example = "mined")]
+    pub tx_status: &'static str,
+}
+
 /// Answer of a relayed action.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -134,10 +237,32 @@ pub(super) async fn prepare(
 ) -> Result<Json<PreparedKey>, ApiError> {
     let chain = state.chain()?;
     let now = now();
-    let valid_after = body.valid_after.unwrap_or(now.saturating_sub(60));
-    check_terms(body.limit, valid_after, body.valid_until, now, "")?;
-    let (session_key, private_key) = match body.session_key {
-        Some(address) if address == Address::ZERO => return Err(ApiError::invalid("sessionKey", "the zero address")),
+    let (terms, private_key) = prepared_terms(&state, chain, &body, now, "").await?;
+    let nonce = chain.relayer.nonce_of(owner).await.map_err(chain_error)?;
+    let message =
+        chain.relayer.registration_message(owner, &terms, nonce, now + SIGNATURE_TTL_SECS).map_err(chain_error)?;
+    Ok(Json(PreparedKey {
+        session_key: terms.session_key,
+        private_key,
+        typed_data: registration_typed_data(chain.relayer.domain(), &message),
+    }))
+}
+
+/// One key asked for, checked, with its address chosen: the caller's, or a generated key pair
+/// whose private key is returned (to be shown once). `prefix` is the key's path in the body.
+async fn prepared_terms(
+    state: &AppState,
+    chain: &ChainAccess,
+    key: &PrepareKey,
+    now: u64,
+    prefix: &str,
+) -> Result<(KeyTerms, Option<B256>), ApiError> {
+    let valid_after = key.valid_after.unwrap_or(now.saturating_sub(60));
+    check_terms(key.limit, valid_after, key.valid_until, now, prefix)?;
+    let (session_key, private_key) = match key.session_key {
+        Some(address) if address == Address::ZERO => {
+            return Err(ApiError::invalid(format!("{prefix}sessionKey"), "the zero address"));
+        }
         Some(address) => (address, None),
         None => {
             let key = SigningKey::random();
@@ -148,15 +273,8 @@ pub(super) async fn prepare(
         return Err(ApiError::conflict("key_exists", format!("session key {session_key} already exists")));
     }
     let terms =
-        KeyTerms { session_key, payee: chain.payee, limit: body.limit, valid_after, valid_until: body.valid_until };
-    let nonce = chain.relayer.nonce_of(owner).await.map_err(chain_error)?;
-    let message =
-        chain.relayer.registration_message(owner, &terms, nonce, now + SIGNATURE_TTL_SECS).map_err(chain_error)?;
-    Ok(Json(PreparedKey {
-        session_key,
-        private_key,
-        typed_data: registration_typed_data(chain.relayer.domain(), &message),
-    }))
+        KeyTerms { session_key, payee: chain.payee, limit: key.limit, valid_after, valid_until: key.valid_until };
+    Ok((terms, private_key))
 }
 
 #[utoipa::path(post, path = "/api/session-keys", tag = "session-keys", request_body = CreateKey, security(("bearer" = []), ("cookie" = [])),
@@ -171,13 +289,6 @@ pub(super) async fn create(
     if m.owner != owner {
         return Err(ApiError::invalid("message.owner", "the message must name the signed-in owner"));
     }
-    if m.payee != chain.payee {
-        return Err(ApiError::invalid("message.payee", format!("this service's only payee is {}", chain.payee)));
-    }
-    check_terms(m.limit, m.valid_after, m.valid_until, now(), "message.")?;
-    funded(&state, chain, owner).await?;
-    reserve_relay(&state, owner, "key.create", m.session_key).await?;
-    let nonce = parse_u256(&m.nonce, "message.nonce")?;
     let terms = KeyTerms {
         session_key: m.session_key,
         payee: m.payee,
@@ -185,35 +296,189 @@ pub(super) async fn create(
         valid_after: m.valid_after,
         valid_until: m.valid_until,
     };
+    let now = now();
+    check_signed_terms(chain, &terms, now, "message.")?;
+    funded(&state, chain, owner).await?;
+    reserve_relay(&state, owner, "key.create", m.session_key).await?;
+    let nonce = parse_u256(&m.nonce, "message.nonce")?;
     let message: RegisterSessionKey =
         chain.relayer.registration_message(owner, &terms, nonce, m.deadline).map_err(chain_error)?;
+    let (tx_hash, tx_status) = register_relayed(
+        &state,
+        owner,
+        &[terms],
+        chain.relayer.register_session_key_with_sig(&message, &body.signature),
+        json!({}),
+    )
+    .await?;
+    let key = view(&state, &owned_key(&state, owner, m.session_key).await?, now).await?;
+    Ok((StatusCode::CREATED, Json(Relayed { key, tx_hash, tx_status })))
+}
+
+/// `POST /api/session-keys/batch/prepare`: the typed data that creates every key asked for in
+/// one transaction (`RegisterSessionKeys`), and the generated keys' private keys, shown once.
+#[utoipa::path(post, path = "/api/session-keys/batch/prepare", tag = "session-keys", request_body = PrepareBatch, security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = PreparedBatch), super::error::ActionProblems))]
+pub(super) async fn prepare_batch(
+    State(state): State<AppState>,
+    SignedIn(owner): SignedIn,
+    ApiJson(body): ApiJson<PrepareBatch>,
+) -> Result<Json<PreparedBatch>, ApiError> {
+    let chain = state.chain()?;
+    check_batch_size(body.keys.len(), "keys")?;
     let now = now();
-    state
-        .store
-        .insert_pending_key(
-            &NewKey {
-                address: m.session_key,
-                owner,
-                payee: m.payee,
-                limit: m.limit,
-                valid_after: m.valid_after,
-                valid_until: m.valid_until,
-            },
-            now,
-        )
-        .await?;
-    let relayed = relay(chain.relayer.register_session_key_with_sig(&message, &body.signature)).await;
-    let (tx_hash, tx_status) = match relayed {
+    let mut keys = Vec::with_capacity(body.keys.len());
+    let mut terms = Vec::with_capacity(body.keys.len());
+    let mut seen = HashSet::with_capacity(body.keys.len());
+    for (i, asked) in body.keys.iter().enumerate() {
+        let prefix = format!("keys[{i}].");
+        let (t, private_key) = prepared_terms(&state, chain, asked, now, &prefix).await?;
+        if !seen.insert(t.session_key) {
+            return Err(ApiError::invalid(format!("{prefix}sessionKey"), "this key is in the batch twice"));
+        }
+        keys.push(PreparedBatchKey { session_key: t.session_key, private_key });
+        terms.push(t);
+    }
+    let nonce = chain.relayer.nonce_of(owner).await.map_err(chain_error)?;
+    let message =
+        chain.relayer.registrations_message(owner, &terms, nonce, now + SIGNATURE_TTL_SECS).map_err(chain_error)?;
+    Ok(Json(PreparedBatch { keys, typed_data: registrations_typed_data(chain.relayer.domain(), &message) }))
+}
+
+/// `POST /api/session-keys/batch`: relays the owner's signed `RegisterSessionKeys`
+/// (`registerSessionKeysWithSig`): every key is created, or none. One relayed transaction
+/// against the owner's quota and rate limits, however many keys it holds.
+#[utoipa::path(post, path = "/api/session-keys/batch", tag = "session-keys", request_body = CreateBatch, security(("bearer" = []), ("cookie" = [])),
+    responses((status = 201, body = RelayedBatch), super::error::ActionProblems))]
+pub(super) async fn create_batch(
+    State(state): State<AppState>,
+    SignedIn(owner): SignedIn,
+    ApiJson(body): ApiJson<CreateBatch>,
+) -> Result<(StatusCode, Json<RelayedBatch>), ApiError> {
+    let chain = state.chain()?;
+    let m = &body.message;
+    if m.owner != owner {
+        return Err(ApiError::invalid("message.owner", "the message must name the signed-in owner"));
+    }
+    check_batch_size(m.keys.len(), "message.keys")?;
+    let now = now();
+    let mut terms = Vec::with_capacity(m.keys.len());
+    let mut seen = HashSet::with_capacity(m.keys.len());
+    for (i, k) in m.keys.iter().enumerate() {
+        let prefix = format!("message.keys[{i}].");
+        let t = KeyTerms {
+            session_key: k.session_key,
+            payee: k.payee,
+            limit: k.limit,
+            valid_after: k.valid_after,
+            valid_until: k.valid_until,
+        };
+        check_signed_terms(chain, &t, now, &prefix)?;
+        if !seen.insert(t.session_key) {
+            return Err(ApiError::invalid(format!("{prefix}sessionKey"), "this key is in the batch twice"));
+        }
+        terms.push(t);
+    }
+    funded(&state, chain, owner).await?;
+    reserve_relay(&state, owner, "key.create_batch", terms[0].session_key).await?;
+    let nonce = parse_u256(&m.nonce, "message.nonce")?;
+    let message: RegisterSessionKeys =
+        chain.relayer.registrations_message(owner, &terms, nonce, m.deadline).map_err(chain_error)?;
+    let (tx_hash, tx_status) = register_relayed(
+        &state,
+        owner,
+        &terms,
+        chain.relayer.register_session_keys_with_sig(&message, &body.signature),
+        json!({ "batch": terms.len() }),
+    )
+    .await?;
+    let mut keys = Vec::with_capacity(terms.len());
+    for t in &terms {
+        keys.push(view(&state, &owned_key(&state, owner, t.session_key).await?, now).await?);
+    }
+    Ok((StatusCode::CREATED, Json(RelayedBatch { keys, tx_hash, tx_status })))
+}
+
+/// Refuses an empty batch, or one above [`MAX_BATCH_KEYS`], naming `field`.
+fn check_batch_size(len: usize, field: &'static str) -> Result<(), ApiError> {
+    if len == 0 {
+        return Err(ApiError::invalid(field, "a batch holds at least one key"));
+    }
+    if len > MAX_BATCH_KEYS {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "a batch holds at most {MAX_BATCH_KEYS} keys (one transaction), not {len}: \
+                 send them in batches of {MAX_BATCH_KEYS} (`opentab keys create --count N` does)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the terms of a signed registration before anything is stored or sent: this
+/// service's payee only, and terms the contract would accept.
+fn check_signed_terms(chain: &ChainAccess, terms: &KeyTerms, now: u64, prefix: &str) -> Result<(), ApiError> {
+    if terms.payee != chain.payee {
+        return Err(ApiError::invalid(
+            format!("{prefix}payee"),
+            format!("this service's only payee is {}", chain.payee),
+        ));
+    }
+    check_terms(terms.limit, terms.valid_after, terms.valid_until, now, prefix)
+}
+
+/// Stores `terms` as pending keys, runs `send` (the relayed registration of all of them) and
+/// audits each key's creation with `detail`. Should the relay fail, nothing happened on-chain:
+/// the pending keys are forgotten so the owner can try again; should storing one fail (it
+/// exists), those stored before it are forgotten and nothing is sent.
+async fn register_relayed(
+    state: &AppState,
+    owner: Address,
+    terms: &[KeyTerms],
+    send: impl std::future::Future<Output = opentab_chain::Result<TxOutcome>>,
+    detail: Value,
+) -> Result<(Option<B256>, &'static str), ApiError> {
+    let now = now();
+    let mut stored = Vec::with_capacity(terms.len());
+    for t in terms {
+        let key = NewKey {
+            address: t.session_key,
+            owner,
+            payee: t.payee,
+            limit: t.limit,
+            valid_after: t.valid_after,
+            valid_until: t.valid_until,
+        };
+        if let Err(err) = state.store.insert_pending_key(&key, now).await {
+            forget_pending(state, &stored).await?;
+            return Err(err.into());
+        }
+        stored.push(t.session_key);
+    }
+    let (tx_hash, tx_status) = match relay(send).await {
         Ok(outcome) => outcome,
         Err(err) => {
-            // Nothing happened on-chain: forget the pending key so the owner can try again.
-            state.store.delete_pending_key(m.session_key).await?;
+            forget_pending(state, &stored).await?;
             return Err(err);
         }
     };
-    audit(&state, owner, "key.create", m.session_key, json!({ "tx": tx_hash, "limit": m.limit })).await?;
-    let key = view(&state, &owned_key(&state, owner, m.session_key).await?, now).await?;
-    Ok((StatusCode::CREATED, Json(Relayed { key, tx_hash, tx_status })))
+    for t in terms {
+        let mut detail = detail.clone();
+        if let Some(fields) = detail.as_object_mut() {
+            fields.insert("tx".to_owned(), json!(tx_hash));
+            fields.insert("limit".to_owned(), json!(t.limit));
+        }
+        audit(state, owner, "key.create", t.session_key, detail).await?;
+    }
+    Ok((tx_hash, tx_status))
+}
+
+async fn forget_pending(state: &AppState, keys: &[Address]) -> Result<(), ApiError> {
+    for &key in keys {
+        state.store.delete_pending_key(key).await?;
+    }
+    Ok(())
 }
 
 /// `GET /api/session-keys/{key}/{action}`: the typed data to sign for `action`.
@@ -360,7 +625,7 @@ fn chain_error(err: opentab_chain::Error) -> ApiError {
             E::KeyFrozen(_) => ApiError::conflict("already_frozen", "the key is frozen already"),
             E::KeyNotFrozen(_) => ApiError::conflict("not_frozen", "the key is not frozen"),
             E::KeyRevoked(_) => ApiError::conflict("key_revoked", "the key is revoked"),
-            E::InvalidPayee(_) | E::ZeroAddress(_) | E::ZeroLimit(_) => {
+            E::InvalidPayee(_) | E::ZeroAddress(_) | E::ZeroLimit(_) | E::EmptyBatch(_) => {
                 refused("invalid_terms", "the contract refused the key's terms")
             }
             other => {
@@ -376,30 +641,24 @@ fn chain_error(err: opentab_chain::Error) -> ApiError {
 const MAX_TIME: u64 = (1 << 48) - 1;
 
 /// Checks a key's terms before anything is signed or sent; names the field at fault.
+/// `prefix` is the terms' path in the body (`""`, `"message."`, `"keys[3]."`).
 fn check_terms(limit: Usdc, valid_after: u64, valid_until: u64, now: u64, prefix: &str) -> Result<(), ApiError> {
-    let field = |name: &'static str, prefixed: &'static str| if prefix.is_empty() { name } else { prefixed };
+    let field = |name: &str| format!("{prefix}{name}");
     if limit == Usdc::ZERO {
-        return Err(ApiError::invalid(field("limit", "message.limit"), "the limit must be more than zero"));
+        return Err(ApiError::invalid(field("limit"), "the limit must be more than zero"));
     }
     if i64::try_from(limit.base_units()).is_err() {
-        return Err(ApiError::invalid(field("limit", "message.limit"), "the limit is too large"));
+        return Err(ApiError::invalid(field("limit"), "the limit is too large"));
     }
     if valid_until > MAX_TIME || valid_after > MAX_TIME {
-        let name = if valid_until > MAX_TIME {
-            field("validUntil", "message.validUntil")
-        } else {
-            field("validAfter", "message.validAfter")
-        };
+        let name = if valid_until > MAX_TIME { field("validUntil") } else { field("validAfter") };
         return Err(ApiError::invalid(name, "times are unix seconds below 2^48"));
     }
     if valid_until <= now {
-        return Err(ApiError::invalid(field("validUntil", "message.validUntil"), "the expiry must be in the future"));
+        return Err(ApiError::invalid(field("validUntil"), "the expiry must be in the future"));
     }
     if valid_after >= valid_until {
-        return Err(ApiError::invalid(
-            field("validAfter", "message.validAfter"),
-            "validAfter must come before validUntil",
-        ));
+        return Err(ApiError::invalid(field("validAfter"), "validAfter must come before validUntil"));
     }
     Ok(())
 }
@@ -501,6 +760,48 @@ fn registration_typed_data(domain: &opentab_core::ContractDomain, m: &RegisterSe
             "limit": m.limit.to_string(),
             "validAfter": m.validAfter.to::<u64>(),
             "validUntil": m.validUntil.to::<u64>(),
+            "nonce": m.nonce.to_string(),
+            "deadline": m.deadline.to::<u64>(),
+        },
+    })
+}
+
+fn registrations_typed_data(domain: &opentab_core::ContractDomain, m: &RegisterSessionKeys) -> Value {
+    let keys: Vec<Value> = m
+        .keys
+        .iter()
+        .map(|k| {
+            json!({
+                "sessionKey": k.sessionKey,
+                "payee": k.payee,
+                "limit": k.limit.to_string(),
+                "validAfter": k.validAfter.to::<u64>(),
+                "validUntil": k.validUntil.to::<u64>(),
+            })
+        })
+        .collect();
+    json!({
+        "types": {
+            "EIP712Domain": serde_json::from_str::<Value>(DOMAIN_TYPE).unwrap_or_default(),
+            "RegisterSessionKeys": [
+                {"name": "owner", "type": "address"},
+                {"name": "keys", "type": "KeyTerms[]"},
+                {"name": "nonce", "type": "uint256"},
+                {"name": "deadline", "type": "uint256"},
+            ],
+            "KeyTerms": [
+                {"name": "sessionKey", "type": "address"},
+                {"name": "payee", "type": "address"},
+                {"name": "limit", "type": "uint128"},
+                {"name": "validAfter", "type": "uint48"},
+                {"name": "validUntil", "type": "uint48"},
+            ],
+        },
+        "primaryType": "RegisterSessionKeys",
+        "domain": domain_json(domain),
+        "message": {
+            "owner": m.owner,
+            "keys": keys,
             "nonce": m.nonce.to_string(),
             "deadline": m.deadline.to::<u64>(),
         },

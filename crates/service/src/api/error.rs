@@ -2,6 +2,8 @@
 //! with a stable `code`, a readable `detail` and, for validation errors, the `field` at fault.
 //! Internal causes are logged, never sent.
 
+use std::borrow::Cow;
+
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -12,7 +14,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     detail: String,
-    field: Option<&'static str>,
+    field: Option<Cow<'static, str>>,
     /// Seconds until trying again makes sense (`Retry-After`), for rate limits.
     retry_after: Option<u64>,
 }
@@ -30,9 +32,9 @@ pub struct Problem<'a> {
     code: &'static str,
     /// What went wrong, for people.
     detail: &'a str,
-    /// The request field at fault, for validation errors.
+    /// The request field at fault, for validation errors (`limit`, `keys[3].validUntil`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'static str>,
+    field: Option<&'a str>,
 }
 
 /// The error answers of the owner's on-chain actions, documented once for all of them.
@@ -67,13 +69,13 @@ pub(super) enum ActionProblems {
 }
 
 impl ApiError {
-    /// 400: a field is invalid.
-    pub fn invalid(field: &'static str, detail: impl Into<String>) -> Self {
+    /// 400: a field is invalid (`field` is its path in the body: `limit`, `keys[3].limit`).
+    pub fn invalid(field: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_field",
             detail: detail.into(),
-            field: Some(field),
+            field: Some(field.into()),
             retry_after: None,
         }
     }
@@ -201,7 +203,7 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             code: self.code,
             detail: &self.detail,
-            field: self.field,
+            field: self.field.as_deref(),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();

@@ -24,7 +24,10 @@ use crate::Notifier;
 use crate::unix_now as now;
 use serde::de::DeserializeOwned;
 
-pub use actions::{ChainAccess, CreateKey, PrepareKey, PreparedKey, RegistrationMessage, Relayed, SignedAction};
+pub use actions::{
+    BatchRegistrationMessage, ChainAccess, CreateBatch, CreateKey, KeyTermsMessage, MAX_BATCH_KEYS, PrepareBatch,
+    PrepareKey, PreparedBatch, PreparedBatchKey, PreparedKey, RegistrationMessage, Relayed, RelayedBatch, SignedAction,
+};
 pub use auth::{LoginRequest, LoginResponse, NonceResponse, SESSION_COOKIE, SignedIn};
 pub use error::{ApiError, Problem};
 pub use keys::{AlertView, KeyDetail, KeyView, ListQuery, SettlementView, TabView, TabsView, Usage};
@@ -140,6 +143,8 @@ pub fn router(state: AppState) -> Router {
     let relays = Router::new()
         .route("/api/session-keys", get(keys::list).post(actions::create))
         .route("/api/session-keys/prepare", post(actions::prepare))
+        .route("/api/session-keys/batch", post(actions::create_batch))
+        .route("/api/session-keys/batch/prepare", post(actions::prepare_batch))
         .route("/api/session-keys/{key}", get(keys::get).delete(actions::delete))
         .route("/api/session-keys/{key}/{action}", get(actions::action_typed_data).post(actions::act));
     Router::new()

@@ -14,13 +14,16 @@ use super::{actions, auth, events, keys};
     paths(
         auth::nonce, auth::login, auth::logout,
         keys::list, keys::get, keys::tabs,
-        actions::prepare, actions::create, actions::action_typed_data, actions::act, actions::delete,
+        actions::prepare, actions::create, actions::prepare_batch, actions::create_batch,
+        actions::action_typed_data, actions::act, actions::delete,
         events::events,
     ),
     components(schemas(
         auth::NonceResponse, auth::LoginRequest, auth::LoginResponse,
         keys::KeyView, keys::Usage, keys::KeyDetail, keys::SettlementView, keys::AlertView, keys::TabsView, keys::TabView,
         actions::PrepareKey, actions::PreparedKey, actions::CreateKey, actions::RegistrationMessage,
+        actions::PrepareBatch, actions::PreparedBatchKey, actions::PreparedBatch, actions::CreateBatch,
+        actions::BatchRegistrationMessage, actions::KeyTermsMessage, actions::RelayedBatch,
         actions::Relayed, actions::SignedAction, super::Problem,
     )),
     modifiers(&Security),
