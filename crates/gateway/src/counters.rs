@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use opentab_core::charge::{self, ChargeRefused, ChargeRequest, Charged, KeyCounters};
 use opentab_core::{Address, B256, Usdc};
 
+use crate::error::CounterError;
 use crate::gateway::{CounterStore, Unavailable};
 
 #[derive(Debug, Default)]
@@ -61,7 +62,7 @@ impl InProcessCounters {
         *owner_total = owner_total
             .saturating_sub(before)
             .checked_add(counters.served)
-            .map_err(|_| Unavailable("owner served overflow".into()))?;
+            .map_err(|_| CounterError::Overflow(owner))?;
         state.keys.insert(key, counters);
         Ok(())
     }
@@ -77,7 +78,7 @@ impl InProcessCounters {
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, Unavailable> {
         // A poisoned lock means a panic mid-charge: refuse rather than guess the counters.
-        self.state.lock().map_err(|_| Unavailable("in-process counters are poisoned".into()))
+        self.state.lock().map_err(|_| CounterError::Poisoned.into())
     }
 }
 

@@ -168,11 +168,7 @@ pub trait ChargeObserver: Send + Sync + std::fmt::Debug {
     fn observe(&self, event: ChargeEvent) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
-/// A dependency (database, counter store) did not answer: the call is refused, never served
-/// unpaid.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Unavailable(pub String);
+pub use crate::error::Unavailable;
 
 /// The fixed facts of one gateway: who is paid, on which chain, through which validator.
 #[derive(Debug, Clone)]

@@ -18,6 +18,7 @@ use base64::Engine;
 use futures_util::FutureExt;
 use tower::{Layer, Service};
 
+use crate::error::Dependency;
 use crate::gateway::{
     ChargeEvent, ChargeObserver, CounterStore, Decision, GatewayConfig, KeyDirectory, Paid, Refusal, UsageKind,
     UsageLedger, UsageRecord, decide, unix_now,
@@ -146,11 +147,11 @@ where
             let charge = match taken {
                 Ok(charge) => charge,
                 Err(answer) => {
-                    match answer.error {
-                        Some(code) => metrics.refused(code),
-                        None if answer.status == StatusCode::SERVICE_UNAVAILABLE => metrics.unavailable(),
+                    match (answer.error, answer.unavailable) {
+                        (Some(code), _) => metrics.refused(code),
+                        (None, Some(dependency)) => metrics.unavailable(dependency),
                         // A plain challenge: no payment was sent.
-                        None => {}
+                        (None, None) => {}
                     }
                     return Ok(answer.into_response());
                 }
@@ -169,12 +170,13 @@ where
             match recording.await {
                 Ok(Ok(())) => {}
                 Ok(Err(answer)) => {
-                    metrics.unavailable();
+                    metrics.unavailable(answer.unavailable.unwrap_or(Dependency::Ledger));
                     return Ok(answer.into_response());
                 }
                 Err(_) => {
-                    metrics.unavailable();
-                    return Ok(unavailable().into_response());
+                    // The recording task panicked: the ledger's side.
+                    metrics.unavailable(Dependency::Ledger);
+                    return Ok(unavailable(Dependency::Ledger).into_response());
                 }
             }
             let mut response = match response {
@@ -249,6 +251,8 @@ pub struct Answer {
     pub payment_required: Option<String>,
     /// Why the payment was refused, if it was (none for a plain challenge or a 503).
     pub error: Option<ErrorCode>,
+    /// On a 503: the dependency that failed.
+    pub unavailable: Option<Dependency>,
 }
 
 impl Answer {
@@ -311,25 +315,32 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
             let refusal = Refusal { code: ErrorCode::MalformedPayment, message: malformed.0 };
             return Err(challenge(config, route, url, Some(&refusal)));
         }
-        let paid =
-            match decide(config, &self.directory, &self.counters, route, &payment, idempotency.as_deref(), unix_now())
-                .await
-            {
-                Decision::Paid(paid) => paid,
-                Decision::Refused(refusal) => {
-                    let mut answer = challenge(config, route, url, Some(&refusal));
-                    if refusal.code == ErrorCode::DuplicatePayment {
-                        // Not a payment problem: the call was paid for already.
-                        answer.status = StatusCode::CONFLICT;
-                        answer.payment_required = None;
-                    }
-                    return Err(answer);
+        let paid = match decide(
+            config,
+            &self.directory,
+            &self.counters,
+            route,
+            &payment,
+            idempotency.as_deref(),
+            unix_now(),
+        )
+        .await
+        {
+            Decision::Paid(paid) => paid,
+            Decision::Refused(refusal) => {
+                let mut answer = challenge(config, route, url, Some(&refusal));
+                if refusal.code == ErrorCode::DuplicatePayment {
+                    // Not a payment problem: the call was paid for already.
+                    answer.status = StatusCode::CONFLICT;
+                    answer.payment_required = None;
                 }
-                Decision::Unavailable(err) => {
-                    tracing::error!(error = %err, "cannot charge: failing closed");
-                    return Err(unavailable());
-                }
-            };
+                return Err(answer);
+            }
+            Decision::Unavailable(err) => {
+                tracing::error!(error = %err, dependency = err.dependency().as_str(), "cannot charge: failing closed");
+                return Err(unavailable(err.dependency()));
+            }
+        };
         let id = Some(charge_id(&paid));
         Ok(Charge { paid: *paid, route: format!("{} {}", route.method, route.pattern), request_id, id })
     }
@@ -344,12 +355,12 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
             self.tell(charge, UsageKind::Charge, at).await;
             return Ok(());
         };
-        tracing::error!(error = %err, "cannot record the charge: failing closed");
+        tracing::error!(error = %err, dependency = err.dependency().as_str(), "cannot record the charge: failing closed");
         let p = &charge.paid;
         if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency).await {
             tracing::error!(error = %err, key = %p.key, "could not undo an unrecorded charge");
         }
-        Err(unavailable())
+        Err(unavailable(err.dependency()))
     }
 
     /// Voids `charge` (the call failed: the user never pays for an error), durable first: the
@@ -435,6 +446,7 @@ fn challenge(config: &GatewayConfig, route: &PricedRoute, url: &str, refusal: Op
         payment_required: Some(base64::engine::general_purpose::STANDARD.encode(&json)),
         body: json,
         error: refusal.map(|r| r.code),
+        unavailable: None,
     }
 }
 
@@ -458,12 +470,13 @@ fn refused(reason: &str) -> Response<Body> {
     response
 }
 
-fn unavailable() -> Answer {
+fn unavailable(dependency: Dependency) -> Answer {
     Answer {
         status: StatusCode::SERVICE_UNAVAILABLE,
         body: r#"{"error":"unavailable","message":"payments cannot be checked right now; nothing was charged, try again shortly"}"#
             .to_owned(),
         payment_required: None,
         error: None,
+        unavailable: Some(dependency),
     }
 }

@@ -16,6 +16,7 @@
 
 mod api;
 mod counters;
+mod error;
 mod gateway;
 mod layer;
 mod metrics;
@@ -26,6 +27,7 @@ mod redis_counters;
 
 pub use api::charge_api;
 pub use counters::InProcessCounters;
+pub use error::{Cause, CounterError, Dependency};
 pub use gateway::{
     ChargeEvent, ChargeObserver, CounterStore, Decision, GatewayConfig, IDEMPOTENCY_TTL_SECS, KeyDirectory, KeyInfo,
     Paid, Refusal, Unavailable, UsageKind, UsageLedger, UsageRecord, decide, idempotency_hash,

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::error::Dependency;
 use crate::protocol::ErrorCode;
 
 /// Every refusal code, in the order [`GatewayMetrics`] counts them.
@@ -51,7 +52,7 @@ impl Histogram {
 pub struct GatewayMetrics {
     paid: AtomicU64,
     voided: AtomicU64,
-    unavailable: AtomicU64,
+    unavailable: [AtomicU64; Dependency::ALL.len()],
     refused: [AtomicU64; CODES.len()],
     /// From the payment read to the charge taken (or refused).
     pub charge_latency: Histogram,
@@ -70,9 +71,11 @@ impl GatewayMetrics {
         self.voided.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The gateway could not charge or record, and answered 503.
-    pub fn unavailable(&self) {
-        self.unavailable.fetch_add(1, Ordering::Relaxed);
+    /// The gateway could not charge or record through `dependency`, and answered 503.
+    pub fn unavailable(&self, dependency: Dependency) {
+        if let Some(i) = Dependency::ALL.iter().position(|d| *d == dependency) {
+            self.unavailable[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A payment was refused with `code`.
@@ -87,14 +90,17 @@ impl GatewayMetrics {
         for (name, help, value) in [
             ("opentab_gateway_paid_total", "Paid calls served.", &self.paid),
             ("opentab_gateway_voided_total", "Charges voided because the API answered an error.", &self.voided),
-            (
-                "opentab_gateway_unavailable_total",
-                "Calls answered 503: the counters or the ledger could not be reached (nothing served).",
-                &self.unavailable,
-            ),
         ] {
             let _ =
                 writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        let name = "opentab_gateway_unavailable_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Calls answered 503 (nothing served), by the dependency that failed.\n# TYPE {name} counter"
+        );
+        for (dependency, value) in Dependency::ALL.iter().zip(&self.unavailable) {
+            let _ = writeln!(out, "{name}{{dependency=\"{}\"}} {}", dependency.as_str(), value.load(Ordering::Relaxed));
         }
         let name = "opentab_gateway_refused_total";
         let _ = writeln!(out, "# HELP {name} Payments refused, by error code.\n# TYPE {name} counter");

@@ -25,6 +25,7 @@ use opentab_core::{Address, B256, Signature, U256, Usdc};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
+use crate::error::{Cause, CounterError};
 use crate::gateway::{CounterStore, Unavailable};
 
 /// The largest integer a Lua number holds exactly.
@@ -137,7 +138,7 @@ impl RedisCounters {
     /// Connects to `url` (`redis://host:port`); every key name starts with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, Unavailable> {
         let client = redis::Client::open(url)
-            .map_err(|e| Unavailable(format!("redis URL {:?}: {e}", opentab_core::redact_url(url))))?;
+            .map_err(|e| CounterError::BadUrl { url: opentab_core::redact_url(url), reason: e.to_string() })?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -211,9 +212,12 @@ impl RedisCounters {
             best: best
                 .map(|b| U256::from_str_radix(&b, 10))
                 .transpose()
-                .map_err(|e| Unavailable(e.to_string()))?
+                .map_err(|e| CounterError::Unexpected(e.to_string()))?
                 .unwrap_or_default(),
-            best_signature: sig.map(|s| s.parse::<Signature>()).transpose().map_err(|e| Unavailable(e.to_string()))?,
+            best_signature: sig
+                .map(|s| s.parse::<Signature>())
+                .transpose()
+                .map_err(|e| CounterError::Unexpected(e.to_string()))?,
         })
     }
 
@@ -243,7 +247,7 @@ impl CounterStore for RedisCounters {
             reply
                 .get(i)
                 .and_then(|v| v.parse().ok())
-                .ok_or_else(|| Unavailable(format!("unexpected charge reply {reply:?}")))
+                .ok_or_else(|| CounterError::Unexpected(format!("charge reply {reply:?}")).into())
         };
         let usdc = |i: usize| num(i).map(Usdc::from_base_units);
         Ok(match reply.first().map(String::as_str) {
@@ -257,7 +261,7 @@ impl CounterStore for RedisCounters {
             Some("insufficient_funds") => {
                 Err(ChargeRefused::InsufficientFunds { available: usdc(1)?, needed: usdc(2)? })
             }
-            _ => return Err(Unavailable(format!("unexpected charge reply {reply:?}"))),
+            _ => return Err(CounterError::Unexpected(format!("charge reply {reply:?}")).into()),
         })
     }
 
@@ -351,5 +355,5 @@ impl RedisCounters {
 }
 
 fn unavailable(err: redis::RedisError) -> Unavailable {
-    Unavailable(format!("redis: {err}"))
+    CounterError::Redis(Cause::new(err)).into()
 }

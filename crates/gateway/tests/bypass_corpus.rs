@@ -16,7 +16,7 @@ use axum::http::{Request, StatusCode};
 use opentab_core::{Address, ContractDomain};
 use opentab_gateway::pricing::Pricing;
 use opentab_gateway::{
-    Gateway, GatewayConfig, InProcessCounters, KeyDirectory, KeyInfo, PaymentLayer, Unavailable, UsageLedger,
+    Cause, Gateway, GatewayConfig, InProcessCounters, KeyDirectory, KeyInfo, PaymentLayer, Unavailable, UsageLedger,
     UsageRecord,
 };
 use serde::Deserialize;
@@ -55,7 +55,7 @@ struct NoLedger;
 
 impl UsageLedger for NoLedger {
     async fn record(&self, _record: UsageRecord) -> Result<(), Unavailable> {
-        Err(Unavailable("no call should ever be charged here".into()))
+        Err(Unavailable::Ledger(Cause::msg("no call should ever be charged here")))
     }
 }
 

@@ -15,7 +15,7 @@ use opentab_core::{Address, ContractDomain, SessionKey, SigningKey, U256, Usdc, 
 use opentab_gateway::pricing::Pricing;
 use opentab_gateway::protocol::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT};
 use opentab_gateway::{
-    Gateway, GatewayConfig, InProcessCounters, KeyDirectory, KeyInfo, PaymentLayer, Unavailable, UsageKind,
+    Cause, Gateway, GatewayConfig, InProcessCounters, KeyDirectory, KeyInfo, PaymentLayer, Unavailable, UsageKind,
     UsageLedger, UsageRecord, charge_api,
 };
 use serde_json::{Value, json};
@@ -38,10 +38,10 @@ struct Directory {
 impl KeyDirectory for Directory {
     async fn key(&self, key: Address) -> Result<Option<KeyInfo>, Unavailable> {
         self.lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if *self.down.lock().map_err(|_| Unavailable("poisoned".into()))? {
-            return Err(Unavailable("database is down".into()));
+        if *self.down.lock().map_err(|_| Unavailable::Directory(Cause::msg("poisoned")))? {
+            return Err(Unavailable::Directory(Cause::msg("database is down")));
         }
-        Ok(self.keys.lock().map_err(|_| Unavailable("poisoned".into()))?.get(&key).cloned())
+        Ok(self.keys.lock().map_err(|_| Unavailable::Directory(Cause::msg("poisoned")))?.get(&key).cloned())
     }
 }
 
@@ -56,14 +56,14 @@ struct Ledger {
 
 impl UsageLedger for Ledger {
     async fn record(&self, record: UsageRecord) -> Result<(), Unavailable> {
-        let held = self.held.lock().map_err(|_| Unavailable("poisoned".into()))?.clone();
+        let held = self.held.lock().map_err(|_| Unavailable::Ledger(Cause::msg("poisoned")))?.clone();
         if let Some(gate) = held {
-            gate.acquire().await.map_err(|_| Unavailable("closed".into()))?.forget();
+            gate.acquire().await.map_err(|_| Unavailable::Ledger(Cause::msg("closed")))?.forget();
         }
-        if *self.down.lock().map_err(|_| Unavailable("poisoned".into()))? {
-            return Err(Unavailable("ledger is down".into()));
+        if *self.down.lock().map_err(|_| Unavailable::Ledger(Cause::msg("poisoned")))? {
+            return Err(Unavailable::Ledger(Cause::msg("ledger is down")));
         }
-        self.records.lock().map_err(|_| Unavailable("poisoned".into()))?.push(record);
+        self.records.lock().map_err(|_| Unavailable::Ledger(Cause::msg("poisoned")))?.push(record);
         Ok(())
     }
 }
@@ -77,6 +77,17 @@ struct World {
     config: GatewayConfig,
     directory: Arc<Directory>,
     counters: Arc<InProcessCounters>,
+    metrics: Arc<opentab_gateway::GatewayMetrics>,
+}
+
+impl World {
+    /// `opentab_gateway_unavailable_total` for `dependency`, as `/metrics` shows it.
+    fn unavailable(&self, dependency: &str) -> u64 {
+        let mut text = String::new();
+        self.metrics.render(&mut text);
+        let line = format!("opentab_gateway_unavailable_total{{dependency=\"{dependency}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&line)).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX)
+    }
 }
 
 fn now() -> u64 {
@@ -108,6 +119,7 @@ fn world() -> TestResult<World> {
         observer: None,
     });
     let gateway = layer.gateway().clone();
+    let metrics = layer.metrics().clone();
     let app = Router::new()
         .route("/v1/chat", post(|| async { "the answer" }))
         .route("/v1/broken", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "model crashed") }))
@@ -115,7 +127,7 @@ fn world() -> TestResult<World> {
         .route("/v1/panics", get(panics))
         .route("/v1/watched", post(watched))
         .layer(layer);
-    Ok(World { gateway, ledger, app, config, directory, counters })
+    Ok(World { gateway, ledger, app, config, directory, counters, metrics })
 }
 
 /// Calls `/v1/watched` has answered, across tests.
@@ -319,6 +331,8 @@ async fn a_charge_the_ledger_cannot_hold_is_undone_and_not_served() -> TestResul
     let (status, body, _) = w.pay(&key, PRICE).await?;
     assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
     assert_eq!(w.counters.key(key.address())?.served, Usdc::ZERO, "the charge was undone");
+    // Counted against the dependency that failed (typed errors, not a string).
+    assert_eq!((w.unavailable("ledger"), w.unavailable("directory"), w.unavailable("counters")), (1, 0, 0));
     *w.ledger.down.lock().map_err(|_| "poisoned")? = false;
     assert!(w.pay(&key, PRICE).await?.0.is_success(), "the same voucher pays once the ledger is back");
     Ok(())
@@ -383,7 +397,9 @@ async fn when_key_state_is_unknown_the_gateway_fails_closed() -> TestResult {
     let (status, body, _) = w.pay(&key, PRICE).await?;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"], "unavailable");
+    assert!(!body.to_string().contains("database is down"), "the cause is logged, never sent: {body}");
     assert_eq!(w.counters.key(key.address())?.served, Usdc::ZERO);
+    assert_eq!((w.unavailable("directory"), w.unavailable("ledger"), w.unavailable("counters")), (1, 0, 0));
     Ok(())
 }
 

@@ -13,8 +13,8 @@ use opentab_core::Address;
 use opentab_core::Usdc;
 use opentab_core::charge::KeyCounters;
 use opentab_gateway::{
-    CounterSource, IDEMPOTENCY_TTL_SECS, InProcessCounters, KeyDirectory, KeyInfo, Restored, SourceFuture, Unavailable,
-    UsageLedger, UsageRecord,
+    Cause, CounterSource, IDEMPOTENCY_TTL_SECS, InProcessCounters, KeyDirectory, KeyInfo, Restored, SourceFuture,
+    Unavailable, UsageLedger, UsageRecord,
 };
 use opentab_store::{ChainStatus, KeyChange, Store, UsageEntry};
 
@@ -50,6 +50,12 @@ impl StoreDirectory {
     /// than once a minute (read one by one, each such call was a cache miss).
     pub async fn preloaded(store: Store, payee: Address) -> Result<Self, opentab_store::Error> {
         let directory = Self::new(store);
+        // The change feed says "everything may have changed" once it listens: a load made
+        // before that would be forgotten at once. Wait for it (briefly: it is a connection).
+        let waiting = Instant::now();
+        while directory.cache.generation() == 0 && waiting.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         // A change heard during the read voids it (it may hold the old row): try again.
         for _ in 0..5 {
             if directory.load(payee).await? {
@@ -106,7 +112,7 @@ impl StoreDirectory {
     }
 
     async fn read(&self, key: Address, started: u64) -> Result<Option<KeyInfo>, Unavailable> {
-        let unavailable = |e: opentab_store::Error| Unavailable(e.to_string());
+        let unavailable = |e: opentab_store::Error| Unavailable::Directory(Cause::new(e));
         let Some(record) = self.store.key(key).await.map_err(unavailable)? else { return Ok(None) };
         if record.chain_status != ChainStatus::Registered {
             return Ok(None);
@@ -266,7 +272,7 @@ pub struct StoreLedger {
     queue: tokio::sync::mpsc::Sender<Pending>,
 }
 
-type Pending = (UsageEntry, tokio::sync::oneshot::Sender<Result<(), String>>);
+type Pending = (UsageEntry, tokio::sync::oneshot::Sender<Result<(), Cause>>);
 
 /// Told `(owner, key)` of each key whose usage a committed batch moved.
 type Announcer = Box<dyn Fn(Address, Address) + Send + Sync>;
@@ -295,7 +301,7 @@ async fn write_batches(store: Store, announce: Option<Announcer>, mut pending: t
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (entries, replies): (Vec<UsageEntry>, Vec<_>) = batch.drain(..).unzip();
-        let outcome = store.record_usage_batch(&entries).await.map_err(|e| e.to_string());
+        let outcome = store.record_usage_batch(&entries).await.map_err(Cause::new);
         if let (Ok(()), Some(announce)) = (&outcome, &announce) {
             let mut announced = std::collections::BTreeSet::new();
             for entry in &entries {
@@ -326,10 +332,10 @@ impl UsageLedger for StoreLedger {
             idempotency: record.idempotency,
             void_of: record.void_of,
         };
-        let stopped = || Unavailable("the usage ledger's writer stopped".into());
+        let stopped = || Unavailable::Ledger(Cause::msg("the usage ledger's writer stopped"));
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.queue.send((entry, reply)).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?.map_err(Unavailable)
+        answer.await.map_err(|_| stopped())?.map_err(Unavailable::Ledger)
     }
 }
 
@@ -350,7 +356,8 @@ impl StoreCounterSource {
 impl CounterSource for StoreCounterSource {
     fn counters(&self, key: Address, owner: Address) -> SourceFuture<'_> {
         Box::pin(async move {
-            let unavailable = |e: opentab_store::Error| Unavailable(e.to_string());
+            // Counters are rebuilt from the ledger.
+            let unavailable = |e: opentab_store::Error| Unavailable::Ledger(Cause::new(e));
             let total = self.store.usage_total(key).await.map_err(unavailable)?;
             let owner_served: Usdc = self.store.owner_served(owner).await.map_err(unavailable)?;
             let counters = total
@@ -368,14 +375,10 @@ pub async fn restore_counters(store: &Store, counters: &InProcessCounters) -> cr
     let totals = store.usage_totals().await?;
     for total in &totals {
         let key = KeyCounters { served: total.served, best: total.best, best_signature: total.best_signature };
-        counters
-            .restore(total.session_key, total.owner, key)
-            .map_err(|e| crate::Error::Store(opentab_store::Error::Corrupt { column: "usage_ledger", value: e.0 }))?;
+        counters.restore(total.session_key, total.owner, key).map_err(crate::Error::Counters)?;
     }
     for (id, expires) in standing_idempotency(store, None).await? {
-        counters
-            .restore_idempotency(id, expires)
-            .map_err(|e| crate::Error::Store(opentab_store::Error::Corrupt { column: "usage_ledger", value: e.0 }))?;
+        counters.restore_idempotency(id, expires).map_err(crate::Error::Counters)?;
     }
     Ok(totals.len())
 }

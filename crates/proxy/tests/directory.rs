@@ -121,3 +121,85 @@ async fn sqlite_a_change_on_one_node_reaches_the_cache_of_another() -> TestResul
     let url = format!("sqlite://{}", dir.path().join("opentab.db").display());
     a_change_on_one_node_reaches_the_cache_of_another(&url).await
 }
+
+/// Issue 11: with 100,000 keys each called less than once a minute, every call read the
+/// database (an entry lived 60 s, and was read one key at a time). A preloaded directory has
+/// every registered key of its payee, and its owner's budget, in memory before the first call;
+/// a key of another payee is not loaded; a key registered later is read once, then cached; a
+/// freeze made on another node still reaches it.
+async fn a_preloaded_directory_answers_first_calls_from_memory(url: &str) -> TestResult {
+    let api = Store::connect(url).await?;
+    let mut events = vec![deposit(1, 900_000)];
+    let keys: Vec<Address> = (1..=50u8).map(Address::repeat_byte).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let registered = ValidatorEvent::Registered {
+            owner: OWNER,
+            session_key: *key,
+            payee: PAYEE,
+            limit: Usdc::ONE,
+            valid_after: 0,
+            valid_until: 2_000_000_000,
+        };
+        events.push(at(2 + i as u64, registered));
+    }
+    let elsewhere = Address::repeat_byte(0xcc);
+    events.push(at(
+        100,
+        ValidatorEvent::Registered {
+            owner: OWNER,
+            session_key: elsewhere,
+            payee: Address::repeat_byte(0xdd),
+            limit: Usdc::ONE,
+            valid_after: 0,
+            valid_until: 2_000_000_000,
+        },
+    ));
+    api.apply_chain_update(VALIDATOR, None, &events, "{}", 100).await?;
+
+    let gateway = Store::connect(url).await?;
+    let directory = StoreDirectory::preloaded(gateway.clone(), PAYEE).await?;
+    assert_eq!(directory.cache_size(), keys.len(), "every key of the payee, and only those");
+    for key in &keys {
+        let info = directory.key(*key).await?.ok_or("a registered key")?;
+        assert_eq!(info.tab_available, Usdc::from_base_units(900_000));
+    }
+    assert_eq!(directory.cache_stats(), (keys.len() as u64, 0), "no first call read the database");
+
+    // Registered after the load: read once, then from memory.
+    let late = Address::repeat_byte(0x99);
+    let registered = ValidatorEvent::Registered {
+        owner: OWNER,
+        session_key: late,
+        payee: PAYEE,
+        limit: Usdc::ONE,
+        valid_after: 0,
+        valid_until: 2_000_000_000,
+    };
+    api.apply_chain_update(VALIDATOR, None, &[at(101, registered)], "{}", 200).await?;
+    until(&directory, late, "the late key", |_| true).await?;
+    // The other node's announcement of the registration may arrive after that read, and drop
+    // it: let it arrive, read once more, then it stays.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    directory.key(late).await?;
+    let (_, misses) = directory.cache_stats();
+    directory.key(late).await?;
+    assert_eq!(directory.cache_stats().1, misses, "the late key is cached once read");
+
+    // A freeze on the API node reaches the preloaded cache.
+    api.freeze_offchain(keys[7], 300).await?;
+    until(&directory, keys[7], "the freeze", |k| k.frozen_offchain).await?;
+    assert!(!directory.key(keys[8]).await?.ok_or("known")?.frozen_offchain, "only that key");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_preloaded_directory_answers_first_calls_from_memory() -> TestResult {
+    a_preloaded_directory_answers_first_calls_from_memory(&opentab_store::testing::fresh_postgres_url().await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_preloaded_directory_answers_first_calls_from_memory() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("opentab.db").display());
+    a_preloaded_directory_answers_first_calls_from_memory(&url).await
+}
