@@ -12,7 +12,8 @@
 //! Vouchers are signed before timing starts, so the load generator measures the proxy rather
 //! than its own signing. Each run reports calls/s, p50/p99/p99.9, the latency it adds over the
 //! plain run on the same ledger, the proxy's CPU time per call (from `/proc`) and the ratio of
-//! paid to plain throughput; after each paid run the ledger is checked: what it holds is what
+//! paid to plain throughput, and accumulation (a charge taken to its ledger row durable: the
+//! 99th percentile's bucket of the proxy's own histogram); after each paid run the ledger is checked: what it holds is what
 //! the receipts said was charged, and no key was served beyond its best voucher.
 
 use std::io::Write;
@@ -109,6 +110,9 @@ struct Run {
     added_p999_ms: Option<f64>,
     /// The proxy's CPU time (user + system) per call.
     proxy_cpu_us_per_call: f64,
+    /// Accumulation, charge taken to ledger row durable: the upper bound of the proxy's
+    /// histogram bucket holding its 99th percentile (paid runs).
+    accumulation_p99_ms: Option<f64>,
     /// Throughput over the plain run's on the same ledger.
     ratio_to_plain: Option<f64>,
     /// The ledger agreed with the receipts and no key was served beyond its best voucher.
@@ -413,10 +417,14 @@ async fn measure(
     // Workers that found the warm-up done took a number past it and sent nothing.
     next.store(warmup, Ordering::Relaxed);
     let cpu_before = proxy.cpu();
+    let ledger_before = ledger_buckets(&client, &proxy.url).await?;
     let started = Instant::now();
     let mut latencies = drive(&client, &proxy.url, path, payments, &next, total, args.concurrency).await?;
     let elapsed = started.elapsed();
     let cpu = proxy.cpu().saturating_sub(cpu_before);
+    let ledger_after = ledger_buckets(&client, &proxy.url).await?;
+    let accumulation_p99_ms =
+        (mode != Mode::Plain).then(|| quantile_bound(&ledger_before, &ledger_after, 0.99)).flatten();
     latencies.sort_unstable();
     let ms = |q: f64| {
         let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
@@ -436,6 +444,7 @@ async fn measure(
         added_p99_ms: plain.map(|p| p99_ms - p.p99_ms),
         added_p999_ms: plain.map(|p| p999_ms - p.p999_ms),
         proxy_cpu_us_per_call: cpu.as_secs_f64() * 1e6 / args.calls as f64,
+        accumulation_p99_ms,
         ratio_to_plain: plain.map(|p| calls_per_sec / p.calls_per_sec),
         conservation: None,
     })
@@ -485,6 +494,34 @@ async fn drive(
 }
 
 /// The requirements of the paid route, from its 402.
+/// The proxy's accumulation histogram (`opentab_gateway_ledger_seconds`) from its `/metrics`:
+/// (upper bound in ms, cumulative count) per bucket.
+async fn ledger_buckets(client: &HttpClient, base: &str) -> anyhow::Result<Vec<(f64, u64)>> {
+    let response = client.request(hyper::Request::get(format!("{base}/metrics")).body(Body::empty())?).await?;
+    let text = String::from_utf8(response.into_body().collect().await?.to_bytes().to_vec())?;
+    let prefix = "opentab_gateway_ledger_seconds_bucket{le=\"";
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let (le, count) = line.strip_prefix(prefix)?.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse::<f64>().ok()? * 1_000.0 };
+            Some((le, count.parse().ok()?))
+        })
+        .collect())
+}
+
+/// The smallest bucket bound under which a share `q` of the observations made between `before`
+/// and `after` fell.
+fn quantile_bound(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let counts: Vec<(f64, u64)> = after
+        .iter()
+        .map(|&(le, n)| (le, n.saturating_sub(before.iter().find(|b| b.0 == le).map_or(0, |b| b.1))))
+        .collect();
+    let total = counts.last()?.1;
+    let wanted = (total as f64 * q).ceil() as u64;
+    counts.iter().find(|&&(_, n)| total > 0 && n >= wanted).map(|&(le, _)| le)
+}
+
 async fn challenge(client: &HttpClient, base: &str) -> anyhow::Result<Requirements> {
     let response = client.request(hyper::Request::post(format!("{base}/v1/paid")).body(Body::from("{}"))?).await?;
     anyhow::ensure!(response.status() == 402, "an unpaid call answered {}", response.status());
@@ -581,14 +618,14 @@ fn print_table(runs: &[Run]) -> anyhow::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "| mode | ledger | calls/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | added p99.9 ms | proxy CPU µs/call | paid/plain |"
+        "| mode | ledger | calls/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | added p99.9 ms | proxy CPU µs/call | accumulation p99 ms | paid/plain |"
     )?;
-    writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
     let opt = |v: Option<f64>, digits: usize| v.map_or("".to_owned(), |v| format!("{v:.digits$}"));
     for r in runs {
         writeln!(
             out,
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {} | {} |",
             serde_json::to_value(r.mode)?.as_str().unwrap_or_default(),
             serde_json::to_value(r.ledger)?.as_str().unwrap_or_default(),
             r.calls_per_sec,
@@ -598,8 +635,27 @@ fn print_table(runs: &[Run]) -> anyhow::Result<()> {
             opt(r.added_p99_ms, 2),
             opt(r.added_p999_ms, 2),
             r.proxy_cpu_us_per_call,
+            r.accumulation_p99_ms.map_or(String::new(), |ms| format!("≤ {ms}")),
             opt(r.ratio_to_plain, 2),
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile_bound;
+
+    /// The quantile's bucket is taken from the run's own observations (after − before), and is
+    /// the first bound whose count reaches the share.
+    #[test]
+    fn the_accumulation_quantile_is_the_bucket_of_the_runs_own_observations() {
+        let before = [(1.0, 50), (2.0, 50), (f64::INFINITY, 50)];
+        // 100 new observations: 98 under 1 ms, one under 2 ms, one above.
+        let after = [(1.0, 148), (2.0, 149), (f64::INFINITY, 150)];
+        assert_eq!(quantile_bound(&before, &after, 0.98), Some(1.0));
+        assert_eq!(quantile_bound(&before, &after, 0.99), Some(2.0));
+        assert_eq!(quantile_bound(&before, &after, 1.0), Some(f64::INFINITY));
+        assert_eq!(quantile_bound(&after, &after, 0.99), None, "no observation, no figure");
+    }
 }

@@ -28,6 +28,9 @@ fn the_benchmark_runs_and_checks_the_ledger() -> TestResult {
     assert_eq!((runs[0]["mode"].as_str(), runs[1]["mode"].as_str()), (Some("plain"), Some("in-process")));
     assert_eq!(runs[1]["conservation"], true, "{report}");
     assert!(runs[1]["ratio_to_plain"].as_f64().is_some_and(|r| r > 0.0), "{report}");
+    // Accumulation is read from the proxy's own histogram: a bucket bound for the paid run.
+    assert!(runs[1]["accumulation_p99_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{report}");
+    assert!(runs[0]["accumulation_p99_ms"].is_null(), "a plain run records nothing: {report}");
     for run in runs {
         assert_eq!(run["calls"], 300);
         let (p50, p99, p999) = (run["p50_ms"].as_f64(), run["p99_ms"].as_f64(), run["p999_ms"].as_f64());

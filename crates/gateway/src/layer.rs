@@ -160,8 +160,13 @@ where
             // the charge is durable. A task of its own: it completes (or undoes the charge) even
             // if the client goes away meanwhile.
             let recording = {
-                let (gateway, charge) = (gateway.clone(), charge.clone());
-                tokio::spawn(async move { gateway.record_or_undo(&charge).await })
+                let (gateway, charge, metrics) = (gateway.clone(), charge.clone(), metrics.clone());
+                tokio::spawn(async move {
+                    let recording = Instant::now();
+                    let recorded = gateway.record_or_undo(&charge).await;
+                    metrics.ledger_latency.observe(recording.elapsed());
+                    recorded
+                })
             };
             // A handler that panics answered nothing: the charge is voided like any error.
             let serving = Instant::now();
