@@ -42,6 +42,11 @@ cargo fmt --all --check
 
 stage "rust: lint (clippy, warnings are errors)"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+# The gateway node must stay lean: no REST API, mail client or OpenAPI generator in its build.
+if cargo tree -p opentab-proxy -e normal --locked --prefix none | grep -E '^(opentab-service|lettre|utoipa) '; then
+  echo "opentab-proxy links a crate it must not (above): see crates/proxy/Cargo.toml" >&2
+  exit 1
+fi
 
 stage "rust: build"
 cargo build --workspace --all-targets --locked

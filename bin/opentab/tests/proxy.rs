@@ -386,6 +386,36 @@ async fn a_retry_is_not_charged_twice_even_after_redis_lost_everything() -> Test
     Ok(())
 }
 
+/// Issue 11: a freeze made on one node (here the API node's database connection, as `POST
+/// /api/session-keys/{key}/freeze` makes it) refuses the very next call on the proxy, another
+/// process, without waiting for its key cache to hear of it: the ledger refuses, inside the
+/// commit, a charge of a key frozen by then. The API's answer is withheld and nothing is
+/// charged; unfrozen, the key pays again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_made_on_one_node_refuses_the_next_call_on_another() -> TestResult {
+    let t = topology(1, None, 10).await?;
+    let key = t.keys[0].address();
+    let served = || async { TestResult::Ok(t.store.usage_total(key).await?.map(|u| u.served)) };
+    assert_eq!(paid_call(&t, "work", PRICE, "before").await?.status(), 200);
+
+    assert!(t.store.freeze_offchain(key, 1).await?);
+    let refused = paid_call(&t, "work", 2 * PRICE, "next").await?;
+    assert_eq!(refused.status(), 402, "the very next call");
+    let body = refused.text().await?;
+    assert!(body.contains("key_frozen") && !body.contains("echo"), "{body}");
+    assert_eq!(served().await?, Some(Usdc::from_base_units(PRICE)), "nothing charged after the freeze");
+    assert_eq!(paid_call(&t, "work", 2 * PRICE, "again").await?.status(), 402, "and every call after it");
+
+    assert!(t.store.unfreeze_offchain(key, 2).await?);
+    wait_until("the unfrozen key pays again", || {
+        let t = &t;
+        async move { Ok(paid_call(t, "work", 2 * PRICE, "after").await?.status() == 200) }
+    })
+    .await?;
+    assert_eq!(served().await?, Some(Usdc::from_base_units(2 * PRICE)));
+    Ok(())
+}
+
 async fn ten_thousand_calls(redis: Option<&OwnRedis>) -> TestResult {
     let t = topology(KEYS, redis, 10).await?;
     let (client, url, keys, accepted, deployment, payee, store, owner) =

@@ -128,15 +128,26 @@ pub struct UsageRecord {
     pub void_of: Option<B256>,
 }
 
+/// What the ledger did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Durable.
+    Held,
+    /// A charge refused: its key was frozen or revoked when the row would have committed (a
+    /// change made on another node that this node's cache had not heard of yet). Voids are
+    /// always held.
+    KeyStopped,
+}
+
 /// The durable usage ledger: every charge is recorded before the call is served, so a crash
 /// after answering loses nothing; counters are rebuilt from it on start.
 pub trait UsageLedger: Send + Sync {
-    /// Appends `record`, durably, before returning.
-    fn record(&self, record: UsageRecord) -> impl Future<Output = Result<(), Unavailable>> + Send;
+    /// Appends `record`, durably, before returning (or refuses a charge of a stopped key).
+    fn record(&self, record: UsageRecord) -> impl Future<Output = Result<Recorded, Unavailable>> + Send;
 }
 
 impl<T: UsageLedger> UsageLedger for std::sync::Arc<T> {
-    fn record(&self, record: UsageRecord) -> impl Future<Output = Result<(), Unavailable>> + Send {
+    fn record(&self, record: UsageRecord) -> impl Future<Output = Result<Recorded, Unavailable>> + Send {
         self.as_ref().record(record)
     }
 }

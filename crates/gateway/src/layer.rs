@@ -20,8 +20,8 @@ use tower::{Layer, Service};
 
 use crate::error::Dependency;
 use crate::gateway::{
-    ChargeEvent, ChargeObserver, CounterStore, Decision, GatewayConfig, KeyDirectory, Paid, Refusal, UsageKind,
-    UsageLedger, UsageRecord, decide, unix_now,
+    ChargeEvent, ChargeObserver, CounterStore, Decision, GatewayConfig, KeyDirectory, Paid, Recorded, Refusal,
+    UsageKind, UsageLedger, UsageRecord, decide, unix_now,
 };
 use crate::metrics::GatewayMetrics;
 use crate::pricing::{PricedRoute, Pricing, Resolution};
@@ -142,7 +142,8 @@ where
                 request_id: header_text(&req, "x-request-id"),
             };
             let taking = Instant::now();
-            let taken = gateway.take(&route, &req.uri().to_string(), payment).await;
+            let url = req.uri().to_string();
+            let taken = gateway.take(&route, &url, payment).await;
             metrics.charge_latency.observe(taking.elapsed());
             let charge = match taken {
                 Ok(charge) => charge,
@@ -160,10 +161,11 @@ where
             // the charge is durable. A task of its own: it completes (or undoes the charge) even
             // if the client goes away meanwhile.
             let recording = {
-                let (gateway, charge, metrics) = (gateway.clone(), charge.clone(), metrics.clone());
+                let (gateway, charge, metrics, route) =
+                    (gateway.clone(), charge.clone(), metrics.clone(), route.clone());
                 tokio::spawn(async move {
                     let recording = Instant::now();
-                    let recorded = gateway.record_or_undo(&charge).await;
+                    let recorded = gateway.record_or_undo(&charge, &route, &url).await;
                     metrics.ledger_latency.observe(recording.elapsed());
                     recorded
                 })
@@ -175,7 +177,11 @@ where
             match recording.await {
                 Ok(Ok(())) => {}
                 Ok(Err(answer)) => {
-                    metrics.unavailable(answer.unavailable.unwrap_or(Dependency::Ledger));
+                    match answer.error {
+                        // The key was stopped on another node before the row could commit.
+                        Some(code) => metrics.refused(code),
+                        None => metrics.unavailable(answer.unavailable.unwrap_or(Dependency::Ledger)),
+                    }
                     return Ok(answer.into_response());
                 }
                 Err(_) => {
@@ -291,7 +297,7 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
             Ok(charge) => charge,
             Err(answer) => return Authorized::Answer(answer),
         };
-        match self.record_or_undo(&charge).await {
+        match self.record_or_undo(&charge, route, url).await {
             Ok(()) => Authorized::Paid(Box::new(charge)),
             Err(answer) => Authorized::Answer(answer),
         }
@@ -350,22 +356,34 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
         Ok(Charge { paid: *paid, route: format!("{} {}", route.method, route.pattern), request_id, id })
     }
 
-    /// Records a [`Gateway::take`]n charge durably; if the ledger cannot take it, undoes it in
-    /// the counters and gives the 503 to answer instead of the call (a charge the ledger does
-    /// not hold is never served).
-    pub async fn record_or_undo(&self, charge: &Charge) -> Result<(), Answer> {
+    /// Records a [`Gateway::take`]n charge (of `route`, requested as `url`) durably, then hands
+    /// it to the observer. If the ledger cannot take it, undoes it in the counters and gives the
+    /// 503 to answer instead of the call (a charge the ledger does not hold is never served).
+    /// If the key was frozen or revoked before the row could commit (on another node, whose
+    /// change this node's cache had not heard yet), undoes it and gives the `key_frozen` 402.
+    pub async fn record_or_undo(&self, charge: &Charge, route: &PricedRoute, url: &str) -> Result<(), Answer> {
         let row = record(charge, UsageKind::Charge);
         let at = row.at;
-        let Err(err) = self.ledger.record(row).await else {
-            self.tell(charge, UsageKind::Charge, at).await;
-            return Ok(());
-        };
-        tracing::error!(error = %err, dependency = err.dependency().as_str(), "cannot record the charge: failing closed");
         let p = &charge.paid;
+        let answer = match self.ledger.record(row).await {
+            Ok(Recorded::Held) => {
+                self.tell(charge, UsageKind::Charge, at).await;
+                return Ok(());
+            }
+            Ok(Recorded::KeyStopped) => {
+                tracing::warn!(key = %p.key, "the key was stopped before its charge committed: refused");
+                let message = format!("session key {} is frozen or revoked", p.key);
+                challenge(&self.config, route, url, Some(&Refusal { code: ErrorCode::KeyFrozen, message }))
+            }
+            Err(err) => {
+                tracing::error!(error = %err, dependency = err.dependency().as_str(), "cannot record the charge: failing closed");
+                unavailable(err.dependency())
+            }
+        };
         if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency).await {
             tracing::error!(error = %err, key = %p.key, "could not undo an unrecorded charge");
         }
-        Err(unavailable(err.dependency()))
+        Err(answer)
     }
 
     /// Voids `charge` (the call failed: the user never pays for an error), durable first: the
@@ -377,6 +395,7 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
         let p = &charge.paid;
         let row = record(charge, UsageKind::Void);
         let at = row.at;
+        // A void is always held.
         self.ledger.record(row).await?;
         if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency).await {
             tracing::error!(error = %err, key = %p.key, price = %p.price, "the ledger has a void the counters missed");

@@ -30,7 +30,7 @@ pub use counters::InProcessCounters;
 pub use error::{Cause, CounterError, Dependency};
 pub use gateway::{
     ChargeEvent, ChargeObserver, CounterStore, Decision, GatewayConfig, IDEMPOTENCY_TTL_SECS, KeyDirectory, KeyInfo,
-    Paid, Refusal, Unavailable, UsageKind, UsageLedger, UsageRecord, decide, idempotency_hash,
+    Paid, Recorded, Refusal, Unavailable, UsageKind, UsageLedger, UsageRecord, decide, idempotency_hash,
 };
 pub use layer::{Answer, Authorized, Charge, Gateway, PaymentHeaders, PaymentLayer, PaymentService};
 pub use metrics::{GatewayMetrics, Histogram};

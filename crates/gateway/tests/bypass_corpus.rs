@@ -14,6 +14,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use opentab_core::{Address, ContractDomain};
+use opentab_gateway::Recorded;
 use opentab_gateway::pricing::Pricing;
 use opentab_gateway::{
     Cause, Gateway, GatewayConfig, InProcessCounters, KeyDirectory, KeyInfo, PaymentLayer, Unavailable, UsageLedger,
@@ -54,7 +55,7 @@ impl KeyDirectory for NoKeys {
 struct NoLedger;
 
 impl UsageLedger for NoLedger {
-    async fn record(&self, _record: UsageRecord) -> Result<(), Unavailable> {
+    async fn record(&self, _record: UsageRecord) -> Result<Recorded, Unavailable> {
         Err(Unavailable::Ledger(Cause::msg("no call should ever be charged here")))
     }
 }

@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use base64::Engine;
 use http_body_util::BodyExt;
 use opentab_core::{Address, ContractDomain, SessionKey, SigningKey, U256, Usdc, Voucher};
+use opentab_gateway::Recorded;
 use opentab_gateway::pricing::Pricing;
 use opentab_gateway::protocol::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT};
 use opentab_gateway::{
@@ -50,12 +51,15 @@ impl KeyDirectory for Directory {
 struct Ledger {
     records: Mutex<Vec<UsageRecord>>,
     down: Mutex<bool>,
+    /// Keys the database knows are frozen (another node froze them; this one's cache has not
+    /// heard yet).
+    stopped: Mutex<Vec<Address>>,
     /// While set, a record waits for a permit of it (a commit that takes its time).
     held: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl UsageLedger for Ledger {
-    async fn record(&self, record: UsageRecord) -> Result<(), Unavailable> {
+    async fn record(&self, record: UsageRecord) -> Result<Recorded, Unavailable> {
         let held = self.held.lock().map_err(|_| Unavailable::Ledger(Cause::msg("poisoned")))?.clone();
         if let Some(gate) = held {
             gate.acquire().await.map_err(|_| Unavailable::Ledger(Cause::msg("closed")))?.forget();
@@ -63,8 +67,13 @@ impl UsageLedger for Ledger {
         if *self.down.lock().map_err(|_| Unavailable::Ledger(Cause::msg("poisoned")))? {
             return Err(Unavailable::Ledger(Cause::msg("ledger is down")));
         }
+        let stopped =
+            self.stopped.lock().map_err(|_| Unavailable::Ledger(Cause::msg("poisoned")))?.contains(&record.key);
+        if stopped && record.kind == UsageKind::Charge {
+            return Ok(Recorded::KeyStopped);
+        }
         self.records.lock().map_err(|_| Unavailable::Ledger(Cause::msg("poisoned")))?.push(record);
-        Ok(())
+        Ok(Recorded::Held)
     }
 }
 
@@ -335,6 +344,28 @@ async fn a_charge_the_ledger_cannot_hold_is_undone_and_not_served() -> TestResul
     assert_eq!((w.unavailable("ledger"), w.unavailable("directory"), w.unavailable("counters")), (1, 0, 0));
     *w.ledger.down.lock().map_err(|_| "poisoned")? = false;
     assert!(w.pay(&key, PRICE).await?.0.is_success(), "the same voucher pays once the ledger is back");
+    Ok(())
+}
+
+/// Issue 11: a freeze made on another node reached this node's database before its cache. The
+/// charge is taken on the stale cache, but the ledger refuses to commit a charge of a stopped
+/// key: the call is answered 402 `key_frozen`, the API's answer is withheld, the counters are
+/// given back, and the refusal is counted. The key's next call is refused the same way.
+#[tokio::test]
+async fn a_key_frozen_on_another_node_is_refused_when_its_charge_commits() -> TestResult {
+    let w = world()?;
+    let key = w.add_key(1_000_000, 10_000_000)?;
+    assert!(w.pay(&key, PRICE).await?.0.is_success());
+    w.ledger.stopped.lock().map_err(|_| "poisoned")?.push(key.address());
+    let (status, body, _) = w.pay(&key, 2 * PRICE).await?;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::PAYMENT_REQUIRED, Some("key_frozen")), "{body}");
+    assert!(!body.to_string().contains("the answer"), "the API's answer is withheld: {body}");
+    assert_eq!(w.counters.key(key.address())?.served, Usdc::from_base_units(PRICE), "the charge was given back");
+    assert_eq!(w.ledger.records.lock().map_err(|_| "poisoned")?.len(), 1, "only the first call is in the ledger");
+    let mut text = String::new();
+    w.metrics.render(&mut text);
+    assert!(text.contains("opentab_gateway_refused_total{code=\"key_frozen\"} 1\n"), "{text}");
+    assert_eq!(w.refusal(&key, 2 * PRICE).await?, "key_frozen");
     Ok(())
 }
 

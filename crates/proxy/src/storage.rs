@@ -13,8 +13,8 @@ use opentab_core::Address;
 use opentab_core::Usdc;
 use opentab_core::charge::KeyCounters;
 use opentab_gateway::{
-    Cause, CounterSource, IDEMPOTENCY_TTL_SECS, InProcessCounters, KeyDirectory, KeyInfo, Restored, SourceFuture,
-    Unavailable, UsageLedger, UsageRecord,
+    Cause, CounterSource, IDEMPOTENCY_TTL_SECS, InProcessCounters, KeyDirectory, KeyInfo, Recorded, Restored,
+    SourceFuture, Unavailable, UsageLedger, UsageRecord,
 };
 use opentab_store::{ChainStatus, KeyChange, Store, UsageEntry};
 
@@ -272,7 +272,7 @@ pub struct StoreLedger {
     queue: tokio::sync::mpsc::Sender<Pending>,
 }
 
-type Pending = (UsageEntry, tokio::sync::oneshot::Sender<Result<(), Cause>>);
+type Pending = (UsageEntry, tokio::sync::oneshot::Sender<Result<Recorded, Cause>>);
 
 /// Told `(owner, key)` of each key whose usage a committed batch moved.
 type Announcer = Box<dyn Fn(Address, Address) + Send + Sync>;
@@ -302,23 +302,30 @@ async fn write_batches(store: Store, announce: Option<Announcer>, mut pending: t
     while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (entries, replies): (Vec<UsageEntry>, Vec<_>) = batch.drain(..).unzip();
         let outcome = store.record_usage_batch(&entries).await.map_err(Cause::new);
-        if let (Ok(()), Some(announce)) = (&outcome, &announce) {
+        if let (Ok(recorded), Some(announce)) = (&outcome, &announce) {
             let mut announced = std::collections::BTreeSet::new();
-            for entry in &entries {
-                if announced.insert((entry.owner, entry.session_key)) {
+            for (entry, recorded) in entries.iter().zip(recorded) {
+                if *recorded == opentab_store::Recorded::Held && announced.insert((entry.owner, entry.session_key)) {
                     announce(entry.owner, entry.session_key);
                 }
             }
         }
-        for reply in replies {
+        for (i, reply) in replies.into_iter().enumerate() {
+            let mine = match &outcome {
+                Ok(recorded) => Ok(match recorded.get(i) {
+                    Some(opentab_store::Recorded::KeyStopped) => Recorded::KeyStopped,
+                    _ => Recorded::Held,
+                }),
+                Err(cause) => Err(cause.clone()),
+            };
             // A caller that went away (its request was dropped) needs no answer.
-            let _ = reply.send(outcome.clone());
+            let _ = reply.send(mine);
         }
     }
 }
 
 impl UsageLedger for StoreLedger {
-    async fn record(&self, record: UsageRecord) -> Result<(), Unavailable> {
+    async fn record(&self, record: UsageRecord) -> Result<Recorded, Unavailable> {
         let entry = UsageEntry {
             at: record.at,
             session_key: record.key,

@@ -3,7 +3,7 @@
 //! told (so the gateway undoes each charge) and nothing is half written.
 
 use opentab_core::{Address, B256, SigningKey, U256, Usdc};
-use opentab_gateway::{UsageKind, UsageLedger, UsageRecord};
+use opentab_gateway::{Recorded, UsageKind, UsageLedger, UsageRecord};
 use opentab_proxy::StoreLedger;
 use opentab_store::Store;
 
@@ -91,4 +91,69 @@ async fn a_database_gone_fails_every_caller_and_writes_nothing() -> TestResult {
     let reopened = opentab_store::testing::fresh_sqlite(dir.path()).await?;
     assert_eq!(reopened.served(key.address()).await?, Usdc::from_base_units(10), "only the first call");
     Ok(())
+}
+
+/// Issue 11: a freeze committed on one node (the API's) must stop the next call on every
+/// other, even before their caches hear of it: the ledger refuses, inside the commit, a charge
+/// of a key that is frozen or revoked by then. Charges of other keys in the same batches land;
+/// voids of the frozen key still land (a void is owed to the user); unfrozen, it pays again.
+async fn a_key_frozen_on_another_node_stops_at_the_ledger(url: &str) -> TestResult {
+    let api = Store::connect(url).await?;
+    let gateway = Store::connect(url).await?;
+    let (frozen, other) = (SigningKey::random(), SigningKey::random());
+    for (block, key) in [(1_u64, &frozen), (2, &other)] {
+        let registered = opentab_core::ValidatorEvent::Registered {
+            owner: Address::repeat_byte(0xa1),
+            session_key: key.address(),
+            payee: Address::repeat_byte(0xee),
+            limit: Usdc::ONE,
+            valid_after: 0,
+            valid_until: 4_000_000_000,
+        };
+        let stored = opentab_store::StoredEvent {
+            block_number: block,
+            log_index: 0,
+            block_hash: B256::with_last_byte(block as u8),
+            tx_hash: B256::with_last_byte(block as u8),
+            event: registered,
+        };
+        api.apply_chain_update(Address::repeat_byte(0x77), None, &[stored], "{}", 1).await?;
+    }
+    let ledger = StoreLedger::new(gateway.clone());
+    assert_eq!(ledger.record(record(&frozen, 1, UsageKind::Charge)).await?, Recorded::Held);
+
+    api.freeze_offchain(frozen.address(), 2).await?;
+    // Right after the freeze commits, many calls at once, both keys mixed in the same batches.
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 2..=41 {
+        let key = if n % 2 == 0 { frozen.clone() } else { other.clone() };
+        let (ledger, record) = (ledger.clone(), record(&key, n, UsageKind::Charge));
+        calls.spawn(async move { (key.address(), ledger.record(record).await) });
+    }
+    while let Some(done) = calls.join_next().await {
+        let (key, recorded) = done?;
+        let expected = if key == frozen.address() { Recorded::KeyStopped } else { Recorded::Held };
+        assert_eq!(recorded?, expected, "{key}");
+    }
+    let mut void = record(&frozen, 1, UsageKind::Void);
+    void.void_of = Some(B256::repeat_byte(0x01));
+    assert_eq!(ledger.record(void).await?, Recorded::Held, "a void is always held");
+    assert_eq!(gateway.served(frozen.address()).await?, Usdc::ZERO, "one charge, voided; none after the freeze");
+    assert_eq!(gateway.served(other.address()).await?, Usdc::from_base_units(200), "the other key's 20 calls");
+
+    api.unfreeze_offchain(frozen.address(), 3).await?;
+    assert_eq!(ledger.record(record(&frozen, 50, UsageKind::Charge)).await?, Recorded::Held, "unfrozen, it pays");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_key_frozen_on_another_node_stops_at_the_ledger() -> TestResult {
+    a_key_frozen_on_another_node_stops_at_the_ledger(&opentab_store::testing::fresh_postgres_url().await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_key_frozen_on_another_node_stops_at_the_ledger() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("opentab.db").display());
+    a_key_frozen_on_another_node_stops_at_the_ledger(&url).await
 }

@@ -39,8 +39,8 @@ pub use changes::{KeyChange, POLL_EVERY};
 pub use error::{Error, Result};
 pub use gateways::{GatewayClaim, LiveGateway};
 pub use rows::{
-    AuditEntry, ChainStatus, KeyRecord, KeyUsage, LiveIdempotency, NewKey, StoredEvent, UsageEntry, UsageKind,
-    UsageTotal,
+    AuditEntry, ChainStatus, KeyRecord, KeyUsage, LiveIdempotency, NewKey, Recorded, StoredEvent, UsageEntry,
+    UsageKind, UsageTotal,
 };
 pub use settlements::{NewSettlement, NewWebhook, OutboxEntry, Owed, Settlement, SettlementStatus};
 pub use store::{Backend, Store, create_postgres_database};

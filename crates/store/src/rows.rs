@@ -104,6 +104,15 @@ impl AuditEntry {
 /// Whether a ledger row charged or voided (one type with the gateway's).
 pub use opentab_core::charge::UsageKind;
 
+/// What the usage ledger did with an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Committed.
+    Held,
+    /// Not written: a charge whose key was frozen or revoked when its batch committed.
+    KeyStopped,
+}
+
 /// One row of the usage ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageEntry {

@@ -7,23 +7,27 @@ use opentab_core::{Address, B256, U256, Usdc};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::rows::{KeyUsage, LiveIdempotency, UsageEntry, UsageKind, UsageTotal};
+use crate::rows::{KeyUsage, LiveIdempotency, Recorded, UsageEntry, UsageKind, UsageTotal};
 use crate::store::{address, get_u64, hex, opt_u64, secs, units};
 use crate::{Error, Result, Store};
 
 impl Store {
     /// Appends one charge or void to the usage ledger and moves the key's served total, in one
     /// transaction committed when this returns.
-    pub async fn record_usage(&self, entry: &UsageEntry) -> Result<()> {
-        self.record_usage_batch(std::slice::from_ref(entry)).await
+    pub async fn record_usage(&self, entry: &UsageEntry) -> Result<Recorded> {
+        let outcome = self.record_usage_batch(std::slice::from_ref(entry)).await?;
+        Ok(outcome.first().copied().unwrap_or(Recorded::Held))
     }
 
     /// Appends charges and voids to the usage ledger and moves their keys' served totals, all
     /// in one transaction committed when this returns (the gateway's group commit: one disk
-    /// flush for every call that arrived while the previous batch was committing).
-    pub async fn record_usage_batch(&self, entries: &[UsageEntry]) -> Result<()> {
+    /// flush for every call that arrived while the previous batch was committing). What became
+    /// of each entry, in order: a charge whose key is frozen or revoked when the batch commits
+    /// is refused ([`Recorded::KeyStopped`]), whatever a gateway's cache believed, so a freeze
+    /// committed on any node stops every call whose row commits after it. Voids are always held.
+    pub async fn record_usage_batch(&self, entries: &[UsageEntry]) -> Result<Vec<Recorded>> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // One statement for the whole batch (one round trip, not one per call), in chunks that
         // stay under the databases' limits on bound parameters.
@@ -34,6 +38,8 @@ impl Store {
         // recorded again, after a retry whose first answer was lost, inserts nothing).
         let mut per_key: std::collections::BTreeMap<Address, (Address, i64, i64, u64)> =
             std::collections::BTreeMap::new();
+        // (id, key, owner, is a void, amount, at) of each row inserted.
+        let mut inserted: Vec<(i64, Address, Address, bool, i64, u64)> = Vec::with_capacity(entries.len());
         for chunk in entries.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from(
                 "INSERT INTO usage_ledger (at, session_key, owner, kind, amount, route, request_id, voucher, \
@@ -46,7 +52,7 @@ impl Store {
                 sql.push_str(&placeholders.join(", "));
                 sql.push(')');
             }
-            sql.push_str(" ON CONFLICT DO NOTHING RETURNING session_key, owner, kind, amount, at");
+            sql.push_str(" ON CONFLICT DO NOTHING RETURNING id, session_key, owner, kind, amount, at");
             let mut query = sqlx::query(&sql);
             for entry in chunk {
                 query = query
@@ -66,17 +72,35 @@ impl Store {
                     .bind(entry.void_of.map(|id| format!("{id:#x}")));
             }
             for row in query.fetch_all(&mut *tx).await? {
+                let id: i64 = row.try_get("id")?;
                 let key = address(&row.try_get::<String, _>("session_key")?, "session_key")?;
                 let owner = address(&row.try_get::<String, _>("owner")?, "owner")?;
                 let amount: i64 = row.try_get("amount")?;
-                let (delta, calls) =
-                    if row.try_get::<String, _>("kind")? == "void" { (-amount, -1) } else { (amount, 1) };
-                let at = get_u64(&row, "at")?;
-                let slot = per_key.entry(key).or_insert((owner, 0, 0, at));
-                slot.1 += delta;
-                slot.2 += calls;
-                slot.3 = slot.3.max(at);
+                let void = row.try_get::<String, _>("kind")? == "void";
+                inserted.push((id, key, owner, void, amount, get_u64(&row, "at")?));
             }
+        }
+        let stopped = self.stopped_keys(&mut tx, inserted.iter().filter(|row| !row.3).map(|row| row.1)).await?;
+        let refused: Vec<i64> =
+            inserted.iter().filter(|row| !row.3 && stopped.contains(&row.1)).map(|row| row.0).collect();
+        for chunk in refused.chunks(ROWS_PER_STATEMENT) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+            let sql = format!("DELETE FROM usage_ledger WHERE id IN ({})", placeholders.join(", "));
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for (_, key, owner, void, amount, at) in inserted {
+            if !void && stopped.contains(&key) {
+                continue;
+            }
+            let (delta, calls) = if void { (-amount, -1) } else { (amount, 1) };
+            let slot = per_key.entry(key).or_insert((owner, 0, 0, at));
+            slot.1 += delta;
+            slot.2 += calls;
+            slot.3 = slot.3.max(at);
         }
         for (key, (owner, delta, calls, at)) in per_key {
             sqlx::query(
@@ -93,7 +117,46 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(entries
+            .iter()
+            .map(|entry| match entry.kind {
+                UsageKind::Charge if stopped.contains(&entry.session_key) => Recorded::KeyStopped,
+                _ => Recorded::Held,
+            })
+            .collect())
+    }
+
+    /// Which of `keys` are frozen (off-chain or on-chain) or revoked, read inside `tx` after its
+    /// rows were written. On PostgreSQL the rows are share-locked: a freeze committed before is
+    /// seen, one under way is waited for and seen, one after waits for this commit (the charge
+    /// came first). On SQLite the batch's writes already hold the database's one write lock.
+    async fn stopped_keys(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        keys: impl Iterator<Item = Address>,
+    ) -> Result<std::collections::BTreeSet<Address>> {
+        let keys: Vec<Address> = keys.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let lock = match self.backend() {
+            crate::Backend::Postgres => " FOR SHARE",
+            crate::Backend::Sqlite => "",
+        };
+        let mut stopped = std::collections::BTreeSet::new();
+        for chunk in keys.chunks(256) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "SELECT address FROM session_keys WHERE address IN ({}) \
+                 AND (frozen_offchain_at IS NOT NULL OR frozen_at IS NOT NULL OR revoked_at IS NOT NULL){lock}",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for key in chunk {
+                query = query.bind(hex(*key));
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                stopped.insert(address(&row.try_get::<String, _>("address")?, "address")?);
+            }
+        }
+        Ok(stopped)
     }
 
     /// Every key's usage according to the ledger: served (charges less voids) and the best
