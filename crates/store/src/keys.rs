@@ -16,25 +16,36 @@ pub(crate) const KEY_COLUMNS: &str = "address, owner, payee, limit_units, valid_
 impl Store {
     /// Stores a key opentab is registering, as pending. Refuses an address already stored.
     pub async fn insert_pending_key(&self, key: &NewKey, now: u64) -> Result<()> {
+        self.insert_pending_keys(std::slice::from_ref(key), now).await
+    }
+
+    /// Stores keys opentab is registering together (a batch), as pending, in one transaction:
+    /// all or none. Refuses the batch if an address is stored already, naming the first.
+    pub async fn insert_pending_keys(&self, keys: &[NewKey], now: u64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        upsert_owner(&mut tx, key.owner, now).await?;
-        let inserted = sqlx::query(
-            "INSERT INTO session_keys (address, owner, payee, limit_units, valid_after, valid_until, chain_status, \
-             settled_units, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8) \
-             ON CONFLICT (address) DO NOTHING",
-        )
-        .bind(hex(key.address))
-        .bind(hex(key.owner))
-        .bind(hex(key.payee))
-        .bind(units(key.limit)?)
-        .bind(secs(key.valid_after)?)
-        .bind(secs(key.valid_until)?)
-        .bind(ChainStatus::Pending.as_str())
-        .bind(secs(now)?)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(Error::KeyExists(key.address));
+        let mut owners = std::collections::BTreeSet::new();
+        for key in keys {
+            if owners.insert(key.owner) {
+                upsert_owner(&mut tx, key.owner, now).await?;
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO session_keys (address, owner, payee, limit_units, valid_after, valid_until, \
+                 chain_status, settled_units, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8) \
+                 ON CONFLICT (address) DO NOTHING",
+            )
+            .bind(hex(key.address))
+            .bind(hex(key.owner))
+            .bind(hex(key.payee))
+            .bind(units(key.limit)?)
+            .bind(secs(key.valid_after)?)
+            .bind(secs(key.valid_until)?)
+            .bind(ChainStatus::Pending.as_str())
+            .bind(secs(now)?)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Err(Error::KeyExists(key.address));
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -42,11 +53,21 @@ impl Store {
 
     /// Forgets a key whose registration never reached the chain. Registered keys stay.
     pub async fn delete_pending_key(&self, address: Address) -> Result<()> {
-        sqlx::query("DELETE FROM session_keys WHERE address = $1 AND chain_status = $2")
-            .bind(hex(address))
-            .bind(ChainStatus::Pending.as_str())
-            .execute(&self.pool)
-            .await?;
+        self.delete_pending_keys(&[address]).await
+    }
+
+    /// Forgets keys whose registration never reached the chain, in one transaction.
+    /// Registered keys stay.
+    pub async fn delete_pending_keys(&self, addresses: &[Address]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for address in addresses {
+            sqlx::query("DELETE FROM session_keys WHERE address = $1 AND chain_status = $2")
+                .bind(hex(*address))
+                .bind(ChainStatus::Pending.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -439,27 +439,24 @@ async fn register_relayed(
     send: impl std::future::Future<Output = opentab_chain::Result<TxOutcome>>,
     detail: Value,
 ) -> Result<(Option<B256>, &'static str), ApiError> {
-    let now = now();
-    let mut stored = Vec::with_capacity(terms.len());
-    for t in terms {
-        let key = NewKey {
+    let keys: Vec<NewKey> = terms
+        .iter()
+        .map(|t| NewKey {
             address: t.session_key,
             owner,
             payee: t.payee,
             limit: t.limit,
             valid_after: t.valid_after,
             valid_until: t.valid_until,
-        };
-        if let Err(err) = state.store.insert_pending_key(&key, now).await {
-            forget_pending(state, &stored).await?;
-            return Err(err.into());
-        }
-        stored.push(t.session_key);
-    }
+        })
+        .collect();
+    // All or none, in one transaction: a key already known refuses the batch.
+    state.store.insert_pending_keys(&keys, now()).await?;
     let (tx_hash, tx_status) = match relay(send).await {
         Ok(outcome) => outcome,
         Err(err) => {
-            forget_pending(state, &stored).await?;
+            let stored: Vec<Address> = keys.iter().map(|k| k.address).collect();
+            state.store.delete_pending_keys(&stored).await?;
             return Err(err);
         }
     };
@@ -472,13 +469,6 @@ async fn register_relayed(
         audit(state, owner, "key.create", t.session_key, detail).await?;
     }
     Ok((tx_hash, tx_status))
-}
-
-async fn forget_pending(state: &AppState, keys: &[Address]) -> Result<(), ApiError> {
-    for &key in keys {
-        state.store.delete_pending_key(key).await?;
-    }
-    Ok(())
 }
 
 /// `GET /api/session-keys/{key}/{action}`: the typed data to sign for `action`.
