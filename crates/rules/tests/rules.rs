@@ -458,3 +458,25 @@ async fn the_guardian_freezes_on_chain_from_the_outbox() -> TestResult {
     assert!(w.frozen(unguarded).await?, "the gateway's freeze holds");
     Ok(())
 }
+
+/// An SMTP relay configured today does not mail last month's alerts: an email older than a day
+/// when the sender first sees it is given up, unsent, and says why.
+#[tokio::test]
+async fn an_alert_older_than_a_day_is_not_mailed_when_a_relay_appears() -> TestResult {
+    let (smtp, mails) = smtp_listener().await?;
+    let w = world(RuleMode::Enforce).await?;
+    let key = w.key("100").await?;
+    let long_ago = now() - 2 * 24 * 3600;
+    for n in 1..=101 {
+        w.charge(key, "0.002", n, long_ago).await?;
+    }
+    assert_eq!(w.store.effects_of(key, EffectKind::Email).await?.len(), 1);
+    let sender =
+        EmailSender::new(w.store.clone(), Mailer::new(&smtp, "opentab <opentab@localhost>", "ops@example.com")?);
+    assert_eq!(sender.tick(now()).await?, 0);
+    assert!(mails.lock().map_err(|_| "poisoned")?.is_empty(), "nothing mailed");
+    let effect = &w.store.effects_of(key, EffectKind::Email).await?[0];
+    assert_eq!(effect.status, "dead", "{effect:?}");
+    assert!(effect.last_error.as_deref().is_some_and(|e| e.contains("too old")), "{effect:?}");
+    Ok(())
+}
