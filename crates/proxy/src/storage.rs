@@ -4,7 +4,7 @@
 //! durable usage ledger, and rebuilding the counters (and the idempotency keys whose charges
 //! stand) from that ledger: the in-process ones on start, Redis's when it lost them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -167,8 +167,50 @@ struct CacheState {
     /// Per (owner, payee): the tab available and what the owner's keys settled.
     budgets: HashMap<(Address, Address), ((Usdc, Usdc), Instant)>,
     /// Bumped by every change heard: a read that started before one may have seen the old
-    /// row, so it is not cached.
+    /// row, so what the change concerns is not cached from it.
     generation: u64,
+    /// The latest changes heard, with the generation each made (at most [`RECENT_CHANGES`]).
+    recent: VecDeque<(u64, KeyChange)>,
+}
+
+/// How many changes the cache remembers, to tell a read which of its rows they concern.
+const RECENT_CHANGES: usize = 4_096;
+
+/// Owners and keys changed since a read started.
+#[derive(Debug, Default)]
+struct Changed {
+    owners: HashSet<Address>,
+    keys: HashSet<Address>,
+}
+
+impl CacheState {
+    /// What changed since generation `started`; `None` if anything may have (everything was
+    /// forgotten, or more changes went by than are remembered).
+    fn changed_since(&self, started: u64) -> Option<Changed> {
+        let mut changed = Changed::default();
+        if started == self.generation {
+            return Some(changed);
+        }
+        let oldest = self.recent.front().map(|(generation, _)| *generation)?;
+        if oldest > started.wrapping_add(1) {
+            return None;
+        }
+        for (generation, change) in &self.recent {
+            if *generation <= started {
+                continue;
+            }
+            match change {
+                KeyChange::Owner(owner) => {
+                    changed.owners.insert(*owner);
+                }
+                KeyChange::Key(key) => {
+                    changed.keys.insert(*key);
+                }
+                KeyChange::Everything => return None,
+            }
+        }
+        Some(changed)
+    }
 }
 
 impl Cache {
@@ -188,9 +230,10 @@ impl Cache {
     }
 
     /// Caches a budget, read since `started`, unless a change was heard meanwhile.
+    /// Caches a budget, read since `started`, unless its owner changed meanwhile.
     fn insert_budget(&self, tab: (Address, Address), budget: (Usdc, Usdc), started: u64) {
         let Ok(mut state) = self.state.write() else { return };
-        if state.generation == started {
+        if state.changed_since(started).is_some_and(|changed| !changed.owners.contains(&tab.0)) {
             state.budgets.insert(tab, (budget, Instant::now()));
         }
     }
@@ -199,18 +242,20 @@ impl Cache {
         self.state.read().map_or(u64::MAX, |state| state.generation)
     }
 
-    /// Caches `info`, read since `started`, unless a change was heard meanwhile.
+    /// Caches `info`, read since `started`, unless a change to it was heard meanwhile.
     fn insert(&self, key: Address, info: KeyInfo, started: u64) {
         let Ok(mut state) = self.state.write() else { return };
-        if state.generation != started {
+        let Some(changed) = state.changed_since(started) else { return };
+        if changed.owners.contains(&info.key.owner) || changed.keys.contains(&key) {
             return;
         }
         state.by_owner.entry(info.key.owner).or_default().insert(key);
         state.keys.insert(key, (info, Instant::now()));
     }
 
-    /// Caches every key and budget given, read since `started`, unless a change was heard
-    /// meanwhile; returns whether it did.
+    /// Caches every key and budget given, read since `started`, but those a change heard
+    /// meanwhile concerns (they are read again on their next call); false if anything may have
+    /// changed (nothing is cached then).
     fn insert_all(
         &self,
         keys: impl Iterator<Item = KeyInfo>,
@@ -218,17 +263,20 @@ impl Cache {
         started: u64,
     ) -> bool {
         let Ok(mut state) = self.state.write() else { return false };
-        if state.generation != started {
-            return false;
-        }
+        let Some(changed) = state.changed_since(started) else { return false };
         let now = Instant::now();
         for info in keys {
             let key = info.key.address;
+            if changed.owners.contains(&info.key.owner) || changed.keys.contains(&key) {
+                continue;
+            }
             state.by_owner.entry(info.key.owner).or_default().insert(key);
             state.keys.insert(key, (info, now));
         }
         for (tab, budget) in budgets {
-            state.budgets.insert(tab, (budget, now));
+            if !changed.owners.contains(&tab.0) {
+                state.budgets.insert(tab, (budget, now));
+            }
         }
         true
     }
@@ -236,6 +284,11 @@ impl Cache {
     fn forget(&self, change: KeyChange) {
         let Ok(mut state) = self.state.write() else { return };
         state.generation = state.generation.wrapping_add(1);
+        let generation = state.generation;
+        state.recent.push_back((generation, change));
+        if state.recent.len() > RECENT_CHANGES {
+            state.recent.pop_front();
+        }
         match change {
             KeyChange::Owner(owner) => {
                 for key in state.by_owner.remove(&owner).unwrap_or_default() {
@@ -399,4 +452,68 @@ async fn standing_idempotency(
     let since = crate::unix_now().saturating_sub(IDEMPOTENCY_TTL_SECS);
     let live = store.live_idempotency(key, since).await?;
     Ok(live.into_iter().map(|l| (l.id, l.charged_at + IDEMPOTENCY_TTL_SECS)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use opentab_core::SessionKey;
+
+    use super::*;
+
+    fn info(key: u8, owner: u8) -> KeyInfo {
+        KeyInfo {
+            key: SessionKey {
+                address: Address::repeat_byte(key),
+                owner: Address::repeat_byte(owner),
+                payee: Address::repeat_byte(0xee),
+                limit: Usdc::ONE,
+                valid_after: 0,
+                valid_until: u64::MAX,
+                frozen_at: None,
+                revoked_at: None,
+                settled: Usdc::ZERO,
+            },
+            frozen_offchain: false,
+            tab_available: Usdc::ONE,
+            owner_settled: Usdc::ZERO,
+        }
+    }
+
+    /// A read that started before a change caches what the change does not concern (under a
+    /// steady stream of settlements, the bulk refresh must still land), never what it does; an
+    /// `Everything`, or more changes than are remembered, voids the read.
+    #[test]
+    fn a_read_older_than_a_change_caches_only_what_the_change_does_not_concern() {
+        let cache = Cache::default();
+        let started = cache.generation();
+        cache.forget(KeyChange::Owner(Address::repeat_byte(0xa1)));
+        cache.forget(KeyChange::Key(Address::repeat_byte(3)));
+        let keys = [info(1, 0xa1), info(2, 0xa2), info(3, 0xa2)];
+        let budgets = [
+            ((Address::repeat_byte(0xa1), Address::ZERO), (Usdc::ONE, Usdc::ZERO)),
+            ((Address::repeat_byte(0xa2), Address::ZERO), (Usdc::ONE, Usdc::ZERO)),
+        ];
+        assert!(cache.insert_all(keys.into_iter(), budgets.into_iter(), started));
+        assert!(cache.get(Address::repeat_byte(1)).is_none(), "its owner changed");
+        assert!(cache.get(Address::repeat_byte(2)).is_some(), "untouched");
+        assert!(cache.get(Address::repeat_byte(3)).is_none(), "it changed");
+        assert!(cache.budget((Address::repeat_byte(0xa1), Address::ZERO)).is_none());
+        assert!(cache.budget((Address::repeat_byte(0xa2), Address::ZERO)).is_some());
+
+        let started = cache.generation();
+        cache.insert(Address::repeat_byte(4), info(4, 0xa3), started);
+        assert!(cache.get(Address::repeat_byte(4)).is_some(), "no change since the read");
+        let started = cache.generation();
+        cache.forget(KeyChange::Everything);
+        assert!(!cache.insert_all([info(5, 0xa4)].into_iter(), std::iter::empty(), started));
+        cache.insert(Address::repeat_byte(5), info(5, 0xa4), started);
+        assert!(cache.get(Address::repeat_byte(5)).is_none(), "anything may have changed");
+
+        let started = cache.generation();
+        for n in 0..=RECENT_CHANGES {
+            cache.forget(KeyChange::Key(Address::with_last_byte((n % 200) as u8)));
+        }
+        cache.insert(Address::repeat_byte(6), info(6, 0xa5), started);
+        assert!(cache.get(Address::repeat_byte(6)).is_none(), "more changes than remembered");
+    }
 }

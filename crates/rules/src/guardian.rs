@@ -10,9 +10,11 @@ use opentab_core::settlement::retry_delay;
 use opentab_store::{AuditEntry, Effect, EffectKind, Store};
 use serde_json::json;
 
-/// How long one freeze transaction may take, mined; it is also the effect's lease, so no other
-/// guardian process sends it meanwhile.
+/// How long one freeze transaction may take, mined.
 const TX_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a guardian process holds an effect it took: past the send's timeout, so no other
+/// guardian process sends it meanwhile.
+const LEASE: Duration = Duration::from_secs(2 * 60);
 /// Attempts before a freeze is given up (and audited as failed: the gateway's freeze holds).
 const MAX_ATTEMPTS: u32 = 3;
 /// How often the outbox is looked at.
@@ -54,7 +56,7 @@ impl Guardian {
     /// Sends the freezes due at `now`; returns how many were mined.
     pub async fn tick(&self, now: u64) -> crate::Result<u32> {
         let mut sent = 0;
-        for effect in self.store.take_effects(EffectKind::GuardianFreeze, now, TX_TIMEOUT.as_secs(), 20).await? {
+        for effect in self.store.take_effects(EffectKind::GuardianFreeze, now, LEASE.as_secs(), 20).await? {
             if self.send(&effect, now).await? {
                 sent += 1;
             }
