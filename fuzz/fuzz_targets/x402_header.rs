@@ -15,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use libfuzzer_sys::fuzz_target;
 use opentab_core::x402::{
-    Eip712Info, PaymentPayload, Requirements, SCHEME, SessionExtra, X402_VERSION, decode_payment, decode_payment_v1,
+    Eip712Info, Requirements, SCHEME, SessionExtra, X402_VERSION, decode_payment, decode_payment_v1,
     encode_header,
 };
 use opentab_core::{Address, Usdc};
