@@ -164,6 +164,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.database_url = args.database_url.unwrap_or(config.database_url);
     config.rpc_url = args.rpc_url.unwrap_or(config.rpc_url);
+    // Checked before anything starts.
+    let mailer = match (&config.smtp_url, &config.alert_email) {
+        (Some(url), Some(to)) => {
+            Some(Mailer::new(url, "opentab <opentab@localhost>", to).context("smtp_url / alert_email")?)
+        }
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "{}: smtp_url and alert_email go together (the relay, and who receives rule alerts)",
+            args.config.display()
+        ),
+    };
 
     let store = Store::connect(&config.database_url).await.context("connecting to the database")?;
     let reader = read_provider(&config.rpc_url)?;
@@ -260,17 +271,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })));
     }
 
-    match (&config.smtp_url, &config.alert_email) {
-        (Some(url), Some(to)) => {
-            let mailer = Mailer::new(url, "opentab <opentab@localhost>", to).context("smtp_url / alert_email")?;
-            let sender = EmailSender::new(store.clone(), mailer);
-            let mut stopped = stop.subscribe();
-            background.push(tokio::spawn(sender.run(async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            })));
-        }
-        (None, None) => {}
-        _ => anyhow::bail!("{}: smtp_url and alert_email go together", args.config.display()),
+    if let Some(mailer) = mailer {
+        let sender = EmailSender::new(store.clone(), mailer);
+        let mut stopped = stop.subscribe();
+        background.push(tokio::spawn(sender.run(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })));
     }
 
     // Open event streams end at shutdown, or they would hold the drain until its deadline.

@@ -104,3 +104,28 @@ fn a_broken_config_is_refused_with_every_problem_and_its_line() -> TestResult {
     }
     Ok(())
 }
+
+/// Alert email needs both the relay and a recipient: serve says so before starting anything,
+/// and names a relay that is not `smtp://` with its line.
+#[test]
+fn alert_email_settings_are_checked_before_serve_starts() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let base = "database_url = \"postgres://nobody@127.0.0.1:9/none\"\nrpc_url = \"http://127.0.0.1:9\"\n\
+                validator = \"0x0000000000000000000000000000000000000001\"\n\
+                payee = \"0x0000000000000000000000000000000000000002\"\ndomain = \"api.example.com\"\n";
+    for (extra, expected) in [
+        ("smtp_url = \"smtp://127.0.0.1:25\"\n", "smtp_url and alert_email go together"),
+        ("alert_email = \"ops@example.com\"\n", "smtp_url and alert_email go together"),
+        ("smtp_url = \"http://mail\"\nalert_email = \"ops@example.com\"\n", "line 6: smtp_url:"),
+        ("smtp_url = \"smtp://127.0.0.1:25\"\nalert_email = \"not an address\"\n", "alert recipient"),
+    ] {
+        let file = dir.path().join("serve.toml");
+        std::fs::write(&file, format!("{base}{extra}"))?;
+        let out = opentab(&["serve", "--config", &file.to_string_lossy()])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra}: {stderr}");
+        assert!(stderr.contains(expected), "{extra}: {expected:?} not in:\n{stderr}");
+        assert!(!stderr.contains("connecting to the database"), "refused before connecting: {stderr}");
+    }
+    Ok(())
+}

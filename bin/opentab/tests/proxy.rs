@@ -141,6 +141,16 @@ struct Topology {
 }
 
 async fn topology(keys: usize, redis: Option<&OwnRedis>, timeout_secs: u64) -> TestResult<Topology> {
+    topology_with(keys, redis, timeout_secs, "").await
+}
+
+/// [`topology`], with `settings` (lines of serve's file) added at its top level.
+async fn topology_with(
+    keys: usize,
+    redis: Option<&OwnRedis>,
+    timeout_secs: u64,
+    settings: &str,
+) -> TestResult<Topology> {
     let anvil = Anvil::spawn(AnvilConfig::default())?;
     let rpc = anvil.endpoint();
     let deployer = signing_provider(&rpc, anvil.signer(0)?)?;
@@ -169,7 +179,7 @@ async fn topology(keys: usize, redis: Option<&OwnRedis>, timeout_secs: u64) -> T
         format!(
             "listen = \"127.0.0.1:0\"\ndatabase_url = \"{database_url}\"\nrpc_url = \"{rpc}\"\n\
              validator = \"{:#x}\"\ndeployed_at_block = {}\npayee = \"{payee:#x}\"\ndomain = \"127.0.0.1\"\n\
-             confirmations = 0\nsettle_every_secs = 1\n\n[proxy]\nlisten = \"127.0.0.1:0\"\ntimeout_secs = {timeout_secs}\nrules = \"shadow\"\nmax_body_bytes = {MAX_BODY}\n\n\
+             confirmations = 0\nsettle_every_secs = 1\n{settings}\n[proxy]\nlisten = \"127.0.0.1:0\"\ntimeout_secs = {timeout_secs}\nrules = \"shadow\"\nmax_body_bytes = {MAX_BODY}\n\n\
              [proxy.routes]\n\"POST /v1/work\" = \"0.01\"\n\"POST /v1/fail\" = \"0.01\"\n\"POST /v1/slow\" = \"0.01\"\n",
             deployment.validator, deployment.deployed_at_block
         ),
@@ -413,6 +423,81 @@ async fn a_freeze_made_on_one_node_refuses_the_next_call_on_another() -> TestRes
     })
     .await?;
     assert_eq!(served().await?, Some(Usdc::from_base_units(2 * PRICE)));
+    Ok(())
+}
+
+/// A minimal SMTP server on a real socket: accepts every message and keeps its DATA.
+async fn smtp_listener() -> TestResult<(String, Arc<std::sync::Mutex<Vec<String>>>)> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("smtp://127.0.0.1:{}", listener.local_addr()?.port());
+    let mails: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let sink = mails.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 test ESMTP\r\n").await;
+                let (mut data, mut in_data) = (String::new(), false);
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if in_data {
+                        if line == "." {
+                            in_data = false;
+                            if let Ok(mut sink) = sink.lock() {
+                                sink.push(std::mem::take(&mut data));
+                            }
+                            let _ = write.write_all(b"250 queued\r\n").await;
+                        } else {
+                            data.push_str(&line);
+                            data.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 test\r\n",
+                        "DATA" => {
+                            in_data = true;
+                            b"354 go on\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            break;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    let _ = write.write_all(reply).await;
+                }
+            });
+        }
+    });
+    Ok((url, mails))
+}
+
+/// Issue 11: a proxy links no mail client. The rule engine on the proxy leaves an alert's email
+/// in the outbox, in the alert's transaction; `opentab serve`, configured with an SMTP relay,
+/// sends it. (The topology's rules run in shadow mode: the burst alerts without freezing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_fired_on_a_proxy_is_emailed_by_serve() -> TestResult {
+    let (smtp, mails) = smtp_listener().await?;
+    let settings = format!("smtp_url = \"{smtp}\"\nalert_email = \"ops@example.com\"\n");
+    let t = topology_with(1, None, 10, &settings).await?;
+    for n in 1..=101 {
+        assert_eq!(paid_call(&t, "work", n * PRICE, &format!("call-{n}")).await?.status(), 200);
+    }
+    let key = t.keys[0].address();
+    wait_until("serve mails the alert", || {
+        let mails = mails.clone();
+        async move { Ok(!mails.lock().map_err(|_| "poisoned")?.is_empty()) }
+    })
+    .await?;
+    let mail = mails.lock().map_err(|_| "poisoned")?.clone();
+    assert_eq!(mail.len(), 1, "one crossing, one email: {mail:?}");
+    assert!(mail[0].contains("opentab alert: rate") && mail[0].contains(&format!("{key:#x}")), "{}", mail[0]);
+    let alerts = t.store.alerts_of(key, 10).await?;
+    assert_eq!((alerts.len(), alerts[0].alert.rule.as_str()), (1, "rate"));
     Ok(())
 }
 

@@ -36,8 +36,12 @@ const LUA_EXACT: u64 = (1 << 53) - 1;
 /// ARGV: price, voucher (78 digits), signature, limit, owner budget (tab available + settled),
 /// "1" if missing counters must be rebuilt rather than read as zero.
 const CHARGE: &str = r"
-if ARGV[6] == '1' and (redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0) then
-  return {'missing'}
+if ARGV[6] == '1' then
+  local key_missing = redis.call('EXISTS', KEYS[1]) == 0
+  local owner_missing = redis.call('EXISTS', KEYS[2]) == 0
+  if key_missing or owner_missing then
+    return {'missing', key_missing and '1' or '0', owner_missing and '1' or '0'}
+  end
 end
 if #KEYS > 2 and redis.call('EXISTS', KEYS[3]) == 1 then return {'duplicate'} end
 local served = tonumber(redis.call('HGET', KEYS[1], 'served') or '0')
@@ -64,7 +68,8 @@ return {'ok', string.format('%d', needed), string.format('%d', limit - needed)}
 ";
 
 /// Rebuild: sets the key's counters and the owner's total from the durable source, each only if
-/// still absent. ARGV: served, best (78 digits), signature ('' if none), owner served. KEYS[3..]
+/// still absent. ARGV: served, best (78 digits), signature ('' if none), owner served ('' when
+/// the owner's total was not missing, so not read). KEYS[3..]
 /// are the key's standing idempotency keys, restored with the key's counters (only then: they
 /// were lost together) for ARGV[5..] seconds each.
 /// Returns 1 if it set anything (0: another gateway rebuilt them first).
@@ -76,7 +81,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   for i = 3, #KEYS do redis.call('SET', KEYS[i], '1', 'EX', ARGV[i + 2], 'NX') end
   set = 1
 end
-if redis.call('SET', KEYS[2], ARGV[4], 'NX') then set = 1 end
+if ARGV[4] ~= '' and redis.call('SET', KEYS[2], ARGV[4], 'NX') then set = 1 end
 return set
 ";
 
@@ -98,9 +103,10 @@ return 1
 
 /// What counters are rebuilt from when Redis lost them: the durable usage ledger.
 pub trait CounterSource: Send + Sync + 'static {
-    /// `key`'s counters, its owner's served total and its standing idempotency keys, as the
-    /// ledger has them.
-    fn counters(&self, key: Address, owner: Address) -> SourceFuture<'_>;
+    /// `key`'s counters and its standing idempotency keys as the ledger has them, and, when
+    /// `with_owner` (Redis lacks it too), its owner's served total (a sum over every key of the
+    /// owner: read only when needed).
+    fn counters(&self, key: Address, owner: Address, with_owner: bool) -> SourceFuture<'_>;
 }
 
 /// What a key's counters are rebuilt from.
@@ -108,8 +114,8 @@ pub trait CounterSource: Send + Sync + 'static {
 pub struct Restored {
     /// The key's counters.
     pub counters: KeyCounters,
-    /// What its owner's keys were served in all.
-    pub owner_served: Usdc,
+    /// What its owner's keys were served in all, when it was asked for.
+    pub owner_served: Option<Usdc>,
     /// Hashed idempotency keys whose charges stand, with when each expires (Unix seconds).
     pub idempotency: Vec<(B256, u64)>,
 }
@@ -154,6 +160,11 @@ impl RedisCounters {
         })
     }
 
+    /// The prefix every key name starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Rebuilds lost counters from `source` before charging (production must set one: without
     /// it, lost counters read as zero).
     pub fn with_source(mut self, source: Arc<dyn CounterSource>) -> Self {
@@ -161,10 +172,11 @@ impl RedisCounters {
         self
     }
 
-    /// Rebuilds `key`'s and `owner`'s counters from the source where Redis lacks them.
-    async fn rebuild(&self, key: Address, owner: Address) -> Result<(), Unavailable> {
+    /// Rebuilds `key`'s counters, and `owner`'s total if `with_owner`, from the source where
+    /// Redis lacks them.
+    async fn rebuild(&self, key: Address, owner: Address, with_owner: bool) -> Result<(), Unavailable> {
         let Some(source) = &self.source else { return Ok(()) };
-        let Restored { counters, owner_served, idempotency } = source.counters(key, owner).await?;
+        let Restored { counters, owner_served, idempotency } = source.counters(key, owner, with_owner).await?;
         let (hash, total) = self.names(key, owner);
         let mut conn = self.conn.clone();
         let mut invocation = self.restore.key(&hash);
@@ -179,7 +191,7 @@ impl RedisCounters {
             .arg(counters.served.base_units())
             .arg(format!("{:0>78}", counters.best))
             .arg(counters.best_signature.map(|s| s.to_string()).unwrap_or_default())
-            .arg(owner_served.base_units());
+            .arg(owner_served.map(|served| served.base_units().to_string()).unwrap_or_default());
         for (_, ttl) in &live {
             invocation.arg(*ttl);
         }
@@ -240,7 +252,8 @@ impl CounterStore for RedisCounters {
         // At most one rebuild: the restore script leaves both counters present.
         let mut reply = self.charge_once(key, owner, &req).await?;
         if reply.first().map(String::as_str) == Some("missing") {
-            self.rebuild(key, owner).await?;
+            // Only the owner's total costs a sum over all its keys: read it only if it is gone.
+            self.rebuild(key, owner, reply.get(2).is_none_or(|missing| missing != "0")).await?;
             reply = self.charge_once(key, owner, &req).await?;
         }
         let num = |i: usize| -> Result<u64, Unavailable> {
@@ -275,7 +288,7 @@ impl CounterStore for RedisCounters {
         // The charge is in the ledger already (it is recorded before the call is served), so a
         // rebuild brings it back and the void then takes it away again.
         if self.void_once(key, owner, price, idempotency).await? == 0 {
-            self.rebuild(key, owner).await?;
+            self.rebuild(key, owner, true).await?;
             self.void_once(key, owner, price, idempotency).await?;
         }
         Ok(())

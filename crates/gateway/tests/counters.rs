@@ -264,3 +264,63 @@ async fn an_unreachable_redis_fails_closed() {
     let outcome = RedisCounters::connect("redis://127.0.0.1:1", "x").await;
     assert!(matches!(outcome, Err(Unavailable::Counters(CounterError::Redis(_)))), "{outcome:?}");
 }
+
+/// A ledger twin for rebuilds: what each key was served, and how often the owner's total (a
+/// sum over all its keys, costly at 100,000 keys) was asked for.
+#[derive(Debug, Default)]
+struct Ledger {
+    served: std::sync::Mutex<std::collections::HashMap<Address, u64>>,
+    owner_reads: AtomicU32,
+    key_reads: AtomicU32,
+}
+
+impl opentab_gateway::CounterSource for Ledger {
+    fn counters(&self, key: Address, _owner: Address, with_owner: bool) -> opentab_gateway::SourceFuture<'_> {
+        Box::pin(async move {
+            let served = self.served.lock().map_err(|_| CounterError::Poisoned)?.clone();
+            self.key_reads.fetch_add(1, Ordering::SeqCst);
+            if with_owner {
+                self.owner_reads.fetch_add(1, Ordering::SeqCst);
+            }
+            let of_key = served.get(&key).copied().unwrap_or(0);
+            Ok(opentab_gateway::Restored {
+                counters: KeyCounters { served: Usdc::from_base_units(of_key), ..KeyCounters::default() },
+                owner_served: with_owner.then(|| Usdc::from_base_units(served.values().sum())),
+                idempotency: Vec::new(),
+            })
+        })
+    }
+}
+
+/// Issue 11: with 100,000 keys, each key's first charge on a fresh Redis rebuilt its counters
+/// and summed the owner's whole ledger too. Now the owner's total is read only when Redis lacks
+/// it: the first key of an owner reads it, the next keys do not; after a flush it is read once
+/// again and the owner's budget still bounds all its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_reads_the_owners_total_only_when_it_is_missing() -> TestResult {
+    let ledger = Arc::new(Ledger::default());
+    let s = redis().await?.with_source(ledger.clone());
+    let keys: Vec<Address> = (1..=5u8).map(Address::repeat_byte).collect();
+    for key in &keys {
+        s.charge(*key, OWNER, req(PRICE, U256::from(PRICE), 1_000_000, 10 * PRICE)).await??;
+        ledger.served.lock().map_err(|_| "poisoned")?.insert(*key, PRICE);
+    }
+    assert_eq!(ledger.key_reads.load(Ordering::SeqCst), 5, "each new key is rebuilt");
+    assert_eq!(ledger.owner_reads.load(Ordering::SeqCst), 1, "the owner's total once");
+    assert_eq!(s.owed().await?, Usdc::from_base_units(5 * PRICE));
+
+    // Redis loses everything: the next charge rebuilds the owner's total from the ledger, and
+    // the budget (10 × PRICE) still counts what the other keys were served.
+    let url = std::env::var("OPENTAB_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let names: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", s.prefix())).query_async(&mut conn).await?;
+    for name in names {
+        let _: () = redis::cmd("DEL").arg(name).query_async(&mut conn).await?;
+    }
+    let refused = s.charge(keys[0], OWNER, req(6 * PRICE, U256::from(7 * PRICE), 1_000_000, 10 * PRICE)).await?;
+    assert!(matches!(refused, Err(ChargeRefused::InsufficientFunds { .. })), "{refused:?}");
+    assert_eq!(ledger.owner_reads.load(Ordering::SeqCst), 2, "read again once it was lost");
+    s.charge(keys[0], OWNER, req(5 * PRICE, U256::from(6 * PRICE), 1_000_000, 10 * PRICE)).await??;
+    assert_eq!(s.owed().await?, Usdc::from_base_units(10 * PRICE), "exactly the budget");
+    Ok(())
+}

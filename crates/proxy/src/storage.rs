@@ -315,9 +315,9 @@ impl Cache {
 /// The most records one ledger transaction takes.
 const MAX_BATCH: usize = 256;
 
-/// [`UsageLedger`] in the `usage_ledger` table, with group commit: records go to one writer
-/// task, which commits everything queued while its previous transaction was committing in one
-/// transaction (one disk flush for many calls). Each `record` still returns only once its row
+/// [`UsageLedger`] in the `usage_ledger` table, with group commit: records go to writer tasks
+/// (one on SQLite, several on PostgreSQL), each of which commits everything queued while it was
+/// busy in one transaction (one disk flush for many calls). Each `record` still returns only once its row
 /// is committed, so a charge the ledger does not hold is never served; then, with an
 /// announcer, it is announced (`opentab dev` feeds the owner's live event stream with it).
 #[derive(Debug, Clone)]
@@ -328,7 +328,7 @@ pub struct StoreLedger {
 type Pending = (UsageEntry, tokio::sync::oneshot::Sender<Result<Recorded, Cause>>);
 
 /// Told `(owner, key)` of each key whose usage a committed batch moved.
-type Announcer = Box<dyn Fn(Address, Address) + Send + Sync>;
+type Announcer = Arc<dyn Fn(Address, Address) + Send + Sync>;
 
 impl StoreLedger {
     /// A ledger writing to `store`. Starts the writer task on the current tokio runtime; it
@@ -340,19 +340,38 @@ impl StoreLedger {
     /// [`StoreLedger::new`], calling `announce(owner, key)` for each key whose usage moved, once
     /// its rows are committed.
     pub fn announcing(store: Store, announce: impl Fn(Address, Address) + Send + Sync + 'static) -> Self {
-        Self::start(store, Some(Box::new(announce)))
+        Self::start(store, Some(Arc::new(announce)))
     }
 
     fn start(store: Store, announce: Option<Announcer>) -> Self {
         let (queue, pending) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(store, announce, pending));
+        // PostgreSQL commits several transactions at once: while one writer commits, the next
+        // takes what queued up, so a row waits for at most about one commit, not two. SQLite
+        // has one write lock: a second writer would only wait for it.
+        let writers = match store.backend() {
+            opentab_store::Backend::Postgres => POSTGRES_WRITERS,
+            opentab_store::Backend::Sqlite => 1,
+        };
+        let pending = Arc::new(tokio::sync::Mutex::new(pending));
+        for _ in 0..writers {
+            tokio::spawn(write_batches(store.clone(), announce.clone(), pending.clone()));
+        }
         Self { queue }
     }
 }
 
-async fn write_batches(store: Store, announce: Option<Announcer>, mut pending: tokio::sync::mpsc::Receiver<Pending>) {
+/// Ledger writers on PostgreSQL. Batches lock their keys' `key_usage` rows in key order, so
+/// concurrent batches never deadlock.
+const POSTGRES_WRITERS: usize = 4;
+
+async fn write_batches(
+    store: Store,
+    announce: Option<Announcer>,
+    pending: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Pending>>>,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    // One writer waits for rows at a time; the others commit meanwhile.
+    while pending.lock().await.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (entries, replies): (Vec<UsageEntry>, Vec<_>) = batch.drain(..).unzip();
         let outcome = store.record_usage_batch(&entries).await.map_err(Cause::new);
         if let (Ok(recorded), Some(announce)) = (&outcome, &announce) {
@@ -414,15 +433,20 @@ impl StoreCounterSource {
 }
 
 impl CounterSource for StoreCounterSource {
-    fn counters(&self, key: Address, owner: Address) -> SourceFuture<'_> {
+    fn counters(&self, key: Address, owner: Address, with_owner: bool) -> SourceFuture<'_> {
         Box::pin(async move {
             // Counters are rebuilt from the ledger.
             let unavailable = |e: opentab_store::Error| Unavailable::Ledger(Cause::new(e));
-            let total = self.store.usage_total(key).await.map_err(unavailable)?;
-            let owner_served: Usdc = self.store.owner_served(owner).await.map_err(unavailable)?;
-            let counters = total
-                .map(|t| KeyCounters { served: t.served, best: t.best, best_signature: t.best_signature })
-                .unwrap_or_default();
+            let owner_served = match with_owner {
+                true => Some(self.store.owner_served(owner).await.map_err(unavailable)?),
+                false => None,
+            };
+            // A key never charged (most keys, the first time a fresh Redis sees them) costs one
+            // index probe.
+            let Some(total) = self.store.usage_total(key).await.map_err(unavailable)? else {
+                return Ok(Restored { counters: KeyCounters::default(), owner_served, idempotency: Vec::new() });
+            };
+            let counters = KeyCounters { served: total.served, best: total.best, best_signature: total.best_signature };
             let idempotency = standing_idempotency(&self.store, Some(key)).await.map_err(unavailable)?;
             Ok(Restored { counters, owner_served, idempotency })
         })
