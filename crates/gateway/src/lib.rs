@@ -10,6 +10,12 @@
 //! - [`PaymentLayer`]: the tower layer for axum/hyper services (402 challenge, charge before
 //!   the handler, void on an error answer, `PAYMENT-RESPONSE` receipt), over
 //!   [`Gateway::authorize`] and [`Gateway::void`].
+//! - [`UsageLedger`]: the durable ledger port; a charge's answer waits for its row, which the
+//!   ledger refuses ([`Recorded::KeyStopped`]) if its key was frozen meanwhile on any node.
+//! - [`ChargeObserver`]: told of every durable charge and void before the answer leaves (the
+//!   rule engine, `opentab-rules`, plugs in here).
+//! - [`Unavailable`]: which dependency failed ([`Dependency`]) and why; the gateway then fails
+//!   closed with a 503.
 //! - [`GatewayMetrics`]: what the layer counts, for `/metrics`.
 //! - [`charge_api`]: the same as an authenticated HTTP API (`charge` / `void`) for middleware in
 //!   other languages (`packages/express`).
