@@ -19,11 +19,12 @@ use opentab_gateway::{
 use opentab_store::{ChainStatus, KeyChange, Store, UsageEntry};
 
 /// [`KeyDirectory`] over the store, with the state of the keys in use cached in memory: a paid
-/// call reads no database once its key has been seen. The cache follows
-/// [`Store::key_changes`]: a change to a key or to its owner's tabs, made by any process on the
-/// database, drops the owner's entries, so a freeze refuses the next call. Entries are also read
-/// again after [`MAX_AGE`], in case a change went unheard. Unknown and pending keys are never
-/// cached (their registration must be seen as soon as it is confirmed).
+/// call reads no database once its key has been seen (or, [`StoreDirectory::preloaded`], at
+/// all). The cache follows [`Store::on_key_change`]: a change to a key or to its owner's tabs,
+/// made by any process on the database, drops the owner's entries. Entries not refreshed for
+/// 60 s are read again, in case a change went unheard. Unknown and pending keys are never
+/// cached (their registration must be seen as soon as it is confirmed). (A freeze does not
+/// wait for the cache: the usage ledger refuses a stopped key's charge at commit.)
 #[derive(Debug, Clone)]
 pub struct StoreDirectory {
     store: Store,
@@ -45,7 +46,7 @@ impl StoreDirectory {
     }
 
     /// [`StoreDirectory::new`], with every key registered to pay `payee` and every tab at
-    /// `payee` read at once, in two queries, and read again in bulk every half [`MAX_AGE`] in
+    /// `payee` read at once, in two queries, and read again in bulk every 30 s in
     /// the background: a paid call reads no database, even with 100,000 keys each called less
     /// than once a minute (read one by one, each such call was a cache miss).
     pub async fn preloaded(store: Store, payee: Address) -> Result<Self, opentab_store::Error> {
