@@ -40,6 +40,9 @@ pub struct ChainListener {
     start_block: u64,
     config: ListenerConfig,
     stream: EventStream,
+    /// The cursor storage held after this listener's last update: where to rewind to when an
+    /// update fails and storage cannot be asked.
+    stored: Cursor,
     notifier: Notifier,
     /// This deployment's payee: settlements to it that its own worker did not send are counted
     /// and warned about.
@@ -58,7 +61,7 @@ impl ChainListener {
         config: ListenerConfig,
     ) -> Result<Self> {
         let cursor = saved_cursor(&store, validator, start_block).await?;
-        let stream = EventStream::new(provider.clone(), validator, cursor, config.stream);
+        let stream = EventStream::new(provider.clone(), validator, cursor.clone(), config.stream);
         Ok(Self {
             store,
             provider,
@@ -66,6 +69,7 @@ impl ChainListener {
             start_block,
             config,
             stream,
+            stored: cursor,
             notifier: Notifier::default(),
             payee: None,
             metrics: Arc::default(),
@@ -91,14 +95,23 @@ impl ChainListener {
     pub async fn step(&mut self) -> Result<bool> {
         let Some(update) = self.stream.poll().await? else { return Ok(false) };
         if let Err(err) = self.apply(&update).await {
-            // The stream's cursor ran ahead of what storage holds: rewind it to storage's.
-            let cursor = saved_cursor(&self.store, self.validator, self.start_block)
-                .await
-                .unwrap_or_else(|_| Cursor::starting_at(self.start_block));
+            // The stream's cursor ran ahead of what storage holds: rewind it to storage's. When
+            // storage cannot say (the database is away), to the cursor it held after this
+            // listener's last update, never to the deployment block: a full rescan is the last
+            // thing an unhealthy database needs.
+            let cursor = match saved_cursor(&self.store, self.validator, self.start_block).await {
+                Ok(cursor) => cursor,
+                Err(_) => self.stored.clone(),
+            };
             self.stream = EventStream::new(self.provider.clone(), self.validator, cursor, self.config.stream);
             return Err(err);
         }
         Ok(true)
+    }
+
+    /// Where the listener reads from next.
+    pub fn cursor(&self) -> &Cursor {
+        self.stream.cursor()
     }
 
     /// Steps until the chain has nothing new (tests and start-up catch-up).
@@ -138,7 +151,7 @@ impl ChainListener {
         }
     }
 
-    async fn apply(&self, update: &Update) -> Result<()> {
+    async fn apply(&mut self, update: &Update) -> Result<()> {
         let events = update
             .events
             .iter()
@@ -157,6 +170,7 @@ impl ChainListener {
             .store
             .apply_chain_update(self.validator, update.rollback_to, &events, &cursor, crate::unix_now())
             .await?;
+        self.stored = update.cursor.clone();
         for owner in &touched.owners {
             self.notifier.publish(Change { owner: *owner, key: None });
         }

@@ -127,3 +127,32 @@ async fn an_unreachable_rpc_is_an_error_and_nothing_is_applied() -> TestResult {
     assert_eq!(store.chain_cursor(validator).await?, None, "the cursor did not move");
     Ok(())
 }
+
+/// Issue 12's known defect: when an update could not be stored and storage could not say where
+/// it stood either (the database away), the listener rewound to the deployment block, a full
+/// rescan exactly when the database is unhealthy. It now rewinds to where storage stood after
+/// its last update.
+#[tokio::test]
+async fn a_database_away_rewinds_the_listener_to_its_last_stored_cursor_not_the_deployment() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = opentab_store::testing::fresh_sqlite(dir.path()).await?;
+    let w = world().await?;
+    let mut l = listener(&w, &store).await?;
+    w.owner.mint_test_usdc(w.owner_key.address(), Usdc::parse_decimal("10")?).await?;
+    w.owner.deposit(w.payee, Usdc::parse_decimal("10")?).await?;
+    l.catch_up().await?;
+    let stored = l.cursor().clone();
+    assert!(stored.last().is_some_and(|b| b.number > w.start_block), "{stored:?}");
+
+    // Something new on the chain, and the database is gone.
+    w.owner.mint_test_usdc(w.owner_key.address(), Usdc::parse_decimal("1")?).await?;
+    w.owner.deposit(w.payee, Usdc::parse_decimal("1")?).await?;
+    store.close().await;
+    for _ in 0..3 {
+        if l.step().await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(l.cursor(), &stored, "rewound to the last cursor storage held, not block {}", w.start_block);
+    Ok(())
+}
