@@ -426,62 +426,12 @@ async fn a_freeze_made_on_one_node_refuses_the_next_call_on_another() -> TestRes
     Ok(())
 }
 
-/// A minimal SMTP server on a real socket: accepts every message and keeps its DATA.
-async fn smtp_listener() -> TestResult<(String, Arc<std::sync::Mutex<Vec<String>>>)> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("smtp://127.0.0.1:{}", listener.local_addr()?.port());
-    let mails: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let sink = mails.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let sink = sink.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = socket.into_split();
-                let mut lines = BufReader::new(read).lines();
-                let _ = write.write_all(b"220 test ESMTP\r\n").await;
-                let (mut data, mut in_data) = (String::new(), false);
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if in_data {
-                        if line == "." {
-                            in_data = false;
-                            if let Ok(mut sink) = sink.lock() {
-                                sink.push(std::mem::take(&mut data));
-                            }
-                            let _ = write.write_all(b"250 queued\r\n").await;
-                        } else {
-                            data.push_str(&line);
-                            data.push('\n');
-                        }
-                        continue;
-                    }
-                    let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
-                    let reply: &[u8] = match verb.as_str() {
-                        "EHLO" | "HELO" => b"250 test\r\n",
-                        "DATA" => {
-                            in_data = true;
-                            b"354 go on\r\n"
-                        }
-                        "QUIT" => {
-                            let _ = write.write_all(b"221 bye\r\n").await;
-                            break;
-                        }
-                        _ => b"250 ok\r\n",
-                    };
-                    let _ = write.write_all(reply).await;
-                }
-            });
-        }
-    });
-    Ok((url, mails))
-}
-
 /// Issue 11: a proxy links no mail client. The rule engine on the proxy leaves an alert's email
 /// in the outbox, in the alert's transaction; `opentab serve`, configured with an SMTP relay,
 /// sends it. (The topology's rules run in shadow mode: the burst alerts without freezing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_fired_on_a_proxy_is_emailed_by_serve() -> TestResult {
-    let (smtp, mails) = smtp_listener().await?;
+    let (smtp, mails) = opentab_accumulator::testing::smtp_listener().await?;
     let settings = format!("smtp_url = \"{smtp}\"\nalert_email = \"ops@example.com\"\n");
     let t = topology_with(1, None, 10, &settings).await?;
     for n in 1..=101 {

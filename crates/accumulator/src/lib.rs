@@ -12,6 +12,8 @@
 //! - [`EmailSender`] sends the rule engine's alert email from the outbox through an SMTP relay
 //!   ([`Mailer`]), each within a timeout, retried with backoff.
 //!
+//! Feature `test-utils`: [`testing`], a real SMTP listener for tests of alert email.
+//!
 //! Nothing is subtracted from counters after a settlement: `unsettled = served − settled`
 //! where `settled` comes from the chain (see `opentab_core::charge`).
 //!
@@ -19,6 +21,8 @@
 
 mod emails;
 mod settlement;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 mod webhooks;
 
 pub use emails::{EmailSender, Mailer, SMTP_TIMEOUT};

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use opentab_accumulator::testing::smtp_listener;
 use opentab_accumulator::{EmailSender, Mailer};
 use opentab_chain::{Anvil, AnvilConfig, KeyTerms, Validator, deploy_dev_contracts, signing_provider};
 use opentab_core::rules::{RuleConfig, RuleMode};
@@ -16,60 +17,10 @@ use opentab_gateway::{ChargeEvent, UsageKind, UsageLedger, UsageRecord};
 use opentab_proxy::StoreLedger;
 use opentab_rules::{Guardian, RuleEngine};
 use opentab_store::{EffectKind, Store, StoredEvent};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 const OWNER: Address = Address::repeat_byte(0xa1);
 const PAYEE: Address = Address::repeat_byte(0xee);
-
-/// A minimal SMTP server on a real socket: accepts every message and keeps its DATA.
-async fn smtp_listener() -> TestResult<(String, Arc<Mutex<Vec<String>>>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("smtp://127.0.0.1:{}", listener.local_addr()?.port());
-    let mails: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = mails.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let sink = sink.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = socket.into_split();
-                let mut lines = BufReader::new(read).lines();
-                let _ = write.write_all(b"220 test ESMTP\r\n").await;
-                let (mut data, mut in_data) = (String::new(), false);
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if in_data {
-                        if line == "." {
-                            in_data = false;
-                            if let Ok(mut sink) = sink.lock() {
-                                sink.push(std::mem::take(&mut data));
-                            }
-                            let _ = write.write_all(b"250 queued\r\n").await;
-                        } else {
-                            data.push_str(&line);
-                            data.push('\n');
-                        }
-                        continue;
-                    }
-                    let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
-                    let reply: &[u8] = match verb.as_str() {
-                        "EHLO" | "HELO" => b"250 test\r\n",
-                        "DATA" => {
-                            in_data = true;
-                            b"354 go on\r\n"
-                        }
-                        "QUIT" => {
-                            let _ = write.write_all(b"221 bye\r\n").await;
-                            break;
-                        }
-                        _ => b"250 ok\r\n",
-                    };
-                    let _ = write.write_all(reply).await;
-                }
-            });
-        }
-    });
-    Ok((url, mails))
-}
 
 struct World {
     _dir: tempfile::TempDir,
