@@ -126,7 +126,7 @@ impl DevChain {
         let payee = anvil.signer(2)?.address();
         let provider = signing_provider(&rpc, relayer_signer.clone())?;
 
-        let deployment = match reuse(&chain_file, &provider, &rpc).await? {
+        let deployment = match reuse(&chain_file, provider.provider(), &rpc).await? {
             Some(deployment) => {
                 tracing::info!(validator = %deployment.validator, "reusing the contracts deployed earlier in {}", dir.display());
                 deployment

@@ -1,12 +1,12 @@
 //! Deploys the dev-chain contracts: a test USDC and a `SessionKeyValidator` bound to it.
 
 use alloy::primitives::{Address, U256};
-use alloy::providers::{DynProvider, Provider};
+use alloy::providers::Provider;
 use opentab_core::eip712::{DOMAIN_NAME, DOMAIN_VERSION};
 use serde::{Deserialize, Serialize};
 
 use crate::bindings::{SessionKeyValidator, TestUSDC};
-use crate::{Error, Result};
+use crate::{Error, Result, SigningProvider};
 
 /// Where the contracts live; what `opentab chain up` writes as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +35,8 @@ impl Deployment {
 
 /// Deploys [`TestUSDC`] and a validator with opentab's EIP-712 domain and `grace_seconds`,
 /// from the provider's signer.
-pub async fn deploy_dev_contracts(provider: &DynProvider, rpc_url: &str, grace_seconds: u64) -> Result<Deployment> {
+pub async fn deploy_dev_contracts(signing: &SigningProvider, rpc_url: &str, grace_seconds: u64) -> Result<Deployment> {
+    let provider = signing.provider();
     let usdc = TestUSDC::deploy_builder(provider).send().await?;
     let usdc = receipt_address(usdc, "TestUSDC").await?.0;
     let validator = SessionKeyValidator::deploy_builder(

@@ -1,7 +1,6 @@
 //! Typed calls for every `SessionKeyValidator` function, each waiting for its receipt.
 
 use alloy::contract::{CallBuilder, CallDecoder};
-use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256, Bytes, TxHash, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
@@ -12,25 +11,8 @@ use opentab_core::{ContractDomain, SessionKey, Signature, SigningKey, SkipReason
 
 use crate::bindings::SessionKeyValidator::{self, SessionKeyValidatorInstance};
 use crate::bindings::TestUSDC::{self, TestUSDCInstance};
+use crate::sender::{Sender, ValidatorProvider};
 use crate::{Error, Result};
-
-/// A provider that signs transactions with `signer`, talking JSON-RPC over HTTP to `rpc_url`.
-///
-/// Nonces are read from the node for every transaction rather than cached: a cached nonce
-/// runs ahead when a call fails during gas estimation, or when the chain reorganises, and
-/// every later transaction then waits forever behind the gap.
-pub fn signing_provider(rpc_url: &str, signer: PrivateKeySigner) -> Result<DynProvider> {
-    let url = rpc_url.parse().map_err(|_| Error::InvalidRpcUrl(opentab_core::redact_url(rpc_url)))?;
-    install_tls_provider();
-    Ok(ProviderBuilder::new()
-        .disable_recommended_fillers()
-        .with_gas_estimation()
-        .with_simple_nonce_management()
-        .fetch_chain_id()
-        .wallet(EthereumWallet::from(signer))
-        .connect_http(url)
-        .erased())
-}
 
 /// A read-only provider for `rpc_url`.
 pub fn read_provider(rpc_url: &str) -> Result<DynProvider> {
@@ -123,11 +105,14 @@ pub struct Validator {
     usdc: TestUSDCInstance<DynProvider>,
     domain: ContractDomain,
     grace: u64,
+    /// Set when the provider signs: every transaction takes the account's turn.
+    sender: Option<Sender>,
 }
 
 impl Validator {
     /// Connects to the validator at `address`, reading its chain id, token, domain and grace.
-    pub async fn connect(provider: DynProvider, address: Address) -> Result<Self> {
+    pub async fn connect(provider: impl ValidatorProvider, address: Address) -> Result<Self> {
+        let (provider, sender) = provider.into_parts();
         let contract = SessionKeyValidator::new(address, provider.clone());
         let chain_id = provider.get_chain_id().await?;
         let usdc = contract.USDC().call().await?;
@@ -138,6 +123,7 @@ impl Validator {
             domain: ContractDomain::new(domain.name, domain.version, chain_id, address),
             grace: u64::try_from(grace).unwrap_or(u64::MAX),
             contract,
+            sender,
         })
     }
 
@@ -167,12 +153,14 @@ impl Validator {
     }
 
     /// This handle bound to another provider (another signer), same deployment.
-    pub fn with_provider(&self, provider: DynProvider) -> Self {
+    pub fn with_provider(&self, provider: impl ValidatorProvider) -> Self {
+        let (provider, sender) = provider.into_parts();
         Self {
             contract: SessionKeyValidator::new(self.address(), provider.clone()),
             usdc: TestUSDC::new(self.usdc(), provider),
             domain: self.domain.clone(),
             grace: self.grace,
+            sender,
         }
     }
 
@@ -180,13 +168,13 @@ impl Validator {
 
     /// Approves the validator for `amount` and deposits it into the sender's tab with `payee`.
     pub async fn deposit(&self, payee: Address, amount: Usdc) -> Result<TxOutcome> {
-        transact(self.usdc.approve(self.address(), amount.to_u256())).await?;
-        transact(self.contract.deposit(payee, amount.to_u256())).await
+        self.transact(self.usdc.approve(self.address(), amount.to_u256())).await?;
+        self.transact(self.contract.deposit(payee, amount.to_u256())).await
     }
 
     /// Mints test USDC to `to` (dev chain only: [`TestUSDC`] lets anyone mint).
     pub async fn mint_test_usdc(&self, to: Address, amount: Usdc) -> Result<TxOutcome> {
-        transact(self.usdc.mint(to, amount.to_u256())).await
+        self.transact(self.usdc.mint(to, amount.to_u256())).await
     }
 
     /// The USDC balance of `account`.
@@ -197,29 +185,29 @@ impl Validator {
     /// Asks to withdraw `amount` from the sender's tab with `payee` once the payee's grace has
     /// passed.
     pub async fn request_withdrawal(&self, payee: Address, amount: Usdc) -> Result<TxOutcome> {
-        transact(self.contract.requestWithdrawal(payee, amount.to_u256())).await
+        self.transact(self.contract.requestWithdrawal(payee, amount.to_u256())).await
     }
 
     /// Drops the sender's pending withdrawal from its tab with `payee`.
     pub async fn cancel_withdrawal(&self, payee: Address) -> Result<TxOutcome> {
-        transact(self.contract.cancelWithdrawal(payee)).await
+        self.transact(self.contract.cancelWithdrawal(payee)).await
     }
 
     /// Completes the sender's pending withdrawal from its tab with `payee`.
     pub async fn withdraw(&self, payee: Address) -> Result<TxOutcome> {
-        transact(self.contract.withdraw(payee)).await
+        self.transact(self.contract.withdraw(payee)).await
     }
 
     /// Lets `guardian` freeze the sender's keys.
     pub async fn set_guardian(&self, guardian: Address) -> Result<TxOutcome> {
-        transact(self.contract.setGuardian(guardian)).await
+        self.transact(self.contract.setGuardian(guardian)).await
     }
 
     // ---------------------------------------------------------------- settlers
 
     /// Lets `settler` settle vouchers payable to the sender (the payee), or stops it.
     pub async fn set_settler(&self, settler: Address, allowed: bool) -> Result<TxOutcome> {
-        transact(self.contract.setSettler(settler, allowed)).await
+        self.transact(self.contract.setSettler(settler, allowed)).await
     }
 
     /// Signs, as `payee` with its current nonce, its consent to let `settler` settle for it
@@ -239,7 +227,7 @@ impl Validator {
 
     /// Relays a payee-signed `SetSettler` (the sender pays the gas).
     pub async fn set_settler_with_sig(&self, message: &SetSettler, signature: &Signature) -> Result<TxOutcome> {
-        transact(self.contract.setSettlerWithSig(
+        self.transact(self.contract.setSettlerWithSig(
             message.payee,
             message.settler,
             message.allowed,
@@ -260,7 +248,7 @@ impl Validator {
     /// Registers a key for the sender.
     pub async fn register_session_key(&self, terms: &KeyTerms) -> Result<TxOutcome> {
         let (after, until) = window(terms)?;
-        transact(self.contract.registerSessionKey(
+        self.transact(self.contract.registerSessionKey(
             terms.session_key,
             terms.payee,
             u128::from(terms.limit.base_units()),
@@ -274,7 +262,7 @@ impl Validator {
     /// about 71,000 gas a key, against 71,600 plus a transaction's 21,000 one by one).
     pub async fn register_session_keys(&self, keys: &[KeyTerms]) -> Result<TxOutcome> {
         let keys = keys.iter().map(|terms| Ok(contract_terms(&signed_terms(terms)?))).collect::<Result<Vec<_>>>()?;
-        transact(self.contract.registerSessionKeys(keys)).await
+        self.transact(self.contract.registerSessionKeys(keys)).await
     }
 
     /// The message an owner signs to have a relayer register all of `keys`, in this order, in
@@ -314,7 +302,7 @@ impl Validator {
         message: &RegisterSessionKeys,
         signature: &Signature,
     ) -> Result<TxOutcome> {
-        transact(self.contract.registerSessionKeysWithSig(
+        self.transact(self.contract.registerSessionKeysWithSig(
             message.keys.iter().map(contract_terms).collect(),
             message.owner,
             message.nonce,
@@ -364,7 +352,7 @@ impl Validator {
         message: &RegisterSessionKey,
         signature: &Signature,
     ) -> Result<TxOutcome> {
-        transact(self.contract.registerSessionKeyWithSig(
+        self.transact(self.contract.registerSessionKeyWithSig(
             message.sessionKey,
             message.payee,
             message.limit,
@@ -382,17 +370,17 @@ impl Validator {
 
     /// Freezes `key` (sender: its owner or the owner's guardian).
     pub async fn freeze(&self, key: Address) -> Result<TxOutcome> {
-        transact(self.contract.freeze(key)).await
+        self.transact(self.contract.freeze(key)).await
     }
 
     /// Lifts a freeze (sender: the owner).
     pub async fn unfreeze(&self, key: Address) -> Result<TxOutcome> {
-        transact(self.contract.unfreeze(key)).await
+        self.transact(self.contract.unfreeze(key)).await
     }
 
     /// Revokes `key` for good (sender: the owner).
     pub async fn revoke(&self, key: Address) -> Result<TxOutcome> {
-        transact(self.contract.revoke(key)).await
+        self.transact(self.contract.revoke(key)).await
     }
 
     /// Signs a relayed key action as `owner` with its current nonce: returns (nonce, signature).
@@ -424,9 +412,9 @@ impl Validator {
     ) -> Result<TxOutcome> {
         let (deadline, sig) = (U256::from(deadline), sig_bytes(signature));
         match action {
-            KeyAction::Freeze => transact(self.contract.freezeWithSig(key, nonce, deadline, sig)).await,
-            KeyAction::Unfreeze => transact(self.contract.unfreezeWithSig(key, nonce, deadline, sig)).await,
-            KeyAction::Revoke => transact(self.contract.revokeWithSig(key, nonce, deadline, sig)).await,
+            KeyAction::Freeze => self.transact(self.contract.freezeWithSig(key, nonce, deadline, sig)).await,
+            KeyAction::Unfreeze => self.transact(self.contract.unfreezeWithSig(key, nonce, deadline, sig)).await,
+            KeyAction::Revoke => self.transact(self.contract.revokeWithSig(key, nonce, deadline, sig)).await,
         }
     }
 
@@ -435,7 +423,7 @@ impl Validator {
     /// Settles one voucher (sender: the key's payee or a settler it authorised). The payee
     /// receives the voucher's increase over what was settled, or what the tab holds if less.
     pub async fn settle(&self, key: Address, cumulative_amount: U256, signature: &Signature) -> Result<SettleOutcome> {
-        transact_logged(self.contract.settle(key, cumulative_amount, sig_bytes(signature))).await
+        self.transact_logged(self.contract.settle(key, cumulative_amount, sig_bytes(signature))).await
     }
 
     /// Settles vouchers of keys payable to `payee` in one transaction (sender: the payee or a
@@ -450,7 +438,7 @@ impl Validator {
                 signature: sig_bytes(&c.signature),
             })
             .collect();
-        transact_logged(self.contract.settleBatch(payee, claims)).await
+        self.transact_logged(self.contract.settleBatch(payee, claims)).await
     }
 
     // ------------------------------------------------------------------- views
@@ -557,39 +545,50 @@ fn sig_bytes(signature: &Signature) -> Bytes {
     Bytes::copy_from_slice(signature.as_bytes())
 }
 
-/// [`transact`], then reads what the settlement paid and skipped from the receipt's logs.
-async fn transact_logged<D: CallDecoder>(call: CallBuilder<&DynProvider, D>) -> Result<SettleOutcome> {
-    use alloy::sol_types::SolEvent;
-    let (tx, logs) = transact_receipt(call).await?;
-    let mut outcome = SettleOutcome { tx, paid: Vec::new(), skipped: Vec::new() };
-    for log in &logs {
-        if let Ok(e) = SessionKeyValidator::Settled::decode_log_data(&log.inner.data) {
-            outcome.paid.push((e.sessionKey, Usdc::try_from(e.amount)?, Usdc::try_from(e.settled)?));
-        } else if let Ok(e) = SessionKeyValidator::ClaimSkipped::decode_log_data(&log.inner.data)
-            && let Some(reason) = SkipReason::from_code(e.reason)
-        {
-            outcome.skipped.push((e.sessionKey, reason));
+impl Validator {
+    /// [`Validator::transact`], then reads what the settlement paid and skipped from the
+    /// receipt's logs.
+    async fn transact_logged<D: CallDecoder>(&self, call: CallBuilder<&DynProvider, D>) -> Result<SettleOutcome> {
+        use alloy::sol_types::SolEvent;
+        let (tx, logs) = self.transact_receipt(call).await?;
+        let mut outcome = SettleOutcome { tx, paid: Vec::new(), skipped: Vec::new() };
+        for log in &logs {
+            if let Ok(e) = SessionKeyValidator::Settled::decode_log_data(&log.inner.data) {
+                outcome.paid.push((e.sessionKey, Usdc::try_from(e.amount)?, Usdc::try_from(e.settled)?));
+            } else if let Ok(e) = SessionKeyValidator::ClaimSkipped::decode_log_data(&log.inner.data)
+                && let Some(reason) = SkipReason::from_code(e.reason)
+            {
+                outcome.skipped.push((e.sessionKey, reason));
+            }
         }
+        Ok(outcome)
     }
-    Ok(outcome)
-}
 
-/// Sends a call, waits for its receipt and checks that it succeeded. Reverts caught while
-/// estimating gas come back decoded as [`Error::Reverted`].
-pub(crate) async fn transact<D: CallDecoder>(call: CallBuilder<&DynProvider, D>) -> Result<TxOutcome> {
-    Ok(transact_receipt(call).await?.0)
-}
-
-async fn transact_receipt<D: CallDecoder>(
-    call: CallBuilder<&DynProvider, D>,
-) -> Result<(TxOutcome, Vec<alloy::rpc::types::Log>)> {
-    let pending = call.send().await?;
-    let tx = *pending.tx_hash();
-    let receipt = pending.get_receipt().await.map_err(|source| Error::Pending { tx, source })?;
-    if !receipt.status() {
-        return Err(Error::TxReverted(tx));
+    /// Sends a call (in the account's turn, when this handle signs), waits for its receipt and
+    /// checks that it succeeded. Reverts caught while estimating gas come back decoded as
+    /// [`Error::Reverted`].
+    async fn transact<D: CallDecoder>(&self, call: CallBuilder<&DynProvider, D>) -> Result<TxOutcome> {
+        Ok(self.transact_receipt(call).await?.0)
     }
-    let outcome =
-        TxOutcome { tx_hash: tx, block_number: receipt.block_number.unwrap_or_default(), gas_used: receipt.gas_used };
-    Ok((outcome, receipt.inner.logs().to_vec()))
+
+    async fn transact_receipt<D: CallDecoder>(
+        &self,
+        call: CallBuilder<&DynProvider, D>,
+    ) -> Result<(TxOutcome, Vec<alloy::rpc::types::Log>)> {
+        let pending = match &self.sender {
+            Some(sender) => sender.send(call).await?,
+            None => call.send().await?,
+        };
+        let tx = *pending.tx_hash();
+        let receipt = pending.get_receipt().await.map_err(|source| Error::Pending { tx, source })?;
+        if !receipt.status() {
+            return Err(Error::TxReverted(tx));
+        }
+        let outcome = TxOutcome {
+            tx_hash: tx,
+            block_number: receipt.block_number.unwrap_or_default(),
+            gas_used: receipt.gas_used,
+        };
+        Ok((outcome, receipt.inner.logs().to_vec()))
+    }
 }

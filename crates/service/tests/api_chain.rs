@@ -52,10 +52,15 @@ async fn world_with(configure: impl FnOnce(&mut ApiConfig)) -> TestResult<World>
         stream: opentab_chain::StreamConfig { confirmations: 0, max_range: 100 },
         ..Default::default()
     };
-    let listener =
-        ChainListener::new(store, provider, deployment.validator, deployment.deployed_at_block, listener_config)
-            .await?
-            .with_notifier(state.notifier().clone());
+    let listener = ChainListener::new(
+        store,
+        provider.provider().clone(),
+        deployment.validator,
+        deployment.deployed_at_block,
+        listener_config,
+    )
+    .await?
+    .with_notifier(state.notifier().clone());
     Ok(World { app: router(state), rpc, relayer, listener, domain, payee, anvil, _dir: dir })
 }
 
