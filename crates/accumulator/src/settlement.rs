@@ -5,7 +5,7 @@ use std::time::Duration;
 use opentab_chain::{Claim, SettleOutcome, Validator};
 use opentab_core::settlement::{KeyOwed, MAX_RETRIES, due, retry_delay};
 use opentab_core::{Address, B256, SkipReason, U256, Usdc};
-use opentab_store::{NewSettlement, NewWebhook, Settlement, Store};
+use opentab_store::{Leased, NewSettlement, NewWebhook, Settlement, Store};
 use serde_json::json;
 
 use crate::Result;
@@ -21,7 +21,9 @@ pub struct SettlementConfig {
     pub poll_interval: Duration,
     /// The first retry waits about this long; each next one twice as long.
     pub retry_base: Duration,
-    /// How long a lease holds an intent; another worker may take it over afterwards.
+    /// How long a lease holds an intent once taken, and past each transaction's wait for its
+    /// receipt once renewed: a worker renews every lease it holds before each transaction it
+    /// sends, so another worker takes an intent over only from a worker that stopped.
     pub lease: Duration,
     /// How long to wait for a receipt before counting the attempt as failed (the next attempt
     /// checks the chain first, so a late receipt is not paid twice).
@@ -146,6 +148,7 @@ impl SettlementWorker {
     /// Leases due intents and settles them: those already settled on-chain are recorded as
     /// such; first attempts go out together in one `settleBatch`, retries one by one.
     pub async fn settle_due(&self, now: u64) -> Result<TickReport> {
+        let round = Round { started: now, at: std::time::Instant::now() };
         let until = now + self.config.lease.as_secs().max(1);
         let leased = self.store.lease_settlements(&self.config.worker_id, now, until, self.config.batch_max).await?;
         let mut report = TickReport::default();
@@ -181,6 +184,13 @@ impl SettlementWorker {
             }
         }
         if fresh.len() > 1 {
+            // Every lease of the round is renewed, not only the batch's: the retries wait for it.
+            let all: Vec<u64> = fresh.iter().chain(&retries).map(|(s, _)| s.id).collect();
+            let held = self.renew(&all, &round).await?;
+            fresh.retain(|(s, _)| held.contains(&s.id));
+            retries.retain(|(s, _)| held.contains(&s.id));
+        }
+        if fresh.len() > 1 {
             let claims: Vec<Claim> = fresh
                 .iter()
                 .map(|(s, _)| Claim {
@@ -195,9 +205,9 @@ impl SettlementWorker {
                     // Best-effort on-chain: every claim that could pay did; the others are
                     // retried like a failed attempt, with the contract's reason.
                     for (s, _) in &fresh {
-                        self.record(s, &outcome, now, &mut report).await?;
+                        self.record(s, &outcome, round.now(), &mut report).await?;
                     }
-                    return Ok(report.merge(self.settle_each(retries, now).await?));
+                    return Ok(report.merge(self.settle_each(retries, &round).await?));
                 }
                 Err(err) => {
                     // The whole transaction failed (RPC, gas, an unauthorised settler): try them
@@ -207,17 +217,37 @@ impl SettlementWorker {
             }
         }
         fresh.append(&mut retries);
-        let each = self.settle_each(fresh, now).await?;
+        let each = self.settle_each(fresh, &round).await?;
         Ok(report.merge(each))
     }
 
-    async fn settle_each(&self, due: Vec<(Settlement, Usdc)>, now: u64) -> Result<TickReport> {
+    /// Renews this worker's leases of `ids` to cover one more transaction and its receipt;
+    /// returns those it still holds.
+    async fn renew(&self, ids: &[u64], round: &Round) -> Result<Vec<u64>> {
+        let until = round.now() + self.config.tx_timeout.as_secs() + self.config.lease.as_secs().max(1);
+        let held = self.store.renew_settlement_leases(&self.config.worker_id, ids, until).await?;
+        if held.len() < ids.len() {
+            tracing::warn!(worker = %self.config.worker_id, lost = ids.len() - held.len(), "leases taken over by another worker: not sending those");
+        }
+        Ok(held)
+    }
+
+    async fn settle_each(&self, due: Vec<(Settlement, Usdc)>, round: &Round) -> Result<TickReport> {
         let mut report = TickReport::default();
+        let mut ids: Vec<u64> = due.iter().map(|(s, _)| s.id).collect();
         for (s, _) in due {
+            // Before each send, every lease this round still holds is renewed.
+            let held = self.renew(&ids, round).await?;
+            ids.retain(|id| *id != s.id && held.contains(id));
+            if !held.contains(&s.id) {
+                continue;
+            }
             report.transactions += 1;
-            match self.send(self.validator.settle(s.intent.session_key, s.intent.voucher, &s.intent.signature)).await {
-                Ok(outcome) => self.record(&s, &outcome, now, &mut report).await?,
-                Err(err) => self.failed(&s, &err, now, &mut report).await?,
+            let sent =
+                self.send(self.validator.settle(s.intent.session_key, s.intent.voucher, &s.intent.signature)).await;
+            match sent {
+                Ok(outcome) => self.record(&s, &outcome, round.now(), &mut report).await?,
+                Err(err) => self.failed(&s, &err, round.now(), &mut report).await?,
             }
         }
         Ok(report)
@@ -266,7 +296,7 @@ impl SettlementWorker {
             extra["unpaid"] = json!(short);
         }
         let webhook = self.webhook(s, kind, now, extra);
-        if self.store.settlement_succeeded(s.id, tx, settled_total, &webhook, now).await? {
+        if self.store.settlement_succeeded(self.leased(s), tx, settled_total, &webhook, now).await? {
             if partial {
                 tracing::warn!(id = s.id, key = %s.intent.session_key, tx = ?tx, amount = %amount.display(),
                     "settled in part: the owner's tab is short; the rest stays claimable");
@@ -285,7 +315,7 @@ impl SettlementWorker {
         let next = now + delay.as_secs().max(1);
         let kind = if dead { "settlement.dead_lettered" } else { "settlement.failed" };
         let webhook = self.webhook(s, kind, now, json!({ "error": error, "attempts": failures }));
-        if !self.store.settlement_failed(s.id, error, next, dead, &webhook, now).await? {
+        if !self.store.settlement_failed(self.leased(s), error, next, dead, &webhook, now).await? {
             return Ok(());
         }
         if dead {
@@ -298,6 +328,10 @@ impl SettlementWorker {
             report.failed += 1;
         }
         Ok(())
+    }
+
+    fn leased(&self, s: &Settlement) -> Leased<'_> {
+        Leased { id: s.id, worker: &self.config.worker_id }
     }
 
     fn webhook(&self, s: &Settlement, kind: &str, now: u64, extra: serde_json::Value) -> NewWebhook {
@@ -324,6 +358,20 @@ impl SettlementWorker {
             event_type: kind.to_owned(),
             payload: json!({ "type": kind, "timestamp": opentab_core::format_rfc3339(now), "data": data }).to_string(),
         }
+    }
+}
+
+/// The clock of one round: `tick`'s `now` when it began, moved on by the time the round has
+/// taken (tests pass a `now` of their own; leases renewed mid-round must follow it).
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    started: u64,
+    at: std::time::Instant,
+}
+
+impl Round {
+    fn now(&self) -> u64 {
+        self.started + self.at.elapsed().as_secs()
     }
 }
 

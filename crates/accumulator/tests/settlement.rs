@@ -3,6 +3,7 @@
 //! hand, a restart that finds its transaction already mined, and two workers sharing a queue.
 
 use opentab_accumulator::{SettlementConfig, SettlementWorker, TickReport};
+use opentab_chain::alloy_provider::Provider;
 use opentab_chain::{Anvil, AnvilConfig, KeyTerms, Validator, deploy_dev_contracts, signing_provider};
 use opentab_core::{Address, SigningKey, U256, Usdc, Voucher};
 use opentab_service::{ChainListener, ListenerConfig};
@@ -331,5 +332,52 @@ async fn two_workers_share_the_queue_and_settle_each_key_once() -> TestResult {
     for key in &keys {
         assert_eq!(w.settled(key).await?, 10 * USDC);
     }
+    Ok(())
+}
+
+/// A round longer than the lease (here three transactions that wait for receipts that do not
+/// come, 2 s each, with a 1 s lease) keeps its intents: every lease the round holds is renewed
+/// before each send, so a second worker neither sends them again nor records a failure while
+/// the first is still waiting. (Leases taken once for the round ran out after 1 s: the second
+/// worker sent the same claims and both counted failed attempts.)
+#[tokio::test]
+async fn a_round_longer_than_the_lease_keeps_its_intents_from_a_second_worker() -> TestResult {
+    let mut w = World::new(postgres().await?).await?;
+    let (a, b) = (w.key().await?, w.key().await?);
+    w.serve(&a, 5, 2 * USDC).await?;
+    w.serve(&b, 5, 2 * USDC).await?;
+    w.settler.set_settler(w.anvil.signer(3)?.address(), true).await?;
+    let other = w.settler.with_provider(signing_provider(&w.anvil.endpoint(), w.anvil.signer(3)?)?);
+    let quick = |settler: &Validator, id: &str| {
+        let mut config = SettlementConfig::new(w.payee);
+        config.worker_id = id.to_owned();
+        config.lease = std::time::Duration::from_secs(1);
+        config.tx_timeout = std::time::Duration::from_secs(2);
+        SettlementWorker::new(w.store.clone(), settler.clone(), config)
+    };
+    let (first, second) = (quick(&w.settler, "node-1"), quick(&other, "node-2"));
+    // The chain takes transactions but mines none: every receipt is late.
+    let provider = w.owner.provider();
+    let _: serde_json::Value = provider.raw_request("evm_setAutomine".into(), (false,)).await?;
+
+    let t = now();
+    let (one, two) = tokio::join!(first.tick(t), async {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        second.tick(now()).await
+    });
+    let (one, two) = (one?, two?);
+    // The batch, then each claim alone: three sends, each given up after 2 s.
+    assert_eq!((one.planned, one.transactions, one.failed), (2, 3, 2), "{one:?}");
+    assert_eq!(two, TickReport::default(), "the second worker found both intents held");
+    let pending = w.store.settlements(Some(SettlementStatus::Pending), None, 10).await?;
+    assert_eq!(pending.iter().map(|s| s.attempts).collect::<Vec<_>>(), [1, 1], "one failed attempt each");
+    assert_eq!(w.store.webhooks_of_type("settlement.failed").await?.len(), 2);
+
+    // Mined at last: the batch pays both claims; the retry finds them settled and sends nothing.
+    let _: serde_json::Value = provider.raw_request("evm_setAutomine".into(), (true,)).await?;
+    let _: serde_json::Value = provider.raw_request("evm_mine".into(), ()).await?;
+    let report = first.tick(now() + 3_600).await?;
+    assert_eq!((report.succeeded, report.transactions), (2, 0), "{report:?}");
+    assert_eq!(w.paid().await?, 20 * USDC);
     Ok(())
 }

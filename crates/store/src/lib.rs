@@ -42,5 +42,5 @@ pub use rows::{
     AuditEntry, ChainStatus, KeyRecord, KeyUsage, LiveIdempotency, NewKey, Recorded, StoredEvent, UsageEntry,
     UsageKind, UsageTotal,
 };
-pub use settlements::{NewSettlement, NewWebhook, OutboxEntry, Owed, Settlement, SettlementStatus};
+pub use settlements::{Leased, NewSettlement, NewWebhook, OutboxEntry, Owed, Settlement, SettlementStatus};
 pub use store::{Backend, Store, create_postgres_database};

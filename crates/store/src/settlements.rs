@@ -85,6 +85,16 @@ pub struct Settlement {
     pub updated_at: u64,
 }
 
+/// A settlement as one worker holds it: what records an attempt, which counts only while that
+/// worker still holds the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leased<'a> {
+    /// The settlement.
+    pub id: u64,
+    /// The worker holding its lease.
+    pub worker: &'a str,
+}
+
 /// A webhook to announce, written with the change it announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewWebhook {
@@ -250,14 +260,40 @@ impl Store {
         Ok(leased)
     }
 
-    /// Marks `id` settled by `tx_hash` (none if it was found settled already) and writes
-    /// `webhook`, in one transaction. Returns false if it was no longer pending.
+    /// Extends `worker`'s leases of `ids` to `until`; returns the ids it still holds (pending and
+    /// leased to it), in order. A worker renews what it holds before each transaction it
+    /// sends, so a lease outlasts the send and its wait for a receipt however long the round
+    /// has run, and it sends nothing for an intent another worker has taken over.
+    pub async fn renew_settlement_leases(&self, worker: &str, ids: &[u64], until: u64) -> Result<Vec<u64>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (3..ids.len() + 3).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "UPDATE settlements SET lease_until = $2 WHERE lease_owner = $1 AND status = 'pending' \
+             AND id IN ({}) RETURNING id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(worker).bind(secs(until)?);
+        for id in ids {
+            query = query.bind(secs(*id)?);
+        }
+        let mut held =
+            query.fetch_all(&self.pool).await?.iter().map(|row| get_u64(row, "id")).collect::<Result<Vec<_>>>()?;
+        held.sort_unstable();
+        Ok(held)
+    }
+
+    /// Marks a leased settlement settled by `tx_hash` (none if it was found settled already) and writes
+    /// `webhook`, in one transaction. Returns false if it was no longer pending, or no longer
+    /// the worker's: a lease that ran out and was taken over belongs to the new holder, which
+    /// checks the chain before it sends and records what it finds.
     ///
     /// `settled_total` is the key's settled total after it: the voucher, or less when a short
     /// tab paid part of it (the rest stays claimable and is planned again).
     pub async fn settlement_succeeded(
         &self,
-        id: u64,
+        leased: Leased<'_>,
         tx_hash: Option<B256>,
         settled_total: U256,
         webhook: &NewWebhook,
@@ -266,12 +302,13 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE settlements SET status = 'succeeded', tx_hash = $2, lease_owner = NULL, lease_until = NULL, \
-             updated_at = $3, settled_total = $4 WHERE id = $1 AND status = 'pending'",
+             updated_at = $3, settled_total = $4 WHERE id = $1 AND status = 'pending' AND lease_owner = $5",
         )
-        .bind(secs(id)?)
+        .bind(secs(leased.id)?)
         .bind(tx_hash.map(|h| format!("{h:#x}")))
         .bind(secs(now)?)
         .bind(format!("{settled_total:0>78}"))
+        .bind(leased.worker)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -279,11 +316,13 @@ impl Store {
         announce_if(tx, done, webhook, now).await
     }
 
-    /// Records a failed attempt of `id`: retried from `next_attempt_at`, or dead-lettered when
-    /// `dead`; `webhook` announces it, in the same transaction.
+    /// Records a failed attempt of a leased settlement: retried from `next_attempt_at`, or
+    /// dead-lettered when `dead`; `webhook` announces it, in the same transaction. Returns false
+    /// if it was no longer pending, or no longer the worker's (its attempt is not counted: the new
+    /// holder may be sending it right now, and a failure announced then would be false).
     pub async fn settlement_failed(
         &self,
-        id: u64,
+        leased: Leased<'_>,
         error: &str,
         next_attempt_at: u64,
         dead: bool,
@@ -293,13 +332,15 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE settlements SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3, status = $4, \
-             lease_owner = NULL, lease_until = NULL, updated_at = $5 WHERE id = $1 AND status = 'pending'",
+             lease_owner = NULL, lease_until = NULL, updated_at = $5 \
+             WHERE id = $1 AND status = 'pending' AND lease_owner = $6",
         )
-        .bind(secs(id)?)
+        .bind(secs(leased.id)?)
         .bind(error)
         .bind(secs(next_attempt_at)?)
         .bind(if dead { "dead" } else { "pending" })
         .bind(secs(now)?)
+        .bind(leased.worker)
         .execute(&mut *tx)
         .await?
         .rows_affected()

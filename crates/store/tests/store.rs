@@ -3,7 +3,7 @@
 
 use opentab_core::{Address, B256, Usdc, ValidatorEvent};
 use opentab_store::{
-    AuditEntry, ChainStatus, Error, GatewayClaim, NewKey, NewSettlement, NewWebhook, SettlementStatus, Store,
+    AuditEntry, ChainStatus, Error, GatewayClaim, Leased, NewKey, NewSettlement, NewWebhook, SettlementStatus, Store,
     StoredEvent, UsageEntry, UsageKind,
 };
 
@@ -450,14 +450,26 @@ async fn settlement_intents_are_leased_once_and_announce_every_change(store: Sto
     assert_eq!(a.iter().map(|s| s.id).collect::<Vec<_>>(), [id]);
     assert_eq!(a[0].intent, intent);
     assert!(store.lease_settlements("worker-b", 210, 240, 10).await?.is_empty());
-    let b = store.lease_settlements("worker-b", 231, 260, 10).await?;
+    // A renewal extends what a worker holds, and only that.
+    assert_eq!(store.renew_settlement_leases("worker-a", &[id, id + 99], 235).await?, [id]);
+    assert!(store.lease_settlements("worker-b", 231, 260, 10).await?.is_empty(), "renewed until 235");
+    let b = store.lease_settlements("worker-b", 236, 260, 10).await?;
     assert_eq!(b.len(), 1, "an expired lease is taken over");
+    assert!(store.renew_settlement_leases("worker-a", &[id], 300).await?.is_empty(), "it is b's now");
+
+    // The worker that lost the lease records nothing: b may be sending it right now.
+    let gone = webhook("lost", "settlement.failed");
+    assert!(!store.settlement_failed(Leased { id, worker: "worker-a" }, "no receipt", 300, false, &gone, 240).await?);
+    assert!(!store.settlement_succeeded(Leased { id, worker: "worker-a" }, None, voucher, &gone, 240).await?);
+    assert_eq!(store.settlement(id).await?.map(|s| (s.status, s.attempts)), Some((SettlementStatus::Pending, 0)));
 
     // Failures back off, then dead-letter; each writes its webhook.
-    assert!(store.settlement_failed(id, "rpc down", 300, false, &webhook("f1", "settlement.failed"), 231).await?);
+    let failed = webhook("f1", "settlement.failed");
+    assert!(store.settlement_failed(Leased { id, worker: "worker-b" }, "rpc down", 300, false, &failed, 241).await?);
     assert!(store.lease_settlements("worker-a", 299, 330, 10).await?.is_empty(), "not before next_attempt_at");
     assert_eq!(store.lease_settlements("worker-a", 300, 330, 10).await?.len(), 1);
-    assert!(store.settlement_failed(id, "reverted", 0, true, &webhook("d1", "settlement.dead_lettered"), 301).await?);
+    let dead = webhook("d1", "settlement.dead_lettered");
+    assert!(store.settlement_failed(Leased { id, worker: "worker-a" }, "reverted", 0, true, &dead, 301).await?);
     let dead = store.settlement(id).await?.ok_or("gone")?;
     assert_eq!((dead.status, dead.attempts, dead.last_error.as_deref()), (SettlementStatus::Dead, 2, Some("reverted")));
     assert!(store.lease_settlements("worker-a", 400, 430, 10).await?.is_empty(), "dead is not retried");
@@ -470,8 +482,28 @@ async fn settlement_intents_are_leased_once_and_announce_every_change(store: Sto
     let leased = store.lease_settlements("worker-a", 500, 530, 10).await?;
     assert_eq!((leased.len(), leased[0].attempts), (1, 0));
     let tx = B256::repeat_byte(0x7a);
-    assert!(store.settlement_succeeded(id, Some(tx), voucher, &webhook("s1", "settlement.succeeded"), 501).await?);
-    assert!(!store.settlement_succeeded(id, Some(tx), voucher, &webhook("s2", "settlement.succeeded"), 502).await?);
+    assert!(
+        store
+            .settlement_succeeded(
+                Leased { id, worker: "worker-a" },
+                Some(tx),
+                voucher,
+                &webhook("s1", "settlement.succeeded"),
+                501
+            )
+            .await?
+    );
+    assert!(
+        !store
+            .settlement_succeeded(
+                Leased { id, worker: "worker-a" },
+                Some(tx),
+                voucher,
+                &webhook("s2", "settlement.succeeded"),
+                502
+            )
+            .await?
+    );
     assert_eq!(store.settlement(id).await?.and_then(|s| s.tx_hash), Some(tx));
     assert_eq!(store.settled_voucher(key.address).await?, Some(voucher));
     assert_eq!(store.insert_settlement(&intent, 503).await?, None, "a settled voucher is not planned again");
