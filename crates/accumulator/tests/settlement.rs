@@ -96,6 +96,7 @@ impl World {
                 signature: (kind == UsageKind::Charge).then(|| key.sign_digest(&digest)),
                 idempotency: None,
                 void_of: None,
+                epoch: None,
             })
             .await?;
         Ok(())

@@ -72,6 +72,25 @@ pub struct Charged {
     pub served: Usdc,
     /// Limit left after it.
     pub remaining: Usdc,
+    /// The counters it was taken on, where a store can lose them and rebuild them from the
+    /// ledger while serving (Redis); `None` where they are only rebuilt before serving.
+    pub epoch: Option<CounterEpoch>,
+}
+
+/// Which rebuild of a key's counters, and of its owner's total, a charge was taken on.
+///
+/// A counter store that lost its counters rebuilds them from the durable ledger while other
+/// gateways are still committing charges they took on the lost ones: such a charge, committed
+/// after the rebuild read the ledger, would be in neither count. So every rebuild raises the
+/// epochs in the ledger's database as it reads, and the ledger refuses a charge taken on an
+/// older epoch; a void or an undo changes only counters of the epoch that holds the charge
+/// (a rebuild since then counted from the ledger already).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CounterEpoch {
+    /// Rebuilds of the key's counters.
+    pub key: u64,
+    /// Rebuilds of the owner's served total.
+    pub owner: u64,
 }
 
 /// Why a charge was refused; nothing changed.
@@ -139,7 +158,7 @@ pub fn charge(key: &mut KeyCounters, owner_served: &mut Usdc, req: &ChargeReques
         key.best_signature = Some(req.signature);
     }
     *owner_served = owner_served.checked_add(req.price).map_err(|_| overflow)?;
-    Ok(Charged { charged: req.price, served: needed, remaining: req.limit.saturating_sub(needed) })
+    Ok(Charged { charged: req.price, served: needed, remaining: req.limit.saturating_sub(needed), epoch: None })
 }
 
 /// Undoes a charge of `price` (the handler answered an error: the user never pays for one).

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use opentab_core::charge::{self, ChargeRefused, ChargeRequest, Charged, KeyCounters};
+use opentab_core::charge::{self, ChargeRefused, ChargeRequest, Charged, CounterEpoch, KeyCounters};
 use opentab_core::{Address, B256, Usdc};
 
 use crate::error::CounterError;
@@ -113,7 +113,9 @@ impl CounterStore for InProcessCounters {
         owner: Address,
         price: Usdc,
         idempotency: Option<B256>,
+        _at: Option<CounterEpoch>,
     ) -> Result<(), Unavailable> {
+        // Rebuilt only before serving: every charge is in these counters.
         let mut guard = self.lock()?;
         let state = &mut *guard;
         if let Some(id) = idempotency {

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use opentab_core::charge::{ChargeRefused, ChargeRequest, Charged};
+use opentab_core::charge::{ChargeRefused, ChargeRequest, Charged, CounterEpoch};
 use opentab_core::{Address, B256, ContractDomain, KeyStatus, SessionKey, Usdc, Voucher, keccak256};
 
 use crate::pricing::PricedRoute;
@@ -46,12 +46,18 @@ pub trait CounterStore: Send + Sync {
 
     /// Undoes a charge of `price`, as atomically, and frees its idempotency key (a retry of a
     /// call that failed is charged again).
+    ///
+    /// With `at`, only counters of that epoch give the price back: counters rebuilt since
+    /// counted from the ledger already; counters older than `at` are rebuilt from the ledger
+    /// first (they missed a rebuild: a zero `price` only brings them up to date). `None` gives
+    /// it back whatever the epoch (stores that never rebuild while serving).
     fn void(
         &self,
         key: Address,
         owner: Address,
         price: Usdc,
         idempotency: Option<B256>,
+        at: Option<CounterEpoch>,
     ) -> impl Future<Output = Result<(), Unavailable>> + Send;
 
     /// Marks `id` (in `owner`'s slot) as used for `ttl_secs`: true the first time only. What
@@ -84,8 +90,9 @@ impl<T: CounterStore> CounterStore for std::sync::Arc<T> {
         owner: Address,
         price: Usdc,
         idempotency: Option<B256>,
+        at: Option<CounterEpoch>,
     ) -> impl Future<Output = Result<(), Unavailable>> + Send {
-        self.as_ref().void(key, owner, price, idempotency)
+        self.as_ref().void(key, owner, price, idempotency, at)
     }
 
     fn claim(&self, owner: Address, id: B256, ttl_secs: u64) -> impl Future<Output = Result<bool, Unavailable>> + Send {
@@ -126,17 +133,26 @@ pub struct UsageRecord {
     pub idempotency: Option<B256>,
     /// For a void, the id of the charge it undoes (recorded once however often it is voided).
     pub void_of: Option<B256>,
+    /// The counters' epoch the charge was taken on, if its store rebuilds while serving.
+    pub epoch: Option<CounterEpoch>,
 }
 
 /// What the ledger did with a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
-    /// Durable.
-    Held,
+    /// Durable. For a record that named an epoch: the epochs the ledger held as it committed
+    /// (the counters a void gives its price back to).
+    Held(Option<CounterEpoch>),
     /// A charge refused: its key was frozen or revoked when the row would have committed (a
     /// change made on another node that this node's cache had not heard of yet). Voids are
     /// always held.
     KeyStopped,
+    /// A charge refused: the counters it was taken on were rebuilt from the ledger before its
+    /// row could commit, so they never counted it (the epochs the ledger holds).
+    Fenced(CounterEpoch),
+    /// A void of a charge voided already (a retry, or a spooled void replayed): it moves
+    /// nothing.
+    AlreadyVoided,
 }
 
 /// The durable usage ledger: every charge is recorded before the call is served, so a crash
@@ -276,6 +292,9 @@ pub struct Paid {
     pub limit: Usdc,
     /// The idempotency key it was charged under (freed by a void).
     pub idempotency: Option<B256>,
+    /// The counters' epoch it was taken on (see [`CounterEpoch`]).
+    #[serde(default)]
+    pub epoch: Option<CounterEpoch>,
     /// The receipt for `PAYMENT-RESPONSE`.
     pub response: PaymentResponse,
 }
@@ -368,6 +387,7 @@ pub async fn decide<D: KeyDirectory, C: CounterStore>(
             price: route.price,
             limit: key.limit,
             idempotency: request.idempotency,
+            epoch: charged.epoch,
             response: PaymentResponse {
                 success: true,
                 payer: key.owner,

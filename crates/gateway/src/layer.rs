@@ -361,43 +361,57 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
     /// 503 to answer instead of the call (a charge the ledger does not hold is never served).
     /// If the key was frozen or revoked before the row could commit (on another node, whose
     /// change this node's cache had not heard yet), undoes it and gives the `key_frozen` 402.
+    /// If the counters it was taken on were rebuilt before the row could commit (Redis lost
+    /// them), the rebuilt counters never counted it: nothing is given back, and the client is
+    /// told to try again (503).
     pub async fn record_or_undo(&self, charge: &Charge, route: &PricedRoute, url: &str) -> Result<(), Answer> {
         let row = record(charge, UsageKind::Charge);
         let at = row.at;
         let p = &charge.paid;
-        let answer = match self.ledger.record(row).await {
-            Ok(Recorded::Held) => {
+        let (answer, undo) = match self.ledger.record(row).await {
+            Ok(Recorded::Held(_) | Recorded::AlreadyVoided) => {
                 self.tell(charge, UsageKind::Charge, at).await;
                 return Ok(());
             }
             Ok(Recorded::KeyStopped) => {
                 tracing::warn!(key = %p.key, "the key was stopped before its charge committed: refused");
                 let message = format!("session key {} is frozen or revoked", p.key);
-                challenge(&self.config, route, url, Some(&Refusal { code: ErrorCode::KeyFrozen, message }))
+                let refusal = Refusal { code: ErrorCode::KeyFrozen, message };
+                (challenge(&self.config, route, url, Some(&refusal)), (p.price, p.epoch))
+            }
+            // Counters older than the ledger's epochs are rebuilt; those of its epochs never
+            // held this charge: a zero price only brings them up to date.
+            Ok(Recorded::Fenced(held)) => {
+                tracing::warn!(key = %p.key, "the counters were rebuilt before the charge committed: refused, try again");
+                (unavailable(Dependency::Counters), (opentab_core::Usdc::ZERO, Some(held)))
             }
             Err(err) => {
                 tracing::error!(error = %err, dependency = err.dependency().as_str(), "cannot record the charge: failing closed");
-                unavailable(err.dependency())
+                (unavailable(err.dependency()), (p.price, p.epoch))
             }
         };
-        if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency).await {
+        if let Err(err) = self.counters.void(p.key, p.owner, undo.0, p.idempotency, undo.1).await {
             tracing::error!(error = %err, key = %p.key, "could not undo an unrecorded charge");
         }
         Err(answer)
     }
 
     /// Voids `charge` (the call failed: the user never pays for an error), durable first: the
-    /// ledger's void row, then the counters. When the ledger cannot take it, nothing changed and
-    /// the error says so (the charge API answers 503 and the app retries). Counters that fail
-    /// after the ledger has the void over-count the key until they are rebuilt from the ledger:
-    /// they may refuse a call, never serve one unpaid.
+    /// ledger's void row, then the counters of the epoch the ledger names. When the ledger
+    /// cannot take it, nothing changed and the error says so (the charge API answers 503 and
+    /// the app retries). Counters that fail after the ledger has the void over-count the key
+    /// until they are rebuilt from the ledger: they may refuse a call, never serve one unpaid.
     pub async fn void_durably(&self, charge: &Charge) -> Result<(), crate::Unavailable> {
         let p = &charge.paid;
         let row = record(charge, UsageKind::Void);
         let at = row.at;
-        // A void is always held.
-        self.ledger.record(row).await?;
-        if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency).await {
+        let epoch = match self.ledger.record(row).await? {
+            Recorded::Held(epoch) => epoch,
+            Recorded::AlreadyVoided => return Ok(()),
+            // Only charges are refused.
+            Recorded::KeyStopped | Recorded::Fenced(_) => p.epoch,
+        };
+        if let Err(err) = self.counters.void(p.key, p.owner, p.price, p.idempotency, epoch).await {
             tracing::error!(error = %err, key = %p.key, price = %p.price, "the ledger has a void the counters missed");
         }
         self.tell(charge, UsageKind::Void, at).await;
@@ -436,6 +450,7 @@ fn record(charge: &Charge, kind: UsageKind) -> UsageRecord {
         signature: (kind == UsageKind::Charge).then_some(paid.signature),
         idempotency: paid.idempotency,
         void_of: if kind == UsageKind::Void { charge.id } else { None },
+        epoch: paid.epoch,
     }
 }
 

@@ -4,11 +4,17 @@
 //!
 //! If Redis loses data (a restart without persistence, a failover, `FLUSHALL`), a key's hash
 //! or its owner's total is missing. With a [`CounterSource`] (the durable usage ledger) the
-//! charge script then refuses to guess: the counters are rebuilt from the source (set only
-//! where still absent, so concurrent rebuilders agree) and the charge runs again. Nothing
-//! served is lost, and a replayed voucher still buys nothing, because `served` comes back; the
-//! key's idempotency keys whose charges stand come back with it, so a retried request is not
-//! charged twice either.
+//! charge script then refuses to guess: the counters are rebuilt from the source and the charge
+//! runs again. Nothing served is lost, and a replayed voucher still buys nothing, because
+//! `served` comes back; the key's idempotency keys whose charges stand come back with it, so a
+//! retried request is not charged twice either.
+//!
+//! Every rebuild raises the counters' epochs in the source as it reads it ([`CounterEpoch`]):
+//! the rebuilt counters carry them, each charge reports the epochs it was taken on, and the
+//! ledger refuses a charge taken on counters a rebuild has replaced (the rebuild read a ledger
+//! without it). Counters are restored only over older ones, so the newest read wins whatever
+//! order concurrent rebuilds land in; a void gives its price back only to the counters of the
+//! epoch that counted the charge.
 //!
 //! Lua numbers are doubles: amounts stay exact below 2^53 base units (9 billion USDC), so
 //! limits and tabs are clamped there (nothing can be served past it anyway) and numbers are
@@ -20,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentab_core::charge::{ChargeRefused, ChargeRequest, Charged, KeyCounters};
+use opentab_core::charge::{ChargeRefused, ChargeRequest, Charged, CounterEpoch, KeyCounters};
 use opentab_core::{Address, B256, Signature, U256, Usdc};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -31,10 +37,11 @@ use crate::gateway::{CounterStore, Unavailable};
 /// The largest integer a Lua number holds exactly.
 const LUA_EXACT: u64 = (1 << 53) - 1;
 
-/// The charge rule of `opentab_core::charge`, in Lua. KEYS: key hash, owner's served total and,
-/// when the request has one, its idempotency key (set for `ARGV[7]` seconds once charged).
-/// ARGV: price, voucher (78 digits), signature, limit, owner budget (tab available + settled),
-/// "1" if missing counters must be rebuilt rather than read as zero.
+/// The charge rule of `opentab_core::charge`, in Lua. KEYS: key hash, owner hash and, when the
+/// request has one, its idempotency key (set for `ARGV[7]` seconds once charged). ARGV: price,
+/// voucher (78 digits), signature, limit, owner budget (tab available + settled), "1" if
+/// missing counters must be rebuilt rather than read as zero. Answers `ok` with the served
+/// total, what is left and the key's and owner's epochs.
 const CHARGE: &str = r"
 if ARGV[6] == '1' then
   local key_missing = redis.call('EXISTS', KEYS[1]) == 0
@@ -44,8 +51,9 @@ if ARGV[6] == '1' then
   end
 end
 if #KEYS > 2 and redis.call('EXISTS', KEYS[3]) == 1 then return {'duplicate'} end
-local served = tonumber(redis.call('HGET', KEYS[1], 'served') or '0')
-local best = redis.call('HGET', KEYS[1], 'best') or string.rep('0', 78)
+local k = redis.call('HMGET', KEYS[1], 'served', 'best', 'epoch')
+local served = tonumber(k[1] or '0')
+local best = k[2] or string.rep('0', 78)
 local price = tonumber(ARGV[1])
 local voucher = ARGV[2]
 local limit = tonumber(ARGV[4])
@@ -54,7 +62,8 @@ local top = best
 if voucher > best then top = voucher end
 if top < string.format('%078d', needed) then return {'voucher_too_low', string.format('%d', needed), top} end
 if needed > limit then return {'limit_exceeded', string.format('%d', needed), string.format('%d', limit)} end
-local owner_served = tonumber(redis.call('GET', KEYS[2]) or '0')
+local o = redis.call('HMGET', KEYS[2], 'served', 'epoch')
+local owner_served = tonumber(o[1] or '0')
 local free = tonumber(ARGV[5]) - owner_served
 if free < 0 then free = 0 end
 if free < price then return {'insufficient_funds', string.format('%d', free), ARGV[1]} end
@@ -62,50 +71,75 @@ redis.call('HSET', KEYS[1], 'served', string.format('%d', needed))
 if voucher > best or (voucher == best and redis.call('HEXISTS', KEYS[1], 'sig') == 0) then
   redis.call('HSET', KEYS[1], 'best', voucher, 'sig', ARGV[3])
 end
-redis.call('INCRBY', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'served', ARGV[1])
 if #KEYS > 2 then redis.call('SET', KEYS[3], '1', 'EX', ARGV[7]) end
-return {'ok', string.format('%d', needed), string.format('%d', limit - needed)}
+return {'ok', string.format('%d', needed), string.format('%d', limit - needed), k[3] or '0', o[2] or '0'}
 ";
 
-/// Rebuild: sets the key's counters and the owner's total from the durable source, each only if
-/// still absent. ARGV: served, best (78 digits), signature ('' if none), owner served ('' when
-/// the owner's total was not missing, so not read). KEYS[3..]
-/// are the key's standing idempotency keys, restored with the key's counters (only then: they
-/// were lost together) for ARGV[5..] seconds each.
-/// Returns 1 if it set anything (0: another gateway rebuilt them first).
+/// Rebuild: sets the key's counters, and the owner's total when it was read, from the durable
+/// source, each only over counters of an older epoch (or none): the newest read wins, whatever
+/// order concurrent rebuilds land in. ARGV: served, best (78 digits), signature ('' if none),
+/// the key's epoch, the owner's served total and epoch ('' when the owner's total was not
+/// read). KEYS[3..] are the key's standing idempotency keys, restored with the key's counters
+/// for ARGV[7..] seconds each. Returns 1 if it set anything (0: a newer rebuild landed first).
 const RESTORE: &str = r"
 local set = 0
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'served', ARGV[1], 'best', ARGV[2])
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch or tonumber(epoch) < tonumber(ARGV[4]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'served', ARGV[1], 'best', ARGV[2], 'epoch', ARGV[4])
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'sig', ARGV[3]) end
-  for i = 3, #KEYS do redis.call('SET', KEYS[i], '1', 'EX', ARGV[i + 2], 'NX') end
+  for i = 3, #KEYS do redis.call('SET', KEYS[i], '1', 'EX', ARGV[i + 4], 'NX') end
   set = 1
 end
-if ARGV[4] ~= '' and redis.call('SET', KEYS[2], ARGV[4], 'NX') then set = 1 end
+if ARGV[5] ~= '' then
+  local owner_epoch = redis.call('HGET', KEYS[2], 'epoch')
+  if not owner_epoch or tonumber(owner_epoch) < tonumber(ARGV[6]) then
+    redis.call('HSET', KEYS[2], 'served', ARGV[5], 'epoch', ARGV[6])
+    set = 1
+  end
+end
 return set
 ";
 
-/// Void: the key's and the owner's served go down by the price, never below zero.
-/// ARGV: price, "1" if missing counters must be rebuilt first (then it returns 0). KEYS[3], if
-/// given, is the charge's idempotency key, freed so a retry of the failed call is charged.
+/// Void: the key's and the owner's served go down by the price, never below zero; with epochs
+/// (ARGV[3], ARGV[4]: '' for any), only counters of those epochs. ARGV: price, "1" if missing
+/// counters must be rebuilt first, key epoch, owner epoch. KEYS[3], if given, is the charge's
+/// idempotency key, freed so a retry of the failed call is charged. Answers `ok`, or, changing
+/// nothing but the idempotency key, `missing` or `stale` (counters older than the epochs given:
+/// a rebuild they missed) with whether the key's and the owner's counters need rebuilding.
 const VOID: &str = r"
-if ARGV[2] == '1' and (redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0) then
-  return 0
-end
 if #KEYS > 2 then redis.call('DEL', KEYS[3]) end
+local k = redis.call('HMGET', KEYS[1], 'served', 'epoch')
+local o = redis.call('HMGET', KEYS[2], 'served', 'epoch')
+if ARGV[2] == '1' then
+  local key_missing = redis.call('EXISTS', KEYS[1]) == 0
+  local owner_missing = redis.call('EXISTS', KEYS[2]) == 0
+  if key_missing or owner_missing then
+    return {'missing', key_missing and '1' or '0', owner_missing and '1' or '0'}
+  end
+  local key_stale = ARGV[3] ~= '' and tonumber(k[2] or '0') < tonumber(ARGV[3])
+  local owner_stale = ARGV[4] ~= '' and tonumber(o[2] or '0') < tonumber(ARGV[4])
+  if key_stale or owner_stale then
+    return {'stale', key_stale and '1' or '0', owner_stale and '1' or '0'}
+  end
+end
 local price = tonumber(ARGV[1])
-local served = tonumber(redis.call('HGET', KEYS[1], 'served') or '0')
-local owner_served = tonumber(redis.call('GET', KEYS[2]) or '0')
-redis.call('HSET', KEYS[1], 'served', string.format('%d', math.max(served - price, 0)))
-redis.call('SET', KEYS[2], string.format('%d', math.max(owner_served - price, 0)))
-return 1
+if ARGV[3] == '' or (k[2] or '0') == ARGV[3] then
+  redis.call('HSET', KEYS[1], 'served', string.format('%d', math.max(tonumber(k[1] or '0') - price, 0)))
+end
+if ARGV[4] == '' or (o[2] or '0') == ARGV[4] then
+  redis.call('HSET', KEYS[2], 'served', string.format('%d', math.max(tonumber(o[1] or '0') - price, 0)))
+end
+return {'ok'}
 ";
 
 /// What counters are rebuilt from when Redis lost them: the durable usage ledger.
 pub trait CounterSource: Send + Sync + 'static {
     /// `key`'s counters and its standing idempotency keys as the ledger has them, and, when
     /// `with_owner` (Redis lacks it too), its owner's served total (a sum over every key of the
-    /// owner: read only when needed).
+    /// owner: read only when needed), with the epochs raised by this read (see the module
+    /// docs): one transaction in the source.
     fn counters(&self, key: Address, owner: Address, with_owner: bool) -> SourceFuture<'_>;
 }
 
@@ -118,6 +152,8 @@ pub struct Restored {
     pub owner_served: Option<Usdc>,
     /// Hashed idempotency keys whose charges stand, with when each expires (Unix seconds).
     pub idempotency: Vec<(B256, u64)>,
+    /// The epochs the source raised as it read (the owner's only when its total was read).
+    pub epoch: CounterEpoch,
 }
 
 /// The future of [`CounterSource::counters`].
@@ -172,11 +208,11 @@ impl RedisCounters {
         self
     }
 
-    /// Rebuilds `key`'s counters, and `owner`'s total if `with_owner`, from the source where
-    /// Redis lacks them.
+    /// Rebuilds `key`'s counters, and `owner`'s total if `with_owner`, from the source, over
+    /// counters of an older epoch (or none).
     async fn rebuild(&self, key: Address, owner: Address, with_owner: bool) -> Result<(), Unavailable> {
         let Some(source) = &self.source else { return Ok(()) };
-        let Restored { counters, owner_served, idempotency } = source.counters(key, owner, with_owner).await?;
+        let Restored { counters, owner_served, idempotency, epoch } = source.counters(key, owner, with_owner).await?;
         let (hash, total) = self.names(key, owner);
         let mut conn = self.conn.clone();
         let mut invocation = self.restore.key(&hash);
@@ -191,20 +227,23 @@ impl RedisCounters {
             .arg(counters.served.base_units())
             .arg(format!("{:0>78}", counters.best))
             .arg(counters.best_signature.map(|s| s.to_string()).unwrap_or_default())
-            .arg(owner_served.map(|served| served.base_units().to_string()).unwrap_or_default());
+            .arg(epoch.key)
+            .arg(owner_served.map(|served| served.base_units().to_string()).unwrap_or_default())
+            .arg(if owner_served.is_some() { epoch.owner.to_string() } else { String::new() });
         for (_, ttl) in &live {
             invocation.arg(*ttl);
         }
         let set: i64 = invocation.invoke_async(&mut conn).await.map_err(unavailable)?;
         if set == 1 {
-            tracing::warn!(%key, %owner, served = %counters.served, idempotency_keys = live.len(), "gateway counters were missing in Redis: rebuilt from the usage ledger");
+            tracing::warn!(%key, %owner, served = %counters.served, idempotency_keys = live.len(), key_epoch = epoch.key, "gateway counters were missing or stale in Redis: rebuilt from the usage ledger");
         }
         Ok(())
     }
 
+    /// The key's hash and its owner's (`served`, `epoch`), in the owner's slot.
     fn names(&self, key: Address, owner: Address) -> (String, String) {
         let tag = format!("{{{owner:#x}}}");
-        (format!("{}:{tag}:key:{key:#x}", self.prefix), format!("{}:{tag}:served", self.prefix))
+        (format!("{}:{tag}:key:{key:#x}", self.prefix), format!("{}:{tag}:owner", self.prefix))
     }
 
     /// A key's counters (zero if it was never charged).
@@ -237,7 +276,7 @@ impl RedisCounters {
     pub async fn owner_served(&self, owner: Address) -> Result<Usdc, Unavailable> {
         let (_, total) = self.names(Address::ZERO, owner);
         let mut conn = self.conn.clone();
-        let value: Option<u64> = conn.get(&total).await.map_err(unavailable)?;
+        let value: Option<u64> = conn.hget(&total, "served").await.map_err(unavailable)?;
         Ok(Usdc::from_base_units(value.unwrap_or_default()))
     }
 }
@@ -251,9 +290,9 @@ impl CounterStore for RedisCounters {
     ) -> Result<Result<Charged, ChargeRefused>, Unavailable> {
         // At most one rebuild: the restore script leaves both counters present.
         let mut reply = self.charge_once(key, owner, &req).await?;
-        if reply.first().map(String::as_str) == Some("missing") {
+        if let Some(("missing", _, owner_too)) = split(&reply) {
             // Only the owner's total costs a sum over all its keys: read it only if it is gone.
-            self.rebuild(key, owner, reply.get(2).is_none_or(|missing| missing != "0")).await?;
+            self.rebuild(key, owner, owner_too).await?;
             reply = self.charge_once(key, owner, &req).await?;
         }
         let num = |i: usize| -> Result<u64, Unavailable> {
@@ -265,7 +304,16 @@ impl CounterStore for RedisCounters {
         let usdc = |i: usize| num(i).map(Usdc::from_base_units);
         Ok(match reply.first().map(String::as_str) {
             Some("duplicate") => Err(ChargeRefused::DuplicatePayment),
-            Some("ok") => Ok(Charged { charged: req.price, served: usdc(1)?, remaining: usdc(2)? }),
+            Some("ok") => Ok(Charged {
+                charged: req.price,
+                served: usdc(1)?,
+                remaining: usdc(2)?,
+                // Without a source there is no rebuild, hence no epoch to check.
+                epoch: match self.source {
+                    Some(_) => Some(CounterEpoch { key: num(3)?, owner: num(4)? }),
+                    None => None,
+                },
+            }),
             Some("voucher_too_low") => Err(ChargeRefused::VoucherTooLow {
                 needed: usdc(1)?,
                 signed: reply.get(2).and_then(|v| U256::from_str_radix(v, 10).ok()).unwrap_or_default(),
@@ -284,12 +332,15 @@ impl CounterStore for RedisCounters {
         owner: Address,
         price: Usdc,
         idempotency: Option<B256>,
+        at: Option<CounterEpoch>,
     ) -> Result<(), Unavailable> {
-        // The charge is in the ledger already (it is recorded before the call is served), so a
-        // rebuild brings it back and the void then takes it away again.
-        if self.void_once(key, owner, price, idempotency).await? == 0 {
-            self.rebuild(key, owner, true).await?;
-            self.void_once(key, owner, price, idempotency).await?;
+        // Counters missing, or older than `at`, are rebuilt from the ledger, which counts the
+        // void already (it is recorded before the counters move) or never held the charge (an
+        // undo); their new epoch is past `at`, so the second pass gives nothing back.
+        let reply = self.void_once(key, owner, price, idempotency, at).await?;
+        if let Some(("missing" | "stale", _, owner_too)) = split(&reply) {
+            self.rebuild(key, owner, owner_too).await?;
+            self.void_once(key, owner, price, None, at).await?;
         }
         Ok(())
     }
@@ -324,7 +375,8 @@ impl RedisCounters {
         owner: Address,
         price: Usdc,
         idempotency: Option<B256>,
-    ) -> Result<i64, Unavailable> {
+        at: Option<CounterEpoch>,
+    ) -> Result<Vec<String>, Unavailable> {
         let (hash, total) = self.names(key, owner);
         let mut conn = self.conn.clone();
         let mut invocation = self.void.key(&hash);
@@ -335,6 +387,8 @@ impl RedisCounters {
         invocation
             .arg(price.base_units())
             .arg(if self.source.is_some() { "1" } else { "0" })
+            .arg(at.map(|e| e.key.to_string()).unwrap_or_default())
+            .arg(at.map(|e| e.owner.to_string()).unwrap_or_default())
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)
@@ -365,6 +419,14 @@ impl RedisCounters {
     fn idempotency_name(&self, owner: Address, id: B256) -> String {
         format!("{}:{{{owner:#x}}}:idem:{id:x}", self.prefix)
     }
+}
+
+/// A `missing` or `stale` reply: its word, whether the key's counters and whether the owner's
+/// need rebuilding (an unreadable flag counts as yes).
+fn split(reply: &[String]) -> Option<(&str, bool, bool)> {
+    let word = reply.first()?.as_str();
+    let flag = |i: usize| reply.get(i).is_none_or(|f| f != "0");
+    matches!(word, "missing" | "stale").then(|| (word, flag(1), flag(2)))
 }
 
 fn unavailable(err: redis::RedisError) -> Unavailable {

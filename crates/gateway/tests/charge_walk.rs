@@ -112,8 +112,8 @@ async fn walk(seed: u64, steps: usize) -> TestResult {
                 continue;
             }
             let t = taken.swap_remove(w.below(taken.len() as u64) as usize);
-            model.void(t.key, OWNER, t.price, t.idempotency).await?;
-            redis.void(t.key, OWNER, t.price, t.idempotency).await?;
+            model.void(t.key, OWNER, t.price, t.idempotency, None).await?;
+            redis.void(t.key, OWNER, t.price, t.idempotency, None).await?;
             *outcomes.entry("voided").or_default() += 1;
         } else {
             // A settlement of part of what is served and unsettled.

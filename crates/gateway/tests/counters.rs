@@ -190,7 +190,7 @@ async fn an_idempotency_key_is_charged_once_until_voided<S: Probe>(s: Arc<S>) ->
     r.idempotency = Some(other_id);
     s.charge(other, OWNER, r).await??;
     // The call failed and was voided: its retry is charged.
-    s.void(key, OWNER, Usdc::from_base_units(PRICE), Some(id)).await?;
+    s.void(key, OWNER, Usdc::from_base_units(PRICE), Some(id), None).await?;
     s.charge(key, OWNER, with_id(2 * PRICE)).await??;
     assert_eq!(s.counters(key).await?.served, Usdc::from_base_units(PRICE));
     Ok(())
@@ -199,11 +199,11 @@ async fn an_idempotency_key_is_charged_once_until_voided<S: Probe>(s: Arc<S>) ->
 async fn voids_give_back_but_keep_the_best_voucher<S: Probe>(s: Arc<S>) -> TestResult {
     let key = Address::repeat_byte(0xa3);
     s.charge(key, OWNER, req(PRICE, U256::from(PRICE), 1_000_000, 1_000_000)).await??;
-    s.void(key, OWNER, Usdc::from_base_units(PRICE), None).await?;
+    s.void(key, OWNER, Usdc::from_base_units(PRICE), None, None).await?;
     let c = s.counters(key).await?;
     assert_eq!((c.served, c.best), (Usdc::ZERO, U256::from(PRICE)));
     assert_eq!(s.owed().await?, Usdc::ZERO);
-    s.void(key, OWNER, Usdc::from_base_units(PRICE), None).await?;
+    s.void(key, OWNER, Usdc::from_base_units(PRICE), None, None).await?;
     assert_eq!(s.counters(key).await?.served, Usdc::ZERO, "a stray void never goes below zero");
     s.charge(key, OWNER, req(PRICE, U256::from(PRICE), 1_000_000, 1_000_000)).await??;
     Ok(())
@@ -278,7 +278,8 @@ impl opentab_gateway::CounterSource for Ledger {
     fn counters(&self, key: Address, _owner: Address, with_owner: bool) -> opentab_gateway::SourceFuture<'_> {
         Box::pin(async move {
             let served = self.served.lock().map_err(|_| CounterError::Poisoned)?.clone();
-            self.key_reads.fetch_add(1, Ordering::SeqCst);
+            // Each read raises the epochs, as the ledger's does.
+            let epoch = u64::from(self.key_reads.fetch_add(1, Ordering::SeqCst)) + 1;
             if with_owner {
                 self.owner_reads.fetch_add(1, Ordering::SeqCst);
             }
@@ -287,6 +288,7 @@ impl opentab_gateway::CounterSource for Ledger {
                 counters: KeyCounters { served: Usdc::from_base_units(of_key), ..KeyCounters::default() },
                 owner_served: with_owner.then(|| Usdc::from_base_units(served.values().sum())),
                 idempotency: Vec::new(),
+                epoch: opentab_gateway::CounterEpoch { key: epoch, owner: epoch },
             })
         })
     }

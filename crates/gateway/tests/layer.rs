@@ -73,7 +73,7 @@ impl UsageLedger for Ledger {
             return Ok(Recorded::KeyStopped);
         }
         self.records.lock().map_err(|_| Unavailable::Ledger(Cause::msg("poisoned")))?.push(record);
-        Ok(Recorded::Held)
+        Ok(Recorded::Held(None))
     }
 }
 

@@ -86,6 +86,7 @@ fn record(n: u64, sig: opentab_core::Signature) -> UsageRecord {
         signature: Some(sig),
         idempotency: None,
         void_of: None,
+        epoch: None,
     }
 }
 

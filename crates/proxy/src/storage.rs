@@ -362,7 +362,9 @@ async fn write_batches(store: Store, announce: Option<Announcer>, mut pending: t
         if let (Ok(recorded), Some(announce)) = (&outcome, &announce) {
             let mut announced = std::collections::BTreeSet::new();
             for (entry, recorded) in entries.iter().zip(recorded) {
-                if *recorded == opentab_store::Recorded::Held && announced.insert((entry.owner, entry.session_key)) {
+                if matches!(recorded, opentab_store::Recorded::Held(_))
+                    && announced.insert((entry.owner, entry.session_key))
+                {
                     announce(entry.owner, entry.session_key);
                 }
             }
@@ -371,7 +373,10 @@ async fn write_batches(store: Store, announce: Option<Announcer>, mut pending: t
             let mine = match &outcome {
                 Ok(recorded) => Ok(match recorded.get(i) {
                     Some(opentab_store::Recorded::KeyStopped) => Recorded::KeyStopped,
-                    _ => Recorded::Held,
+                    Some(opentab_store::Recorded::Fenced(held)) => Recorded::Fenced(*held),
+                    Some(opentab_store::Recorded::AlreadyVoided) => Recorded::AlreadyVoided,
+                    Some(opentab_store::Recorded::Held(epoch)) => Recorded::Held(*epoch),
+                    None => Recorded::Held(None),
                 }),
                 Err(cause) => Err(cause.clone()),
             };
@@ -395,6 +400,7 @@ impl UsageLedger for StoreLedger {
             signature: record.signature,
             idempotency: record.idempotency,
             void_of: record.void_of,
+            epoch: record.epoch,
         };
         let stopped = || Unavailable::Ledger(Cause::msg("the usage ledger's writer stopped"));
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -420,20 +426,21 @@ impl StoreCounterSource {
 impl CounterSource for StoreCounterSource {
     fn counters(&self, key: Address, owner: Address, with_owner: bool) -> SourceFuture<'_> {
         Box::pin(async move {
-            // Counters are rebuilt from the ledger.
-            let unavailable = |e: opentab_store::Error| Unavailable::Ledger(Cause::new(e));
-            let owner_served = match with_owner {
-                true => Some(self.store.owner_served(owner).await.map_err(unavailable)?),
-                false => None,
-            };
-            // A key never charged (most keys, the first time a fresh Redis sees them) costs one
-            // index probe.
-            let Some(total) = self.store.usage_total(key).await.map_err(unavailable)? else {
-                return Ok(Restored { counters: KeyCounters::default(), owner_served, idempotency: Vec::new() });
-            };
-            let counters = KeyCounters { served: total.served, best: total.best, best_signature: total.best_signature };
-            let idempotency = standing_idempotency(&self.store, Some(key)).await.map_err(unavailable)?;
-            Ok(Restored { counters, owner_served, idempotency })
+            let since = crate::unix_now().saturating_sub(IDEMPOTENCY_TTL_SECS);
+            // One transaction: raises the epochs, then reads (a key never charged, most keys the
+            // first time a fresh Redis sees them, costs an index probe beside the epoch's row).
+            let read = self
+                .store
+                .usage_for_rebuild(key, owner, with_owner, since)
+                .await
+                .map_err(|e| Unavailable::Ledger(Cause::new(e)))?;
+            let counters = read
+                .total
+                .map(|t| KeyCounters { served: t.served, best: t.best, best_signature: t.best_signature })
+                .unwrap_or_default();
+            let idempotency =
+                read.idempotency.into_iter().map(|l| (l.id, l.charged_at + IDEMPOTENCY_TTL_SECS)).collect();
+            Ok(Restored { counters, owner_served: read.owner_served, idempotency, epoch: read.epoch })
         })
     }
 }

@@ -22,6 +22,7 @@ fn record(key: &SigningKey, n: u64, kind: UsageKind) -> UsageRecord {
         signature: (kind == UsageKind::Charge).then(|| key.sign_digest(&B256::with_last_byte(n as u8))),
         idempotency: Some(B256::with_last_byte(n as u8)),
         void_of: None,
+        epoch: None,
     }
 }
 
@@ -120,7 +121,7 @@ async fn a_key_frozen_on_another_node_stops_at_the_ledger(url: &str) -> TestResu
         api.apply_chain_update(Address::repeat_byte(0x77), None, &[stored], "{}", 1).await?;
     }
     let ledger = StoreLedger::new(gateway.clone());
-    assert_eq!(ledger.record(record(&frozen, 1, UsageKind::Charge)).await?, Recorded::Held);
+    assert_eq!(ledger.record(record(&frozen, 1, UsageKind::Charge)).await?, Recorded::Held(None));
 
     api.freeze_offchain(frozen.address(), 2).await?;
     // Right after the freeze commits, many calls at once, both keys mixed in the same batches.
@@ -132,17 +133,17 @@ async fn a_key_frozen_on_another_node_stops_at_the_ledger(url: &str) -> TestResu
     }
     while let Some(done) = calls.join_next().await {
         let (key, recorded) = done?;
-        let expected = if key == frozen.address() { Recorded::KeyStopped } else { Recorded::Held };
+        let expected = if key == frozen.address() { Recorded::KeyStopped } else { Recorded::Held(None) };
         assert_eq!(recorded?, expected, "{key}");
     }
     let mut void = record(&frozen, 1, UsageKind::Void);
     void.void_of = Some(B256::repeat_byte(0x01));
-    assert_eq!(ledger.record(void).await?, Recorded::Held, "a void is always held");
+    assert_eq!(ledger.record(void).await?, Recorded::Held(None), "a void is always held");
     assert_eq!(gateway.served(frozen.address()).await?, Usdc::ZERO, "one charge, voided; none after the freeze");
     assert_eq!(gateway.served(other.address()).await?, Usdc::from_base_units(200), "the other key's 20 calls");
 
     api.unfreeze_offchain(frozen.address(), 3).await?;
-    assert_eq!(ledger.record(record(&frozen, 50, UsageKind::Charge)).await?, Recorded::Held, "unfrozen, it pays");
+    assert_eq!(ledger.record(record(&frozen, 50, UsageKind::Charge)).await?, Recorded::Held(None), "unfrozen, it pays");
     Ok(())
 }
 

@@ -107,6 +107,7 @@ impl World {
             signature: Some(SigningKey::random().sign_digest(&B256::repeat_byte(1))),
             idempotency: None,
             void_of: None,
+            epoch: None,
         };
         self.ledger.record(record).await?;
         let served = {

@@ -31,6 +31,7 @@ mod tabs;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 mod usage;
+pub use usage::RebuildRead;
 
 pub use alerts::{Alert, Effect, EffectKind, KeyActivity, NewAlert, NewEffect};
 pub use audit::RELAY_SENT;

@@ -1,5 +1,6 @@
 //! What the store reads and writes, as typed records.
 
+use opentab_core::charge::CounterEpoch;
 use opentab_core::{Address, B256, SessionKey, Signature, U256, Usdc, ValidatorEvent};
 use serde::Serialize;
 
@@ -107,10 +108,17 @@ pub use opentab_core::charge::UsageKind;
 /// What the usage ledger did with an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
-    /// Committed.
-    Held,
+    /// Committed. For an entry that named the counters' epoch: the epochs the ledger held as it
+    /// committed (a void gives its price back to the counters of these epochs).
+    Held(Option<CounterEpoch>),
     /// Not written: a charge whose key was frozen or revoked when its batch committed.
     KeyStopped,
+    /// Not written: a charge taken on counters that were rebuilt from the ledger before its
+    /// batch committed (the rebuild read a ledger without it). The epochs the ledger holds.
+    Fenced(CounterEpoch),
+    /// Not written: a void of a charge the ledger holds a void of already (a retry, or a
+    /// spooled void replayed); it moves nothing.
+    AlreadyVoided,
 }
 
 /// One row of the usage ledger.
@@ -140,6 +148,10 @@ pub struct UsageEntry {
     /// For a void, the id of the charge it undoes: a second void of the same charge is not
     /// recorded (and moves nothing).
     pub void_of: Option<B256>,
+    /// The counters' epoch the charge was taken on (counters that rebuild while serving: Redis).
+    /// A charge is refused if the ledger holds a later one; a void is told the epochs the
+    /// ledger holds.
+    pub epoch: Option<CounterEpoch>,
 }
 
 /// An idempotency key whose charge stands (not voided): a retry must still be refused.

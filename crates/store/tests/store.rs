@@ -319,6 +319,7 @@ async fn the_usage_ledger_sums_charges_less_voids_and_keeps_the_best_voucher(sto
         signature: (kind == UsageKind::Charge).then(|| key.sign_digest(&B256::with_last_byte(voucher as u8))),
         idempotency: None,
         void_of: None,
+        epoch: None,
     };
     // 9 and 10 digits: the best voucher must be chosen by number, not by text.
     store.record_usage(&entry(UsageKind::Charge, 2_000, 999_999_999)).await?;
@@ -368,6 +369,7 @@ async fn idempotency_keys_stand_while_their_charges_outnumber_their_voids(store:
         signature: (kind == UsageKind::Charge).then(|| key.sign_digest(&B256::with_last_byte(at as u8))),
         idempotency,
         void_of: None,
+        epoch: None,
     };
     // Key a: 1 charged and standing; 2 charged then voided; 3 charged, voided, charged again
     // (a retry of a failed call); 4 charged too long ago; one call without a key.
@@ -421,6 +423,7 @@ async fn settlement_intents_are_leased_once_and_announce_every_change(store: Sto
                     .then(|| signer.sign_digest(&B256::with_last_byte(voucher as u8))),
                 idempotency: None,
                 void_of: None,
+                epoch: None,
             })
             .await?;
     }
