@@ -163,6 +163,7 @@ upstream = "http://127.0.0.1:9000"   # your API (or --upstream)
 redis_prefix = "opentab"
 timeout_secs = 60                    # the upstream's deadline; a timeout is a 504, voided
 max_body_bytes = 16777216            # request bodies over this get 413
+# spool_dir = "/var/lib/opentab/spool"   # voids waiting for the database (default: the user's state dir)
 rules = "enforce"                    # the rule engine: enforce, or shadow (alerts only)
 
 [proxy.routes]                       # "METHOD /path" = "price in USDC"; :id or {{id}} for a segment

@@ -78,6 +78,7 @@ const FIELDS: &[Field] = &[
     field("proxy.redis_prefix", Need::Optional, "a key prefix, e.g. \"opentab\"", is::<String>),
     field("proxy.timeout_secs", Need::Optional, "seconds, a whole number", is::<u64>),
     field("proxy.max_body_bytes", Need::Optional, "bytes, a whole number", is::<u64>),
+    field("proxy.spool_dir", Need::Optional, "a directory for voids the database cannot take yet", is::<String>),
     field("proxy.rules", Need::Optional, "\"enforce\" or \"shadow\"", is::<opentab_core::rules::RuleMode>),
     field("proxy.routes", Need::Optional, "entries \"METHOD /path\" = \"price in USDC\" under [proxy.routes]", routes),
 ];

@@ -14,7 +14,7 @@ use opentab_core::rules::RuleConfig;
 use opentab_core::{Address, SigningKey, Usdc};
 use opentab_gateway::pricing::Pricing;
 use opentab_gateway::{Gateway, GatewayConfig, InProcessCounters, PaymentLayer, charge_api};
-use opentab_proxy::{StoreDirectory, StoreLedger, restore_counters};
+use opentab_proxy::{StoreDirectory, StoreLedger, VoidSpool, keep_draining, restore_counters};
 use opentab_rules::RuleEngine;
 use opentab_service::{Change, Notifier};
 use opentab_store::Store;
@@ -180,17 +180,28 @@ pub(crate) fn demo_pricing() -> anyhow::Result<Pricing> {
 /// engine as its charge observer (freezing on-chain through `guardian`'s outbox worker),
 /// `pricing`'s routes. The demo route, the charge API and `--upstream`'s proxy all charge
 /// through it: one set of counters.
-pub(crate) type DevLayer = PaymentLayer<StoreDirectory, InProcessCounters, StoreLedger>;
+pub(crate) type DevLayer = PaymentLayer<StoreDirectory, Arc<InProcessCounters>, StoreLedger>;
 
-/// Builds [`DevLayer`]; usage and rule crossings are announced through `notifier`.
+/// Builds [`DevLayer`]; usage and rule crossings are announced through `notifier`; voids the
+/// database cannot take wait in `spool_dir`.
 pub(crate) async fn gateway(
     chain: &DevChain,
     store: &Store,
     notifier: Notifier,
     pricing: Pricing,
     guardian: Address,
+    spool_dir: &std::path::Path,
 ) -> anyhow::Result<DevLayer> {
-    let counters = InProcessCounters::default();
+    let ledger = {
+        let notifier = notifier.clone();
+        StoreLedger::announcing(store.clone(), move |owner, key| notifier.publish(Change { owner, key: Some(key) }))
+    };
+    let spool =
+        VoidSpool::open(spool_dir).with_context(|| format!("opening the void spool in {}", spool_dir.display()))?;
+    let ledger = ledger.with_spool(Arc::new(spool));
+    // Voids spooled by an earlier run reach the ledger before the counters are rebuilt from it.
+    ledger.drain_spool().await.context("recording the voids spooled by an earlier run")?;
+    let counters = Arc::new(InProcessCounters::default());
     let restored =
         restore_counters(store, &counters).await.context("rebuilding the gateway's counters from the ledger")?;
     if restored > 0 {
@@ -205,11 +216,8 @@ pub(crate) async fn gateway(
         },
         pricing,
         directory: StoreDirectory::preloaded(store.clone(), chain.payee).await.context("loading the key cache")?,
-        counters,
-        ledger: {
-            let notifier = notifier.clone();
-            StoreLedger::announcing(store.clone(), move |owner, key| notifier.publish(Change { owner, key: Some(key) }))
-        },
+        counters: counters.clone(),
+        ledger: ledger.clone(),
         observer: Some(Arc::new(
             RuleEngine::start(store.clone(), RuleConfig::default())
                 .await
@@ -218,6 +226,7 @@ pub(crate) async fn gateway(
                 .with_listener(move |owner, key| notifier.publish(Change { owner, key: Some(key) })),
         )),
     };
+    tokio::spawn(keep_draining(ledger, counters));
     Ok(PaymentLayer::new(gateway))
 }
 

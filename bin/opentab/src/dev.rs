@@ -183,8 +183,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some(_) => crate::demo::listed_routes(&pricing),
         None => crate::demo::demo_routes()?,
     };
+    let spool_dir = args.chain.data_dir.join("spool");
     let layer =
-        crate::demo::gateway(&chain, &gateway_store, state.notifier().clone(), pricing, guardian.address()).await?;
+        crate::demo::gateway(&chain, &gateway_store, state.notifier().clone(), pricing, guardian.address(), &spool_dir)
+            .await?;
     let charge = crate::demo::charge(&layer, &gateway_secret);
     let gateway_metrics = opentab_proxy::gateway_metrics(layer.metrics().clone(), layer.gateway().directory.clone());
     // With --upstream, the user's API gets a port of its own: its whole path space is

@@ -116,6 +116,8 @@ pub(crate) struct Section {
     #[serde(default)]
     rules: RuleMode,
     #[serde(default)]
+    spool_dir: Option<PathBuf>,
+    #[serde(default)]
     routes: BTreeMap<String, String>,
 }
 
@@ -129,6 +131,7 @@ impl Default for Section {
             timeout_secs: default_timeout(),
             max_body_bytes: default_max_body(),
             rules: RuleMode::default(),
+            spool_dir: None,
             routes: BTreeMap::new(),
         }
     }
@@ -144,6 +147,16 @@ const fn default_max_body() -> u64 {
 
 fn default_prefix() -> String {
     "opentab".to_owned()
+}
+
+/// Where voids wait for the database by default: the user's state directory (XDG), so a proxy
+/// restarted by its supervisor finds them.
+fn default_spool_dir() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    state.join("opentab").join("spool")
 }
 
 const fn default_timeout() -> u64 {
@@ -193,6 +206,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         rule_guardian: file.rule_guardian,
         guardian_key,
         gateway_secret: args.gateway_secret.clone(),
+        spool_dir: Some(section.spool_dir.take().unwrap_or_else(default_spool_dir)),
     };
     let node = ProxyNode::start(settings).await.context("starting the proxy")?;
     let socket =
@@ -211,6 +225,9 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     }
     writeln!(out, "  counters    {}", node.counters)?;
     writeln!(out, "  keys        {} loaded into memory", node.keys_loaded)?;
+    if let Some(spool) = &node.spool {
+        writeln!(out, "  void spool  {} (voids wait there while the database is away)", spool.display())?;
+    }
     writeln!(out, "  ops         http://{addr}/healthz /readyz /metrics (answered by the proxy, not forwarded)")?;
     for (route, price) in &section.routes {
         writeln!(out, "  priced      {route} = {price} USDC")?;

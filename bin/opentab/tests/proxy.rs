@@ -131,6 +131,7 @@ struct Topology {
     _dir: tempfile::TempDir,
     config: String,
     url: String,
+    database_url: String,
     store: Store,
     owner: Validator,
     deployment: opentab_chain::Deployment,
@@ -221,6 +222,7 @@ async fn topology_with(
         _dir: dir,
         config,
         url,
+        database_url,
         store,
         owner,
         deployment,
@@ -229,6 +231,78 @@ async fn topology_with(
         accepted,
         client,
     })
+}
+
+/// Issue 12: a void must be as durable as the charge. The database goes away while the API works
+/// on a paid call, which then fails: the proxy cannot write the void, so it flushes it to its
+/// spool on disk before answering, and records it once the database is back; the counters then
+/// give the price back. (Before, the void was only logged: the ledger kept the charge of a call
+/// that failed, and settlement collected for it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_the_database_cannot_take_waits_on_disk_and_lands_when_it_is_back() -> TestResult {
+    let redis = OwnRedis::start()?;
+    let t = topology(1, Some(&redis), 2).await?;
+    let key = t.keys[0].address();
+    // A second proxy on the same Redis reaches the database through a link the test cuts.
+    let target = t.database_url.split_once('@').and_then(|(_, rest)| rest.split('/').next()).ok_or("no host")?;
+    let link = common::Link::start(target).await?;
+    let state = tempfile::tempdir()?;
+    let state_dir = state.path().to_string_lossy().into_owned();
+    let upstream = upstream().await?;
+    let through_link = link.rewrite(&t.database_url)?;
+    let proxy = Running::start(
+        &[
+            "proxy",
+            "--config",
+            &t.config,
+            "--port",
+            "0",
+            "--upstream",
+            &upstream,
+            "--redis-url",
+            &redis.url,
+            "--database-url",
+            &through_link,
+        ],
+        &[("XDG_STATE_HOME", &state_dir)],
+        "ready",
+    )?;
+    let url = proxy.field("url").ok_or("no url")?;
+
+    // The API takes 3 s, past the proxy's 2 s deadline: a 504, voided. The database goes away
+    // once the charge's row is in.
+    let call = {
+        let (client, key, accepted, deployment) =
+            (t.client.clone(), t.keys[0].clone(), t.accepted.clone(), t.deployment.clone());
+        let payee = t.payee;
+        tokio::spawn(async move { pay(&client, &url, &key, &accepted, &deployment, payee, PRICE, "slow").await })
+    };
+    wait_until("the charge is in the ledger", || {
+        let store = t.store.clone();
+        async move { Ok(store.served(key).await? == Usdc::from_base_units(PRICE)) }
+    })
+    .await?;
+    link.cut();
+    let answer = call.await?.map_err(|e| e.to_string())?;
+    assert_eq!(answer.status(), 504);
+    assert!(!answer.headers().contains_key(PAYMENT_RESPONSE), "not charged");
+    let spooled = std::fs::read_to_string(state.path().join("opentab/spool/voids-0.jsonl"))?;
+    assert_eq!(spooled.lines().count(), 1, "the void waits on disk: {spooled}");
+    assert_eq!(t.store.served(key).await?, Usdc::from_base_units(PRICE), "the database has not got it yet");
+
+    link.restore();
+    wait_until("the spooled void reaches the ledger", || {
+        let store = t.store.clone();
+        async move { Ok(store.served(key).await? == Usdc::ZERO) }
+    })
+    .await?;
+    // The counters gave the price back too: the voided voucher pays a call.
+    let again = pay(&t.client, &t.url, &t.keys[0], &t.accepted, &t.deployment, t.payee, PRICE, "work")
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(again.status(), 200);
+    assert_eq!(t.store.served(key).await?, Usdc::from_base_units(PRICE));
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

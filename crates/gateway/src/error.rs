@@ -118,4 +118,7 @@ pub enum CounterError {
     /// An owner's served total would not fit.
     #[error("owner {0}'s served total overflows")]
     Overflow(Address),
+    /// Lost counters are being rebuilt by another gateway, and not back yet.
+    #[error("the counters are being rebuilt from the ledger by another gateway")]
+    Rebuilding,
 }

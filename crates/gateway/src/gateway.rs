@@ -153,6 +153,10 @@ pub enum Recorded {
     /// A void of a charge voided already (a retry, or a spooled void replayed): it moves
     /// nothing.
     AlreadyVoided,
+    /// A void the database could not take, kept on this node's disk until it can: the
+    /// counters give its price back when it reaches the ledger (until then they over-count,
+    /// which refuses calls, never serves one unpaid).
+    Spooled,
 }
 
 /// The durable usage ledger: every charge is recorded before the call is served, so a crash

@@ -369,7 +369,8 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
         let at = row.at;
         let p = &charge.paid;
         let (answer, undo) = match self.ledger.record(row).await {
-            Ok(Recorded::Held(_) | Recorded::AlreadyVoided) => {
+            // (The last two only answer voids.)
+            Ok(Recorded::Held(_) | Recorded::AlreadyVoided | Recorded::Spooled) => {
                 self.tell(charge, UsageKind::Charge, at).await;
                 return Ok(());
             }
@@ -408,6 +409,10 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
         let epoch = match self.ledger.record(row).await? {
             Recorded::Held(epoch) => epoch,
             Recorded::AlreadyVoided => return Ok(()),
+            Recorded::Spooled => {
+                self.tell(charge, UsageKind::Void, at).await;
+                return Ok(());
+            }
             // Only charges are refused.
             Recorded::KeyStopped | Recorded::Fenced(_) => p.epoch,
         };

@@ -134,6 +134,19 @@ end
 return {'ok'}
 ";
 
+/// Releases a rebuild lock if it is still the caller's (KEYS[1]: the lock, ARGV[1]: its token).
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// How long a rebuild lock holds if its holder dies before releasing it.
+const REBUILD_LOCK: Duration = Duration::from_secs(5);
+/// How long a charge waits for another gateway's rebuild before it fails closed (503).
+const REBUILD_WAIT: Duration = Duration::from_secs(2);
+/// How often a waiting charge looks again.
+const REBUILD_POLL: Duration = Duration::from_millis(5);
+
 /// What counters are rebuilt from when Redis lost them: the durable usage ledger.
 pub trait CounterSource: Send + Sync + 'static {
     /// `key`'s counters and its standing idempotency keys as the ledger has them, and, when
@@ -167,6 +180,7 @@ pub struct RedisCounters {
     charge: Script,
     restore: Script,
     void: Script,
+    unlock: Script,
     source: Option<Arc<dyn CounterSource>>,
 }
 
@@ -192,6 +206,7 @@ impl RedisCounters {
             charge: Script::new(CHARGE),
             restore: Script::new(RESTORE),
             void: Script::new(VOID),
+            unlock: Script::new(UNLOCK),
             source: None,
         })
     }
@@ -208,10 +223,81 @@ impl RedisCounters {
         self
     }
 
-    /// Rebuilds `key`'s counters, and `owner`'s total if `with_owner`, from the source, over
-    /// counters of an older epoch (or none).
-    async fn rebuild(&self, key: Address, owner: Address, with_owner: bool) -> Result<(), Unavailable> {
-        let Some(source) = &self.source else { return Ok(()) };
+    /// Rebuilds `key`'s counters, and `owner`'s total if `with_owner`, from the source, where
+    /// they are missing or older than `at`; false if another gateway is rebuilding them now
+    /// (each rebuild fences off the charges taken on the counters before it: racing rebuilds
+    /// would fence off each other's). The lock is the owner's for its total, the key's
+    /// otherwise, and lapses after [`REBUILD_LOCK`] if its holder died. Once the lock is taken
+    /// the counters are looked at again: the rebuild that held it last may have just landed.
+    async fn rebuild(
+        &self,
+        key: Address,
+        owner: Address,
+        with_owner: bool,
+        at: Option<CounterEpoch>,
+    ) -> Result<bool, Unavailable> {
+        let Some(source) = &self.source else { return Ok(true) };
+        let tag = format!("{{{owner:#x}}}");
+        let lock = match with_owner {
+            true => format!("{}:{tag}:rebuilding", self.prefix),
+            false => format!("{}:{tag}:rebuilding:{key:#x}", self.prefix),
+        };
+        let token = lock_token();
+        let mut conn = self.conn.clone();
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(&lock)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(REBUILD_LOCK.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if taken.is_none() {
+            return Ok(false);
+        }
+        let rebuilt = match self.needs_rebuild(key, owner, with_owner, at).await {
+            Ok(Some(with_owner)) => self.rebuild_locked(source.as_ref(), key, owner, with_owner).await,
+            Ok(None) => Ok(()),
+            Err(err) => Err(err),
+        };
+        let released: Result<i64, _> = self.unlock.key(&lock).arg(&token).invoke_async(&mut conn).await;
+        if let Err(err) = released {
+            tracing::warn!(error = %err, "could not release the rebuild lock: it lapses by itself");
+        }
+        rebuilt.map(|()| true)
+    }
+
+    /// Whether the counters still need a rebuild, and whether the owner's total does: `None`
+    /// when they are there and not older than `at`.
+    async fn needs_rebuild(
+        &self,
+        key: Address,
+        owner: Address,
+        with_owner: bool,
+        at: Option<CounterEpoch>,
+    ) -> Result<Option<bool>, Unavailable> {
+        let (hash, total) = self.names(key, owner);
+        let mut conn = self.conn.clone();
+        let (key_epoch, owner_epoch): (Option<u64>, Option<u64>) = redis::pipe()
+            .hget(&hash, "epoch")
+            .hget(&total, "epoch")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let stale = |epoch: Option<u64>, wanted: Option<u64>| epoch.is_none_or(|e| wanted.is_some_and(|w| e < w));
+        let owner_needed = with_owner && stale(owner_epoch, at.map(|a| a.owner));
+        let key_needed = stale(key_epoch, at.map(|a| a.key));
+        Ok((key_needed || owner_needed).then_some(owner_needed))
+    }
+
+    async fn rebuild_locked(
+        &self,
+        source: &dyn CounterSource,
+        key: Address,
+        owner: Address,
+        with_owner: bool,
+    ) -> Result<(), Unavailable> {
         let Restored { counters, owner_served, idempotency, epoch } = source.counters(key, owner, with_owner).await?;
         let (hash, total) = self.names(key, owner);
         let mut conn = self.conn.clone();
@@ -288,11 +374,17 @@ impl CounterStore for RedisCounters {
         owner: Address,
         req: ChargeRequest,
     ) -> Result<Result<Charged, ChargeRefused>, Unavailable> {
-        // At most one rebuild: the restore script leaves both counters present.
         let mut reply = self.charge_once(key, owner, &req).await?;
-        if let Some(("missing", _, owner_too)) = split(&reply) {
+        let waiting = std::time::Instant::now();
+        while let Some(("missing", _, owner_too)) = split(&reply) {
             // Only the owner's total costs a sum over all its keys: read it only if it is gone.
-            self.rebuild(key, owner, owner_too).await?;
+            // One rebuild at a time; the others wait for it rather than fence its charges off.
+            if !self.rebuild(key, owner, owner_too, None).await? {
+                if waiting.elapsed() > REBUILD_WAIT {
+                    return Err(CounterError::Rebuilding.into());
+                }
+                tokio::time::sleep(REBUILD_POLL).await;
+            }
             reply = self.charge_once(key, owner, &req).await?;
         }
         let num = |i: usize| -> Result<u64, Unavailable> {
@@ -336,11 +428,20 @@ impl CounterStore for RedisCounters {
     ) -> Result<(), Unavailable> {
         // Counters missing, or older than `at`, are rebuilt from the ledger, which counts the
         // void already (it is recorded before the counters move) or never held the charge (an
-        // undo); their new epoch is past `at`, so the second pass gives nothing back.
-        let reply = self.void_once(key, owner, price, idempotency, at).await?;
-        if let Some(("missing" | "stale", _, owner_too)) = split(&reply) {
-            self.rebuild(key, owner, owner_too).await?;
-            self.void_once(key, owner, price, None, at).await?;
+        // undo); their new epoch is past `at`, so the next pass gives nothing back. While
+        // another node rebuilds, wait for its counters: they may be of epoch `at` exactly.
+        let mut reply = self.void_once(key, owner, price, idempotency, at).await?;
+        let waiting = std::time::Instant::now();
+        while let Some(("missing" | "stale", _, owner_too)) = split(&reply) {
+            if !self.rebuild(key, owner, owner_too, at).await? {
+                if waiting.elapsed() > REBUILD_WAIT {
+                    // They over-count the key until rebuilt: never unpaid.
+                    tracing::warn!(%key, "the counters did not take a void: a rebuild elsewhere is taking long");
+                    return Ok(());
+                }
+                tokio::time::sleep(REBUILD_POLL).await;
+            }
+            reply = self.void_once(key, owner, price, None, at).await?;
         }
         Ok(())
     }
@@ -419,6 +520,14 @@ impl RedisCounters {
     fn idempotency_name(&self, owner: Address, id: B256) -> String {
         format!("{}:{{{owner:#x}}}:idem:{id:x}", self.prefix)
     }
+}
+
+/// A token unique to one holder of a lock: this process, a count and the clock.
+fn lock_token() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{n}-{nanos}", std::process::id())
 }
 
 /// A `missing` or `stale` reply: its word, whether the key's counters and whether the owner's

@@ -6,7 +6,8 @@
 //!   by the store's change feed (PostgreSQL `LISTEN/NOTIFY`, or SQLite's change table), so a
 //!   freeze made on any node refuses the next call on every node.
 //! - [`StoreLedger`]: the durable usage ledger with group commit; [`StoreCounterSource`] and
-//!   [`restore_counters`] rebuild counters from it.
+//!   [`restore_counters`] rebuild counters from it; [`VoidSpool`] keeps on disk the voids the
+//!   database could not take, until it can.
 //! - [`forwarding`]: every request forwarded to the upstream, priced ones charged first.
 //! - [`with_ops`]: `/healthz`, `/readyz` and Prometheus `/metrics`.
 //! - [`Presence`]: a gateway announcing itself, so two sets of counters never charge one payee.
@@ -19,13 +20,15 @@ mod forward;
 mod node;
 mod ops;
 mod presence;
+mod spool;
 mod storage;
 
 pub use forward::{DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, Forward, Upstream, forwarding};
-pub use node::{ProxyNode, ProxySettings, gateway_app};
+pub use node::{ProxyNode, ProxySettings, gateway_app, keep_draining};
 pub use ops::{ExtraMetrics, Metrics, Ops, gateway_metrics, with_ops};
 pub use presence::Presence;
-pub use storage::{StoreCounterSource, StoreDirectory, StoreLedger, restore_counters};
+pub use spool::VoidSpool;
+pub use storage::{DrainedVoid, StoreCounterSource, StoreDirectory, StoreLedger, restore_counters};
 
 /// What can stop a proxy from starting.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,14 @@ pub enum Error {
     /// The chain could not be reached, or a key is unusable.
     #[error("the chain: {0}")]
     Chain(#[from] opentab_chain::Error),
+    /// The void spool's directory cannot be used.
+    #[error("the void spool in {}: {source}", dir.display())]
+    Spool {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The rule engine could not load.
     #[error("the rule engine: {0}")]
     Rules(#[from] opentab_rules::Error),

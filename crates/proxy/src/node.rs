@@ -19,7 +19,8 @@ use opentab_store::Store;
 
 use crate::forward::{Forward, Upstream, forwarding};
 use crate::ops::{ExtraMetrics, Ops, gateway_metrics, with_ops};
-use crate::storage::{StoreCounterSource, StoreDirectory, StoreLedger, restore_counters};
+use crate::spool::VoidSpool;
+use crate::storage::{DrainedVoid, StoreCounterSource, StoreDirectory, StoreLedger, restore_counters};
 use crate::{Error, Presence};
 
 /// What a proxy runs with (`opentab proxy` reads it from serve's file, its `[proxy]` table and
@@ -54,6 +55,9 @@ pub struct ProxySettings {
     pub guardian_key: Option<SigningKey>,
     /// Serve the charge API to apps holding this secret.
     pub gateway_secret: Option<String>,
+    /// Where voids the database cannot take wait for it ([`VoidSpool`]); without it such a void
+    /// is only logged, and settlement would collect for the failed call.
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 /// A started proxy: serve [`ProxyNode::app`], then [`ProxyNode::stop`].
@@ -67,7 +71,10 @@ pub struct ProxyNode {
     pub counters: String,
     /// Keys the key cache and the rule engine loaded.
     pub keys_loaded: usize,
+    /// The file its voids are spooled to while the database is away.
+    pub spool: Option<std::path::PathBuf>,
     guardian: Option<tokio::task::JoinHandle<()>>,
+    drain: tokio::task::JoinHandle<()>,
 }
 
 impl ProxyNode {
@@ -98,11 +105,20 @@ impl ProxyNode {
         }
         let keys_loaded = directory.cache_size().max(engine.keys_known());
         let observer: Arc<dyn ChargeObserver> = Arc::new(engine);
-        let ledger = StoreLedger::new(store.clone());
+        let mut ledger = StoreLedger::new(store.clone());
+        let mut spool = None;
+        if let Some(dir) = &s.spool_dir {
+            let opened = Arc::new(VoidSpool::open(dir).map_err(|source| Error::Spool { dir: dir.clone(), source })?);
+            spool = Some(opened.path().to_owned());
+            ledger = ledger.with_spool(opened);
+        }
+        // Voids spooled by an earlier run (or a proxy that died beside this one) reach the
+        // ledger before anything is counted.
+        let drained = ledger.drain_spool().await.map_err(Error::Counters)?;
         let forward = s.upstream.clone().map(|u| Forward::new(u, s.timeout, s.max_body));
         let secret = s.gateway_secret.as_deref();
         let parts = Parts { config, pricing: s.pricing, directory, ledger, observer, forward, secret };
-        let ((app, metrics), counters) = match &s.redis_url {
+        let ((app, metrics, drain), counters) = match &s.redis_url {
             Some(url) => {
                 // Budgets are per (owner, payee): an owner's served total at one payee's gateways
                 // must never count against its tab with another payee sharing the Redis.
@@ -111,9 +127,11 @@ impl ProxyNode {
                     .await
                     .map_err(Error::Counters)?
                     .with_source(Arc::new(StoreCounterSource::new(store.clone())));
+                give_back(&counters, drained).await;
                 (parts.app(counters), format!("Redis {}", opentab_core::redact_url(url)))
             }
             None => {
+                // Rebuilt from a ledger that holds the drained voids already.
                 let counters = InProcessCounters::default();
                 let restored = restore_counters(&store, &counters).await?;
                 tracing::info!(keys = restored, "in-process counters rebuilt from the usage ledger");
@@ -122,7 +140,7 @@ impl ProxyNode {
         };
         // /healthz, /readyz (the database answers) and /metrics, answered by the proxy itself.
         let app = with_ops(app, Ops::new(store.clone(), None).with_metrics(metrics));
-        Ok(Self { app, store, counters, keys_loaded, guardian })
+        Ok(Self { app, store, counters, keys_loaded, spool, guardian, drain })
     }
 
     /// Announces this gateway on the database (see [`Presence`]).
@@ -130,11 +148,12 @@ impl ProxyNode {
         Presence::claim(&self.store, payee, self.counters.starts_with("Redis"), description).await
     }
 
-    /// Stops the guardian and closes the database.
+    /// Stops the guardian and the spool's drain, and closes the database.
     pub async fn stop(self) {
         if let Some(guardian) = self.guardian {
             guardian.abort();
         }
+        self.drain.abort();
         self.store.close().await;
     }
 }
@@ -151,9 +170,12 @@ struct Parts<'a> {
 }
 
 impl Parts<'_> {
-    /// The proxy's routes over `counters`, and what its payment layer counts.
-    fn app<C: CounterStore + 'static>(self, counters: C) -> (Router, ExtraMetrics) {
-        gateway_app(
+    /// The proxy's routes over `counters`, what its payment layer counts, and the task that
+    /// drains the ledger's void spool into the database.
+    fn app<C: CounterStore + 'static>(self, counters: C) -> (Router, ExtraMetrics, tokio::task::JoinHandle<()>) {
+        let counters = Arc::new(counters);
+        let drain = tokio::spawn(keep_draining(self.ledger.clone(), counters.clone()));
+        let (router, metrics) = gateway_app(
             Gateway {
                 config: self.config,
                 pricing: self.pricing,
@@ -165,7 +187,33 @@ impl Parts<'_> {
             self.directory,
             self.forward,
             self.secret,
-        )
+        );
+        (router, metrics, drain)
+    }
+}
+
+/// How often spooled voids are offered to the database.
+const DRAIN_EVERY: Duration = Duration::from_millis(500);
+
+/// Offers `ledger`'s spooled voids to the database every half second, for ever (spawn it); each
+/// one it takes gives its price back to `counters`.
+pub async fn keep_draining<C: CounterStore>(ledger: StoreLedger, counters: C) {
+    loop {
+        tokio::time::sleep(DRAIN_EVERY).await;
+        match ledger.drain_spool().await {
+            Ok(voids) => give_back(&counters, voids).await,
+            Err(err) => tracing::debug!(error = %err, "spooled voids wait: the database does not take them yet"),
+        }
+    }
+}
+
+/// Gives the price of each void the ledger took at last back to `counters` (of the epochs the
+/// ledger named).
+async fn give_back<C: CounterStore>(counters: &C, voids: Vec<DrainedVoid>) {
+    for v in voids {
+        if let Err(err) = counters.void(v.key, v.owner, v.amount, v.idempotency, v.epoch).await {
+            tracing::error!(error = %err, key = %v.key, "the counters missed a spooled void: they over-count the key until rebuilt");
+        }
     }
 }
 

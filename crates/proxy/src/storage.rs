@@ -18,6 +18,8 @@ use opentab_gateway::{
 };
 use opentab_store::{ChainStatus, KeyChange, Store, UsageEntry};
 
+use crate::spool::VoidSpool;
+
 /// [`KeyDirectory`] over the store, with the state of the keys in use cached in memory: a paid
 /// call reads no database once its key has been seen (or, [`StoreDirectory::preloaded`], at
 /// all). The cache follows [`Store::on_key_change`]: a change to a key or to its owner's tabs,
@@ -321,9 +323,31 @@ const MAX_BATCH: usize = 256;
 /// transaction (one disk flush for many calls). Each `record` still returns only once its row
 /// is committed, so a charge the ledger does not hold is never served; then, with an
 /// announcer, it is announced (`opentab dev` feeds the owner's live event stream with it).
+///
+/// With a [`VoidSpool`], a void the database cannot take is flushed to the spool instead
+/// ([`Recorded::Spooled`]) and [`StoreLedger::drain_spool`] records it once the database
+/// answers: a void is then as durable as the charge it undoes.
 #[derive(Debug, Clone)]
 pub struct StoreLedger {
     queue: tokio::sync::mpsc::Sender<Pending>,
+    store: Store,
+    spool: Arc<std::sync::OnceLock<Arc<VoidSpool>>>,
+}
+
+/// A spooled void the ledger took at last: the counters of `epoch` (any, if `None`) give its
+/// price back now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainedVoid {
+    /// The key the voided charge was taken from.
+    pub key: Address,
+    /// Its owner.
+    pub owner: Address,
+    /// The price given back.
+    pub amount: Usdc,
+    /// The charge's idempotency key (free again).
+    pub idempotency: Option<opentab_core::B256>,
+    /// The epochs the ledger held as it committed the void.
+    pub epoch: Option<opentab_core::charge::CounterEpoch>,
 }
 
 type Pending = (UsageEntry, tokio::sync::oneshot::Sender<Result<Recorded, Cause>>);
@@ -346,15 +370,59 @@ impl StoreLedger {
 
     fn start(store: Store, announce: Option<Announcer>) -> Self {
         let (queue, pending) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(store, announce, pending));
-        Self { queue }
+        let spool = Arc::new(std::sync::OnceLock::new());
+        tokio::spawn(write_batches(store.clone(), announce, spool.clone(), pending));
+        Self { queue, store, spool }
+    }
+
+    /// Keeps voids the database cannot take in `spool` (see the type's docs); set once.
+    #[must_use]
+    pub fn with_spool(self, spool: Arc<VoidSpool>) -> Self {
+        if self.spool.set(spool).is_err() {
+            tracing::warn!("the ledger has a void spool already; the second is ignored");
+        }
+        self
+    }
+
+    /// Records the spooled voids in the ledger, if there are any and the database takes them;
+    /// returns those it took now (a void the ledger held already moves nothing and is not
+    /// returned). Whoever holds the counters gives each price back.
+    pub async fn drain_spool(&self) -> Result<Vec<DrainedVoid>, Unavailable> {
+        let Some(spool) = self.spool.get() else { return Ok(Vec::new()) };
+        let spool_error = |e: std::io::Error| Unavailable::Ledger(Cause::new(e));
+        let pending = spool.pending().map_err(spool_error)?;
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let recorded = self.store.record_usage_batch(&pending).await.map_err(|e| Unavailable::Ledger(Cause::new(e)))?;
+        spool.forget(pending.len()).map_err(spool_error)?;
+        tracing::info!(voids = pending.len(), "spooled voids recorded in the usage ledger");
+        Ok(pending
+            .into_iter()
+            .zip(recorded)
+            .filter_map(|(entry, recorded)| match recorded {
+                opentab_store::Recorded::Held(epoch) => Some(DrainedVoid {
+                    key: entry.session_key,
+                    owner: entry.owner,
+                    amount: entry.amount,
+                    idempotency: entry.idempotency,
+                    epoch,
+                }),
+                _ => None,
+            })
+            .collect())
     }
 }
 
 /// The one writer. (Four writers on PostgreSQL, so that a row would wait for about one commit
 /// rather than two, measured the same here: accumulation p99 in the same 5–10 ms bucket with a
 /// 50 ms upstream, and throughput within the noise with an instant one.)
-async fn write_batches(store: Store, announce: Option<Announcer>, mut pending: tokio::sync::mpsc::Receiver<Pending>) {
+async fn write_batches(
+    store: Store,
+    announce: Option<Announcer>,
+    spool: Arc<std::sync::OnceLock<Arc<VoidSpool>>>,
+    mut pending: tokio::sync::mpsc::Receiver<Pending>,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (entries, replies): (Vec<UsageEntry>, Vec<_>) = batch.drain(..).unzip();
@@ -378,7 +446,20 @@ async fn write_batches(store: Store, announce: Option<Announcer>, mut pending: t
                     Some(opentab_store::Recorded::Held(epoch)) => Recorded::Held(*epoch),
                     None => Recorded::Held(None),
                 }),
-                Err(cause) => Err(cause.clone()),
+                // A void the database did not take is kept on disk, if there is a spool.
+                Err(cause) => match (entries[i].kind, spool.get()) {
+                    (opentab_core::charge::UsageKind::Void, Some(spool)) => match spool.keep(&entries[i]) {
+                        Ok(()) => {
+                            tracing::warn!(error = %cause, key = %entries[i].session_key, spool = %spool.path().display(), "the database did not take a void: spooled");
+                            Ok(Recorded::Spooled)
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "could not spool a void either");
+                            Err(cause.clone())
+                        }
+                    },
+                    _ => Err(cause.clone()),
+                },
             };
             // A caller that went away (its request was dropped) needs no answer.
             let _ = reply.send(mine);

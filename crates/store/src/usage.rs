@@ -42,6 +42,12 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
+        if self.backend() == crate::Backend::Sqlite {
+            // Take SQLite's write lock first: a transaction that reads first must upgrade to
+            // write, and an upgrade fails at once ("database is locked") while another
+            // connection writes, where a first write waits its turn.
+            sqlx::query("UPDATE owner_epochs SET epoch = epoch WHERE owner = ''").execute(&mut *tx).await?;
+        }
         let fenced: Vec<&UsageEntry> = entries.iter().filter(|e| e.epoch.is_some()).collect();
         let key_epochs = self.key_epochs(&mut tx, fenced.iter().map(|e| (e.session_key, e.owner))).await?;
         let owner_epochs = self.owner_epochs(&mut tx, fenced.iter().map(|e| e.owner)).await?;

@@ -128,3 +128,74 @@ where
     }
     Err(format!("timed out waiting until {what}").into())
 }
+
+/// A TCP link the test can cut and restore: what a database or Redis going away looks like to a
+/// process connected through it (every connection dropped, new ones refused), without touching
+/// the server other tests share.
+pub struct Link {
+    /// Where to connect instead of the target.
+    pub addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    /// Forwards a local port to `target` (`host:port`), up.
+    pub async fn start(target: &str) -> TestResult<Self> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
+        let (target, link_up, link_open) = (target.to_owned(), up.clone(), open.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !link_up.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                if let Ok(mut open) = link_open.lock() {
+                    open.retain(|t| !t.is_finished());
+                    open.push(task.abort_handle());
+                }
+            }
+        });
+        Ok(Self { addr, up, open, accept })
+    }
+
+    /// Drops every connection through the link and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut open) = self.open.lock() {
+            for task in open.drain(..) {
+                task.abort();
+            }
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `url` (`scheme://user@host:port/path`) with its host and port replaced by the link's.
+    pub fn rewrite(&self, url: &str) -> TestResult<String> {
+        let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let user = authority.rsplit_once('@').map(|(user, _)| format!("{user}@")).unwrap_or_default();
+        Ok(format!("{scheme}://{user}{}/{path}", self.addr))
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
