@@ -27,7 +27,7 @@ mod webhooks;
 
 pub use emails::{EmailSender, Mailer, SMTP_TIMEOUT};
 pub use settlement::{SettlementConfig, SettlementWorker, TickReport};
-pub use webhooks::{WebhookConfig, WebhookSecret, WebhookSender, sign, verify};
+pub use webhooks::{CONCURRENT_DELIVERIES, ROUND_MAX, WebhookConfig, WebhookSecret, WebhookSender, sign, verify};
 
 /// What can stop a worker's round.
 #[derive(Debug, thiserror::Error)]

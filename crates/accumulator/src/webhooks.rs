@@ -103,6 +103,13 @@ impl WebhookConfig {
     }
 }
 
+/// Deliveries under way at once: a slow receiver holds a round for one timeout per wave, not
+/// one per webhook.
+pub const CONCURRENT_DELIVERIES: u32 = 8;
+
+/// Most webhooks one round takes (then the next round, a poll interval later, goes on).
+pub const ROUND_MAX: u32 = 64;
+
 /// Delivers the outbox to one receiver.
 #[derive(Debug, Clone)]
 pub struct WebhookSender {
@@ -131,30 +138,55 @@ impl WebhookSender {
         .await;
     }
 
-    /// Delivers what is due at `now`; returns how many were delivered.
+    /// Delivers what is due at `now`, [`CONCURRENT_DELIVERIES`] at a time and at most
+    /// [`ROUND_MAX`] in a round; returns how many were delivered. Each wave is leased for one
+    /// delivery's timeout, so senders on several nodes never deliver the same webhook at once.
     pub async fn tick(&self, now: u64) -> Result<u32> {
-        let mut delivered = 0;
-        for entry in self.store.due_webhooks(now, 50).await? {
-            match self.deliver(&entry, now).await {
-                Ok(()) => {
-                    self.store.webhook_delivered(entry.id, now).await?;
-                    delivered += 1;
-                }
-                Err(error) => {
-                    let failures = entry.attempts.saturating_add(1);
-                    let dead = failures >= self.config.max_attempts;
-                    let next =
-                        now + retry_delay(self.config.retry_base, failures, rand::random::<f64>()).as_secs().max(1);
-                    if dead {
-                        tracing::error!(id = %entry.webhook.event_id, error, "webhook given up after {failures} attempts");
-                    } else {
-                        tracing::warn!(id = %entry.webhook.event_id, error, attempts = failures, "webhook not delivered");
+        let lease = self.config.timeout.as_secs() + 5;
+        let (mut delivered, mut taken) = (0, 0);
+        while taken < ROUND_MAX {
+            let wave = self.store.take_webhooks(now, lease, CONCURRENT_DELIVERIES).await?;
+            if wave.is_empty() {
+                break;
+            }
+            taken += wave.len() as u32;
+            let mut deliveries = tokio::task::JoinSet::new();
+            for entry in wave {
+                let sender = self.clone();
+                deliveries.spawn(async move {
+                    let outcome = sender.deliver(&entry, now).await;
+                    (entry, outcome)
+                });
+            }
+            while let Some(done) = deliveries.join_next().await {
+                let Ok((entry, outcome)) = done else {
+                    tracing::error!("a webhook delivery task failed; its webhook is due again when its lease ends");
+                    continue;
+                };
+                match outcome {
+                    Ok(()) => {
+                        self.store.webhook_delivered(entry.id, now).await?;
+                        delivered += 1;
                     }
-                    self.store.webhook_failed(entry.id, &error, next, dead).await?;
+                    Err(error) => self.failed(&entry, &error, now).await?,
                 }
             }
         }
         Ok(delivered)
+    }
+
+    /// Records a failed delivery: retried after its backoff, or given up.
+    async fn failed(&self, entry: &OutboxEntry, error: &str, now: u64) -> Result<()> {
+        let failures = entry.attempts.saturating_add(1);
+        let dead = failures >= self.config.max_attempts;
+        let next = now + retry_delay(self.config.retry_base, failures, rand::random::<f64>()).as_secs().max(1);
+        if dead {
+            tracing::error!(id = %entry.webhook.event_id, error, "webhook given up after {failures} attempts");
+        } else {
+            tracing::warn!(id = %entry.webhook.event_id, error, attempts = failures, "webhook not delivered");
+        }
+        self.store.webhook_failed(entry.id, error, next, dead).await?;
+        Ok(())
     }
 
     async fn deliver(&self, entry: &OutboxEntry, now: u64) -> Result<(), String> {

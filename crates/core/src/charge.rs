@@ -75,6 +75,10 @@ pub struct Charged {
     /// The counters it was taken on, where a store can lose them and rebuild them from the
     /// ledger while serving (Redis); `None` where they are only rebuilt before serving.
     pub epoch: Option<CounterEpoch>,
+    /// The key's charges in the last minute, this one included, where the store counts them
+    /// for every gateway sharing it (Redis): the rate rule sees a key spread over many nodes
+    /// whole. `None` where one gateway sees all its calls (it counts them itself).
+    pub recent_calls: Option<u32>,
 }
 
 /// Which rebuild of a key's counters, and of its owner's total, a charge was taken on.
@@ -158,7 +162,13 @@ pub fn charge(key: &mut KeyCounters, owner_served: &mut Usdc, req: &ChargeReques
         key.best_signature = Some(req.signature);
     }
     *owner_served = owner_served.checked_add(req.price).map_err(|_| overflow)?;
-    Ok(Charged { charged: req.price, served: needed, remaining: req.limit.saturating_sub(needed), epoch: None })
+    Ok(Charged {
+        charged: req.price,
+        served: needed,
+        remaining: req.limit.saturating_sub(needed),
+        epoch: None,
+        recent_calls: None,
+    })
 }
 
 /// Undoes a charge of `price` (the handler answered an error: the user never pays for one).

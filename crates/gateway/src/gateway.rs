@@ -189,6 +189,9 @@ pub struct ChargeEvent {
     pub served: Usdc,
     /// The key's spend limit.
     pub limit: Usdc,
+    /// The key's charges in the last minute, this one included, as the shared counters count
+    /// them across gateways (charges on Redis); `None`: the observer counts what it sees.
+    pub recent_calls: Option<u32>,
 }
 
 /// Consumes charge events. The gateway awaits [`ChargeObserver::observe`] once a charge or void
@@ -299,6 +302,9 @@ pub struct Paid {
     /// The counters' epoch it was taken on (see [`CounterEpoch`]).
     #[serde(default)]
     pub epoch: Option<CounterEpoch>,
+    /// The key's charges in the last minute across gateways, if the counters count them.
+    #[serde(default)]
+    pub recent_calls: Option<u32>,
     /// The receipt for `PAYMENT-RESPONSE`.
     pub response: PaymentResponse,
 }
@@ -392,6 +398,7 @@ pub async fn decide<D: KeyDirectory, C: CounterStore>(
             limit: key.limit,
             idempotency: request.idempotency,
             epoch: charged.epoch,
+            recent_calls: charged.recent_calls,
             response: PaymentResponse {
                 success: true,
                 payer: key.owner,

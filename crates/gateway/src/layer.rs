@@ -428,7 +428,9 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
         let Some(observer) = &self.observer else { return };
         let p = &charge.paid;
         let served = p.response.receipt.served;
-        let event = ChargeEvent { at, key: p.key, owner: p.owner, kind, amount: p.price, served, limit: p.limit };
+        let recent_calls = if kind == UsageKind::Charge { p.recent_calls } else { None };
+        let event =
+            ChargeEvent { at, key: p.key, owner: p.owner, kind, amount: p.price, served, limit: p.limit, recent_calls };
         observer.observe(event).await;
     }
 

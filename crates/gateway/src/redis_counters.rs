@@ -1,6 +1,7 @@
 //! Counters in Redis for production: each charge and void is one Lua script, so it is atomic
-//! across any number of gateway nodes. Keys are hash-tagged by owner (`{0xowner}`), so a key's
-//! counters and its owner's served total live in one Redis Cluster slot.
+//! across any number of gateway nodes. Names are hash-tagged by tab (`{prefix:0xowner}`, the
+//! prefix carrying the payee), so a key's counters and its owner's served total with the payee
+//! live in one Redis Cluster slot.
 //!
 //! If Redis loses data (a restart without persistence, a failover, `FLUSHALL`), a key's hash
 //! or its owner's total is missing. With a [`CounterSource`] (the durable usage ledger) the
@@ -37,11 +38,13 @@ use crate::gateway::{CounterStore, Unavailable};
 /// The largest integer a Lua number holds exactly.
 const LUA_EXACT: u64 = (1 << 53) - 1;
 
-/// The charge rule of `opentab_core::charge`, in Lua. KEYS: key hash, owner hash and, when the
-/// request has one, its idempotency key (set for `ARGV[7]` seconds once charged). ARGV: price,
-/// voucher (78 digits), signature, limit, owner budget (tab available + settled), "1" if
-/// missing counters must be rebuilt rather than read as zero. Answers `ok` with the served
-/// total, what is left and the key's and owner's epochs.
+/// The charge rule of `opentab_core::charge`, in Lua. KEYS: key hash, owner hash, the key's
+/// charges of the last minute (a sorted set scored by Redis's clock in milliseconds: the rate
+/// rule's count, whichever gateway charged) and, when the request has one, its idempotency key
+/// (set for `ARGV[7]` seconds once charged). ARGV: price, voucher (78 digits), signature,
+/// limit, owner budget (tab available + settled), "1" if missing counters must be rebuilt
+/// rather than read as zero. Answers `ok` with the served total, what is left, the key's and
+/// owner's epochs and the key's charges in the last minute.
 const CHARGE: &str = r"
 if ARGV[6] == '1' then
   local key_missing = redis.call('EXISTS', KEYS[1]) == 0
@@ -50,7 +53,7 @@ if ARGV[6] == '1' then
     return {'missing', key_missing and '1' or '0', owner_missing and '1' or '0'}
   end
 end
-if #KEYS > 2 and redis.call('EXISTS', KEYS[3]) == 1 then return {'duplicate'} end
+if #KEYS > 3 and redis.call('EXISTS', KEYS[4]) == 1 then return {'duplicate'} end
 local k = redis.call('HMGET', KEYS[1], 'served', 'best', 'epoch')
 local served = tonumber(k[1] or '0')
 local best = k[2] or string.rep('0', 78)
@@ -72,9 +75,24 @@ if voucher > best or (voucher == best and redis.call('HEXISTS', KEYS[1], 'sig') 
   redis.call('HSET', KEYS[1], 'best', voucher, 'sig', ARGV[3])
 end
 redis.call('HINCRBY', KEYS[2], 'served', ARGV[1])
-if #KEYS > 2 then redis.call('SET', KEYS[3], '1', 'EX', ARGV[7]) end
-return {'ok', string.format('%d', needed), string.format('%d', limit - needed), k[3] or '0', o[2] or '0'}
+if #KEYS > 3 then redis.call('SET', KEYS[4], '1', 'EX', ARGV[7]) end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[3], now_ms, t[1] .. '.' .. t[2] .. ':' .. string.format('%d', needed))
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - 60000)
+local recent = redis.call('ZCARD', KEYS[3])
+if recent > RECENT_CAP then
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, recent - RECENT_CAP - 1)
+  recent = RECENT_CAP
+end
+redis.call('PEXPIRE', KEYS[3], 61000)
+return {'ok', string.format('%d', needed), string.format('%d', limit - needed), k[3] or '0', o[2] or '0',
+  string.format('%d', recent)}
 ";
+
+/// The most charges of one key the last-minute count holds: far past any rate threshold, and a
+/// bound on its memory however hot the key.
+const RECENT_CAP: u32 = 10_000;
 
 /// Rebuild: sets the key's counters, and the owner's total when it was read, from the durable
 /// source, each only over counters of an older epoch (or none): the newest read wins, whatever
@@ -203,7 +221,7 @@ impl RedisCounters {
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
-            charge: Script::new(CHARGE),
+            charge: Script::new(&CHARGE.replace("RECENT_CAP", &RECENT_CAP.to_string())),
             restore: Script::new(RESTORE),
             void: Script::new(VOID),
             unlock: Script::new(UNLOCK),
@@ -237,10 +255,10 @@ impl RedisCounters {
         at: Option<CounterEpoch>,
     ) -> Result<bool, Unavailable> {
         let Some(source) = &self.source else { return Ok(true) };
-        let tag = format!("{{{owner:#x}}}");
+        let tag = self.tag(owner);
         let lock = match with_owner {
-            true => format!("{}:{tag}:rebuilding", self.prefix),
-            false => format!("{}:{tag}:rebuilding:{key:#x}", self.prefix),
+            true => format!("{tag}:rebuilding"),
+            false => format!("{tag}:rebuilding:{key:#x}"),
         };
         let token = lock_token();
         let mut conn = self.conn.clone();
@@ -328,8 +346,19 @@ impl RedisCounters {
 
     /// The key's hash and its owner's (`served`, `epoch`), in the owner's slot.
     fn names(&self, key: Address, owner: Address) -> (String, String) {
-        let tag = format!("{{{owner:#x}}}");
-        (format!("{}:{tag}:key:{key:#x}", self.prefix), format!("{}:{tag}:owner", self.prefix))
+        let tag = self.tag(owner);
+        (format!("{tag}:key:{key:#x}"), format!("{tag}:owner"))
+    }
+
+    /// The hash tag of the tab (owner, payee: the prefix carries the payee): every name one
+    /// charge touches is in its slot, so each script runs on one Redis Cluster node.
+    fn tag(&self, owner: Address) -> String {
+        format!("{{{}:{owner:#x}}}", self.prefix)
+    }
+
+    /// A `KEYS`/`SCAN` pattern matching every name these counters use.
+    pub fn pattern(&self) -> String {
+        format!("{{{}:*", self.prefix)
     }
 
     /// A key's counters (zero if it was never charged).
@@ -405,6 +434,7 @@ impl CounterStore for RedisCounters {
                     Some(_) => Some(CounterEpoch { key: num(3)?, owner: num(4)? }),
                     None => None,
                 },
+                recent_calls: Some(u32::try_from(num(5)?).unwrap_or(u32::MAX)),
             }),
             Some("voucher_too_low") => Err(ChargeRefused::VoucherTooLow {
                 needed: usdc(1)?,
@@ -448,7 +478,7 @@ impl CounterStore for RedisCounters {
 
     async fn claim(&self, owner: Address, id: B256, ttl_secs: u64) -> Result<bool, Unavailable> {
         let mut conn = self.conn.clone();
-        let name = format!("{}:{{{owner:#x}}}:claim:{id:x}", self.prefix);
+        let name = format!("{}:claim:{id:x}", self.tag(owner));
         let set: Option<String> = redis::cmd("SET")
             .arg(&name)
             .arg("1")
@@ -463,7 +493,7 @@ impl CounterStore for RedisCounters {
 
     async fn release(&self, owner: Address, id: B256) -> Result<(), Unavailable> {
         let mut conn = self.conn.clone();
-        let name = format!("{}:{{{owner:#x}}}:claim:{id:x}", self.prefix);
+        let name = format!("{}:claim:{id:x}", self.tag(owner));
         let _: i64 = redis::cmd("DEL").arg(&name).query_async(&mut conn).await.map_err(unavailable)?;
         Ok(())
     }
@@ -500,6 +530,7 @@ impl RedisCounters {
         let mut conn = self.conn.clone();
         let mut invocation = self.charge.key(&hash);
         invocation.key(&total);
+        invocation.key(format!("{hash}:recent"));
         if let Some(id) = req.idempotency {
             invocation.key(self.idempotency_name(owner, id));
         }
@@ -518,7 +549,7 @@ impl RedisCounters {
 
     /// The idempotency key's name, in the owner's slot.
     fn idempotency_name(&self, owner: Address, id: B256) -> String {
-        format!("{}:{{{owner:#x}}}:idem:{id:x}", self.prefix)
+        format!("{}:idem:{id:x}", self.tag(owner))
     }
 }
 

@@ -315,7 +315,7 @@ async fn a_rebuild_reads_the_owners_total_only_when_it_is_missing() -> TestResul
     // the budget (10 × PRICE) still counts what the other keys were served.
     let url = std::env::var("OPENTAB_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
-    let names: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", s.prefix())).query_async(&mut conn).await?;
+    let names: Vec<String> = redis::cmd("KEYS").arg(s.pattern()).query_async(&mut conn).await?;
     for name in names {
         let _: () = redis::cmd("DEL").arg(name).query_async(&mut conn).await?;
     }
@@ -324,5 +324,33 @@ async fn a_rebuild_reads_the_owners_total_only_when_it_is_missing() -> TestResul
     assert_eq!(ledger.owner_reads.load(Ordering::SeqCst), 2, "read again once it was lost");
     s.charge(keys[0], OWNER, req(5 * PRICE, U256::from(6 * PRICE), 1_000_000, 10 * PRICE)).await??;
     assert_eq!(s.owed().await?, Usdc::from_base_units(10 * PRICE), "exactly the budget");
+    Ok(())
+}
+
+/// Issue 12: the rate rule must see a key whole when it is spread over several proxies. The
+/// charge script counts the key's charges of the last minute in Redis, whichever gateway took
+/// them: two gateways on one Redis, 30 charges each, and the 60th reports 60.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_minute_of_a_key_is_counted_across_gateways() -> TestResult {
+    let one = redis().await?;
+    let url = std::env::var("OPENTAB_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let two = RedisCounters::connect(&url, one.prefix()).await?;
+    let key = Address::repeat_byte(0xc1);
+    let mut last = None;
+    for n in 1..=60u64 {
+        let node = if n % 2 == 0 { &one } else { &two };
+        let charged = node.charge(key, OWNER, req(PRICE, U256::from(n * PRICE), u64::MAX / 4, u64::MAX / 4)).await??;
+        assert_eq!(charged.recent_calls, Some(n as u32), "charge {n}");
+        last = Some(charged);
+    }
+    assert_eq!(last.and_then(|c| c.recent_calls), Some(60));
+    // Another key has its own count.
+    let other =
+        one.charge(Address::repeat_byte(0xc2), OWNER, req(PRICE, U256::from(PRICE), 10_000, u64::MAX / 4)).await??;
+    assert_eq!(other.recent_calls, Some(1));
+    // In-process counters leave the count to the one gateway that sees every call.
+    let alone =
+        InProcessCounters::default().charge(key, OWNER, req(PRICE, U256::from(PRICE), 10_000, 10_000)).await??;
+    assert_eq!(alone.recent_calls, None);
     Ok(())
 }

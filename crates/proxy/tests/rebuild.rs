@@ -47,10 +47,10 @@ fn prefix() -> TestResult<String> {
     Ok(format!("opentab-test-rebuild:{}:{}:{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
 }
 
-/// Everything under `prefix` gone, as `FLUSHALL` or a failover to an empty replica leaves it.
-async fn lose_everything(prefix: &str) -> TestResult {
+/// Every name of `counters` gone, as `FLUSHALL` or a failover to an empty replica leaves it.
+async fn lose_everything(counters: &RedisCounters) -> TestResult {
     let mut conn = redis::Client::open(redis_url())?.get_multiplexed_async_connection().await?;
-    let names: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await?;
+    let names: Vec<String> = redis::cmd("KEYS").arg(counters.pattern()).query_async(&mut conn).await?;
     assert!(!names.is_empty(), "the counters were in Redis");
     let _: () = redis::cmd("DEL").arg(names).query_async(&mut conn).await?;
     Ok(())
@@ -140,7 +140,7 @@ async fn a_charge_committed_after_a_rebuild_is_refused_and_the_counts_agree(stor
     let url = "/v1/chat";
     // Node A takes a charge; its row is not committed yet (the API is still working).
     let in_flight = w.a.take(&w.route, url, w.payment(PRICE)).await.map_err(|a| a.body)?;
-    lose_everything(w.a.counters.prefix()).await?;
+    lose_everything(&w.a.counters).await?;
     // Node B's call finds the counters gone and rebuilds them from the ledger, which does not
     // hold A's charge yet.
     let Authorized::Paid(_) = w.b.authorize(&w.route, url, w.payment(2 * PRICE)).await else {
@@ -174,7 +174,7 @@ async fn a_void_after_a_rebuild_gives_back_to_the_rebuilt_counters(store: Store)
     let Authorized::Paid(charge) = w.a.authorize(&w.route, url, w.payment(PRICE)).await else {
         return Err("the first call was refused".into());
     };
-    lose_everything(w.a.counters.prefix()).await?;
+    lose_everything(&w.a.counters).await?;
     let Authorized::Paid(_) = w.b.authorize(&w.route, url, w.payment(2 * PRICE)).await else {
         return Err("node B's call was refused".into());
     };

@@ -18,9 +18,10 @@ const FROZEN_BY_GUARDIAN: &str = "The key is frozen, at the gateway and (through
 const FROZEN_AT_GATEWAY: &str =
     "The key is frozen at the gateway: no call is served with it until its owner unfreezes it.";
 
-/// What the engine remembers of one key. The charges of other gateway nodes are not seen: with
-/// several nodes, each judges averages and rates on its share of a key's calls (the limit, the
-/// counters' served total, is exact).
+/// What the engine remembers of one key. The average is judged on the charges this node sees
+/// (with several nodes, its share of a key's calls); the rate, where the counters are shared
+/// (Redis), on every node's charges, counted in the charge script; the limit on the counters'
+/// served total, exact either way.
 #[derive(Debug, Default)]
 struct KeyStats {
     /// Charges less voids.
@@ -30,7 +31,16 @@ struct KeyStats {
     /// Unix seconds of the charges in the last minute.
     recent: VecDeque<u64>,
     firing: Vec<Rule>,
+    /// Unix seconds of its last charge or void.
+    last_at: u64,
 }
+
+/// A key with no rule firing that has not been charged for this long is forgotten; its history
+/// is read back from the ledger if it is charged again.
+const FORGET_AFTER_SECS: u64 = 3_600;
+
+/// How often (in event time) idle keys are looked for.
+const SWEEP_EVERY_SECS: u64 = 60;
 
 /// One crossing to record, with the numbers that decided it.
 #[derive(Debug)]
@@ -50,6 +60,8 @@ pub struct RuleEngine {
     listener: Option<Listener>,
     /// Never held across an await: a key's rules run whole between two charges of it.
     keys: Mutex<HashMap<Address, KeyStats>>,
+    /// When idle keys were last forgotten (event time).
+    swept_at: std::sync::atomic::AtomicU64,
 }
 
 impl RuleEngine {
@@ -67,15 +79,23 @@ impl RuleEngine {
                     served: activity.served,
                     recent: activity.recent.into(),
                     firing: Vec::new(),
+                    last_at: now,
                 },
             );
         }
-        for (key, rule) in store.open_alerts().await? {
+        for (key, rule) in store.open_alerts(None).await? {
             if let Ok(rule) = rule.parse() {
                 keys.entry(key).or_default().firing.push(rule);
             }
         }
-        Ok(Self { store, config, guardian: None, listener: None, keys: Mutex::new(keys) })
+        Ok(Self {
+            store,
+            config,
+            guardian: None,
+            listener: None,
+            keys: Mutex::new(keys),
+            swept_at: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// Calls `listener(owner, key)` after each crossing it records.
@@ -102,6 +122,11 @@ impl RuleEngine {
     /// returns the crossings. A crossing that could not be recorded is forgotten, so the key's
     /// next charge decides it again.
     pub async fn apply(&self, event: &ChargeEvent) -> Result<Vec<Transition>> {
+        // A key charged before that the engine does not know was forgotten while idle (or so
+        // far charged only on other gateways): its history comes back from the ledger.
+        if event.kind == UsageKind::Charge && event.served > event.amount && !self.knows(event.key)? {
+            self.recall(event).await?;
+        }
         let decided = self.decide(event)?;
         let mut crossed = Vec::with_capacity(decided.len());
         let mut failure = None;
@@ -130,10 +155,62 @@ impl RuleEngine {
         Ok(crossed)
     }
 
+    fn knows(&self, key: Address) -> Result<bool> {
+        Ok(self.keys.lock().map_err(|_| Error::Poisoned)?.contains_key(&key))
+    }
+
+    /// Reads `event`'s key's history back from the store (the ledger holds `event` already:
+    /// it is taken out, so the key is judged on what came before it).
+    async fn recall(&self, event: &ChargeEvent) -> Result<()> {
+        let activity = self.store.rule_activity_of(event.key, event.at.saturating_sub(59)).await?;
+        let firing: Vec<Rule> = self
+            .store
+            .open_alerts(Some(event.key))
+            .await?
+            .into_iter()
+            .filter_map(|(_, rule)| rule.parse().ok())
+            .collect();
+        let mut recent: VecDeque<u64> = activity.recent.into();
+        if let Some(this) = recent.iter().rposition(|&at| at == event.at) {
+            recent.remove(this);
+        }
+        let stats = KeyStats {
+            calls: activity.calls.saturating_sub(1),
+            served: activity.served.saturating_sub(event.amount),
+            recent,
+            firing,
+            last_at: event.at,
+        };
+        self.keys.lock().map_err(|_| Error::Poisoned)?.entry(event.key).or_insert(stats);
+        Ok(())
+    }
+
+    /// Forgets keys idle for [`FORGET_AFTER_SECS`] with no rule firing (but `current`, whose
+    /// event is being judged), at most once every [`SWEEP_EVERY_SECS`], and gives back what
+    /// bursts left in the others' memory.
+    fn sweep(&self, keys: &mut HashMap<Address, KeyStats>, current: Address, now: u64) {
+        use std::sync::atomic::Ordering;
+        let last = self.swept_at.load(Ordering::Relaxed);
+        if now < last.saturating_add(SWEEP_EVERY_SECS) {
+            return;
+        }
+        self.swept_at.store(now, Ordering::Relaxed);
+        keys.retain(|key, stats| {
+            *key == current || !stats.firing.is_empty() || stats.last_at.saturating_add(FORGET_AFTER_SECS) > now
+        });
+        for stats in keys.values_mut() {
+            if stats.recent.capacity() > 4 * stats.recent.len().max(16) {
+                stats.recent.shrink_to_fit();
+            }
+        }
+    }
+
     /// The rules' verdict on `event`, the key's memory moved past it (pure, under the lock).
     fn decide(&self, event: &ChargeEvent) -> Result<Vec<Decided>> {
         let mut keys = self.keys.lock().map_err(|_| Error::Poisoned)?;
+        self.sweep(&mut keys, event.key, event.at);
         let stats = keys.entry(event.key).or_default();
+        stats.last_at = stats.last_at.max(event.at);
         if event.kind == UsageKind::Void {
             stats.calls = stats.calls.saturating_sub(1);
             stats.served = stats.served.saturating_sub(event.amount);
@@ -147,7 +224,8 @@ impl RuleEngine {
             charge: event.amount,
             calls_before: stats.calls,
             served_before: stats.served,
-            calls_last_minute: u32::try_from(stats.recent.len()).unwrap_or(u32::MAX),
+            // Shared counters count every gateway's charges; alone, this node sees them all.
+            calls_last_minute: event.recent_calls.unwrap_or(u32::try_from(stats.recent.len()).unwrap_or(u32::MAX)),
             limit: event.limit,
             // The counters' total: exact across gateway nodes.
             served_after: event.served,

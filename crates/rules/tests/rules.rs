@@ -116,7 +116,7 @@ impl World {
             *total = total.saturating_add(amount);
             *total
         };
-        let event = ChargeEvent { at, key, owner, kind: UsageKind::Charge, amount, served, limit };
+        let event = ChargeEvent { at, key, owner, kind: UsageKind::Charge, amount, served, limit, recent_calls: None };
         self.engine.apply(&event).await?;
         Ok(())
     }
@@ -305,6 +305,59 @@ async fn a_restarted_engine_judges_a_spike_on_the_history_it_loaded() -> TestRes
     Ok(())
 }
 
+/// Issue 12: the engine's per-key memory was never forgotten. A key idle for an hour with no
+/// rule firing is forgotten; charged again, it is judged on the history the ledger holds (a
+/// fresh memory would have judged no average at all).
+#[tokio::test]
+async fn an_idle_key_is_forgotten_and_judged_on_its_ledger_history_when_it_returns() -> TestResult {
+    let w = world(RuleMode::Enforce).await?;
+    let (over, exact, busy) = (w.key("100").await?, w.key("100").await?, w.key("100").await?);
+    for n in 1..=5 {
+        w.charge(over, "0.002", n, 1_000 + n * 60).await?;
+        w.charge(exact, "0.002", n, 1_000 + n * 60).await?;
+    }
+    w.charge(busy, "0.002", 1, 1_400).await?;
+    assert_eq!(w.engine.keys_known(), 3);
+    // An hour and more later, another key's charge: the idle ones are forgotten.
+    w.charge(busy, "0.002", 2, 1_300 + 3_600 + 60).await?;
+    assert_eq!(w.engine.keys_known(), 1, "only the key in use is remembered");
+    // They come back: the average (0.002) is read from the ledger. Exactly 10× passes, one
+    // base unit more freezes.
+    w.charge(exact, "0.02", 6, 5_100).await?;
+    assert!(!w.frozen(exact).await?, "exactly 10× the recalled average is not a spike");
+    w.charge(over, "0.020001", 6, 5_100).await?;
+    assert!(w.frozen(over).await?, "one base unit over 10× the recalled average freezes");
+    assert_eq!(w.engine.keys_known(), 3);
+    Ok(())
+}
+
+/// Where the counters are shared (Redis), the charge script counts a key's last minute over
+/// every gateway: the rate rule fires on that count, even when this node saw few of the calls.
+#[tokio::test]
+async fn the_rate_rule_judges_the_shared_count_of_every_gateway() -> TestResult {
+    let w = world(RuleMode::Enforce).await?;
+    let key = w.key("100").await?;
+    let terms = w.store.key(key).await?.ok_or("no key")?.key;
+    let event = |recent: u32, served: &str| -> TestResult<ChargeEvent> {
+        Ok(ChargeEvent {
+            at: 2_000,
+            key,
+            owner: terms.owner,
+            kind: UsageKind::Charge,
+            amount: Usdc::parse_decimal("0.001")?,
+            served: Usdc::parse_decimal(served)?,
+            limit: terms.limit,
+            recent_calls: Some(recent),
+        })
+    };
+    // Exactly 100 in the minute, counted over four proxies: allowed.
+    w.engine.apply(&event(100, "0.1")?).await?;
+    assert!(!w.frozen(key).await?, "100 calls a minute is the limit, not past it");
+    w.engine.apply(&event(101, "0.101")?).await?;
+    assert!(w.frozen(key).await?, "the 101st call of the minute, across nodes, freezes");
+    Ok(())
+}
+
 /// Voids give a charge back to the running average and the call count.
 #[tokio::test]
 async fn a_voided_charge_leaves_the_average_as_if_it_never_happened() -> TestResult {
@@ -324,6 +377,7 @@ async fn a_voided_charge_leaves_the_average_as_if_it_never_happened() -> TestRes
         amount: Usdc::parse_decimal("0.01")?,
         served: Usdc::ZERO,
         limit: terms.limit,
+        recent_calls: None,
     };
     w.engine.apply(&void).await?;
     // Average back to 0.002: 0.020001 is a spike.

@@ -251,19 +251,38 @@ impl Store {
     /// Every key's calls and served total, with its charges since `recent_since`: the rule
     /// engine's memory when it starts, in two reads whatever the number of keys.
     pub async fn rule_activity(&self, recent_since: u64) -> Result<Vec<KeyActivity>> {
+        self.activity(None, recent_since).await
+    }
+
+    /// One key's calls, served total and charges since `recent_since` (zero if never charged):
+    /// what the rule engine recalls of a key it forgot while the key was idle.
+    pub async fn rule_activity_of(&self, key: Address, recent_since: u64) -> Result<KeyActivity> {
+        let found = self.activity(Some(key), recent_since).await?.pop();
+        Ok(found.unwrap_or(KeyActivity { key, calls: 0, served: Usdc::ZERO, recent: Vec::new() }))
+    }
+
+    async fn activity(&self, key: Option<Address>, recent_since: u64) -> Result<Vec<KeyActivity>> {
+        let only = key.map(hex).unwrap_or_default();
         let mut keys: std::collections::BTreeMap<Address, KeyActivity> = std::collections::BTreeMap::new();
-        for row in sqlx::query("SELECT session_key, served, calls FROM key_usage").fetch_all(&self.pool).await? {
+        let usage = sqlx::query("SELECT session_key, served, calls FROM key_usage WHERE $1 = '' OR session_key = $1")
+            .bind(&only)
+            .fetch_all(&self.pool)
+            .await?;
+        for row in usage {
             let key = address(&row.try_get::<String, _>("session_key")?, "session_key")?;
             // Stray voids can take the sums below zero; neither ever is.
             let served = u64::try_from(row.try_get::<i64, _>("served")?).unwrap_or(0);
             let calls = u64::try_from(row.try_get::<i64, _>("calls")?).unwrap_or(0);
             keys.insert(key, KeyActivity { key, calls, served: Usdc::from_base_units(served), recent: Vec::new() });
         }
-        let recent =
-            sqlx::query("SELECT session_key, at FROM usage_ledger WHERE at >= $1 AND kind = 'charge' ORDER BY at, id")
-                .bind(secs(recent_since)?)
-                .fetch_all(&self.pool)
-                .await?;
+        let recent = sqlx::query(
+            "SELECT session_key, at FROM usage_ledger WHERE at >= $1 AND kind = 'charge' \
+             AND ($2 = '' OR session_key = $2) ORDER BY at, id",
+        )
+        .bind(secs(recent_since)?)
+        .bind(&only)
+        .fetch_all(&self.pool)
+        .await?;
         for row in &recent {
             let key = address(&row.try_get::<String, _>("session_key")?, "session_key")?;
             let at = get_u64(row, "at")?;
@@ -275,11 +294,14 @@ impl Store {
         Ok(keys.into_values().collect())
     }
 
-    /// Every (key, rule) firing now.
-    pub async fn open_alerts(&self) -> Result<Vec<(Address, String)>> {
-        let rows = sqlx::query("SELECT session_key, rule FROM rule_alerts WHERE recovered_at IS NULL")
-            .fetch_all(&self.pool)
-            .await?;
+    /// Every (key, rule) firing now (of one key, with `Some`).
+    pub async fn open_alerts(&self, key: Option<Address>) -> Result<Vec<(Address, String)>> {
+        let rows = sqlx::query(
+            "SELECT session_key, rule FROM rule_alerts WHERE recovered_at IS NULL AND ($1 = '' OR session_key = $1)",
+        )
+        .bind(key.map(hex).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| Ok((address(&row.try_get::<String, _>("session_key")?, "session_key")?, row.try_get("rule")?)))
             .collect()

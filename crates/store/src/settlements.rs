@@ -402,20 +402,28 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxEntry {
-                    id: get_u64(row, "id")?,
-                    webhook: NewWebhook {
-                        event_id: row.try_get("event_id")?,
-                        event_type: row.try_get("event_type")?,
-                        payload: row.try_get("payload")?,
-                    },
-                    attempts: u32::try_from(get_u64(row, "attempts")?).unwrap_or(u32::MAX),
-                    created_at: get_u64(row, "created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(outbox_entry).collect()
+    }
+
+    /// Takes up to `limit` due webhooks, oldest first, for `lease_secs`: their due time moves
+    /// past the lease in the same statement, so another sender (another `serve` node) skips
+    /// them; a sender that dies mid-delivery leaves them due again once the lease is over.
+    pub async fn take_webhooks(&self, now: u64, lease_secs: u64, limit: u32) -> Result<Vec<OutboxEntry>> {
+        let rows = sqlx::query(
+            "UPDATE webhook_outbox SET next_attempt_at = $2 \
+             WHERE id IN (SELECT id FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= $1 \
+                          ORDER BY id LIMIT $3) \
+             AND status = 'pending' AND next_attempt_at <= $1 \
+             RETURNING id, event_id, event_type, payload, attempts, created_at",
+        )
+        .bind(secs(now)?)
+        .bind(secs(now.saturating_add(lease_secs))?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut taken = rows.iter().map(outbox_entry).collect::<Result<Vec<_>>>()?;
+        taken.sort_by_key(|e| e.id);
+        Ok(taken)
     }
 
     /// Marks a webhook delivered.
@@ -490,6 +498,19 @@ pub(crate) async fn enqueue(tx: &mut sqlx::AnyConnection, webhook: &NewWebhook, 
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+fn outbox_entry(row: &AnyRow) -> Result<OutboxEntry> {
+    Ok(OutboxEntry {
+        id: get_u64(row, "id")?,
+        webhook: NewWebhook {
+            event_id: row.try_get("event_id")?,
+            event_type: row.try_get("event_type")?,
+            payload: row.try_get("payload")?,
+        },
+        attempts: u32::try_from(get_u64(row, "attempts")?).unwrap_or(u32::MAX),
+        created_at: get_u64(row, "created_at")?,
+    })
 }
 
 fn voucher(row: &AnyRow) -> Result<U256> {
