@@ -60,6 +60,13 @@ const FIELDS: &[Field] = &[
     field("secure_cookies", Need::Optional, "true or false", is::<bool>),
     field("webhook_url", Need::Optional, "an http(s):// URL to deliver webhooks to", http_url),
     field("settle_every_secs", Need::Optional, "seconds between settlement rounds, a whole number", is::<u64>),
+    field("settle_lease_secs", Need::Optional, "seconds a settlement worker's lease holds, a whole number", is::<u64>),
+    field(
+        "settle_tx_timeout_secs",
+        Need::Optional,
+        "seconds to wait for a settlement's receipt, a whole number",
+        is::<u64>,
+    ),
     field("rule_guardian", Need::Optional, "an address (0x and 40 hex digits)", is::<Address>),
     field("smtp_url", Need::Optional, "an SMTP relay, smtp://host:port", smtp_url),
     field("alert_email", Need::Optional, "who receives alert email, e.g. \"ops@example.com\"", is::<String>),
@@ -74,7 +81,12 @@ const FIELDS: &[Field] = &[
     field("proxy", Need::Optional, "a table: [proxy]", is::<toml::Table>),
     field("proxy.listen", Need::Optional, "host:port to listen on, e.g. \"127.0.0.1:8403\"", is::<SocketAddr>),
     field("proxy.upstream", Need::Optional, "your API, http://host:port (no path)", upstream),
-    field("proxy.redis_url", Need::Optional, "a Redis URL: redis://host:port", redis_url),
+    field(
+        "proxy.redis_url",
+        Need::Optional,
+        "a Redis URL: redis://host:port, or redis+cluster://host:port,… for a Redis Cluster",
+        redis_url,
+    ),
     field("proxy.redis_prefix", Need::Optional, "a key prefix, e.g. \"opentab\"", is::<String>),
     field("proxy.timeout_secs", Need::Optional, "seconds, a whole number", is::<u64>),
     field("proxy.max_body_bytes", Need::Optional, "bytes, a whole number", is::<u64>),
@@ -247,7 +259,7 @@ fn smtp_url(value: &toml::Value) -> Result<(), String> {
 }
 
 fn redis_url(value: &toml::Value) -> Result<(), String> {
-    with_scheme(value, &["redis://", "rediss://"])
+    with_scheme(value, &["redis://", "rediss://", opentab_gateway::CLUSTER_SCHEME])
 }
 
 fn upstream(value: &toml::Value) -> Result<(), String> {

@@ -13,10 +13,15 @@
 //! - `opentab proxy`: the 402 gateway as a reverse proxy in front of any HTTP API.
 //! - `opentab settlements …`: the operator's settlement queue (list, retry a dead letter).
 //! - `opentab bench`: the paid hot path against the plain proxy, measured on this machine.
+//! - `opentab cluster`: the production topology on this machine (PostgreSQL, a Redis Cluster,
+//!   two `serve` and N `proxy` nodes), until Ctrl-C.
+//! - `opentab chaos`: the fault suite on that topology, with the conservation check.
 
 mod bench;
 mod chain;
+mod chaos;
 mod client;
+mod cluster;
 mod config;
 mod config_file;
 mod demo;
@@ -70,6 +75,12 @@ enum Command {
     Settlements(settlements::SettlementsArgs),
     /// Measure the paid hot path against the plain proxy on this machine (starts all it needs).
     Bench(bench::BenchArgs),
+    /// Run the production topology on this machine (PostgreSQL, a Redis Cluster, two serve
+    /// nodes, N proxies) until Ctrl-C, and describe it in cluster.json.
+    Cluster(cluster::ClusterArgs),
+    /// Run the fault suite on the cluster topology: each scenario's paid traffic, its fault,
+    /// recovery, and the conservation check; prints a table.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[tokio::main]
@@ -92,6 +103,8 @@ async fn main() -> std::process::ExitCode {
         Command::Proxy(args) => (proxy::run(args).await, true),
         Command::Settlements(args) => (settlements::run(args).await, false),
         Command::Bench(args) => (bench::run(args).await, false),
+        Command::Cluster(args) => (cluster::run(args).await, false),
+        Command::Chaos(args) => (chaos::run(args).await, false),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -109,6 +109,12 @@ struct Config {
     webhook_url: Option<String>,
     #[serde(default = "default_settle_every")]
     settle_every_secs: u64,
+    /// How long a settlement worker's lease holds an intent (and past each receipt's wait).
+    #[serde(default = "default_settle_lease")]
+    settle_lease_secs: u64,
+    /// How long a settlement worker waits for a receipt before counting the attempt failed.
+    #[serde(default = "default_settle_tx_timeout")]
+    settle_tx_timeout_secs: u64,
     #[serde(default)]
     rule_guardian: Option<Address>,
     /// The SMTP relay rule alerts are emailed through.
@@ -139,6 +145,14 @@ fn decimal_usdc<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Opt
 
 const fn default_settle_every() -> u64 {
     2
+}
+
+const fn default_settle_lease() -> u64 {
+    120
+}
+
+const fn default_settle_tx_timeout() -> u64 {
+    60
 }
 
 fn default_listen() -> SocketAddr {
@@ -249,6 +263,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             let mut settlement = SettlementConfig::new(config.payee);
             settlement.poll_interval = std::time::Duration::from_secs(config.settle_every_secs.max(1));
+            settlement.lease = std::time::Duration::from_secs(config.settle_lease_secs.max(1));
+            settlement.tx_timeout = std::time::Duration::from_secs(config.settle_tx_timeout_secs.max(1));
             let worker = SettlementWorker::new(store.clone(), settler, settlement);
             let mut stopped = stop.subscribe();
             background.push(tokio::spawn(worker.run(async move {

@@ -245,7 +245,7 @@ async fn a_void_the_database_cannot_take_waits_on_disk_and_lands_when_it_is_back
     let key = t.keys[0].address();
     // A second proxy on the same Redis reaches the database through a link the test cuts.
     let target = t.database_url.split_once('@').and_then(|(_, rest)| rest.split('/').next()).ok_or("no host")?;
-    let link = common::Link::start(target).await?;
+    let link = opentab_topology::Link::start(target).await?;
     let state = tempfile::tempdir()?;
     let state_dir = state.path().to_string_lossy().into_owned();
     let upstream = upstream().await?;

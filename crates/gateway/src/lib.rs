@@ -41,4 +41,4 @@ pub use gateway::{
 pub use layer::{Answer, Authorized, Charge, Gateway, PaymentHeaders, PaymentLayer, PaymentService};
 pub use metrics::{GatewayMetrics, Histogram};
 pub use opentab_core::charge::CounterEpoch;
-pub use redis_counters::{CounterSource, RedisCounters, Restored, SourceFuture};
+pub use redis_counters::{CLUSTER_SCHEME, CounterSource, RedisCounters, Restored, SourceFuture};

@@ -193,7 +193,7 @@ pub type SourceFuture<'a> = Pin<Box<dyn Future<Output = Result<Restored, Unavail
 /// Counters in Redis (see the module docs).
 #[derive(Clone)]
 pub struct RedisCounters {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     charge: Script,
     restore: Script,
@@ -208,16 +208,77 @@ impl std::fmt::Debug for RedisCounters {
     }
 }
 
+/// One Redis, or a Redis Cluster (each script runs on the node holding its tab's slot).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// The scheme of a Redis Cluster's address: `redis+cluster://host:port,host:port,…` (any of its
+/// nodes; the client learns the rest and follows failovers).
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
 impl RedisCounters {
-    /// Connects to `url` (`redis://host:port`); every key name starts with `prefix`.
+    /// Connects to `url`, `redis://host:port` for one Redis or `redis+cluster://host:port,…`
+    /// for a Redis Cluster; every key name starts with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, Unavailable> {
-        let client = redis::Client::open(url)
-            .map_err(|e| CounterError::BadUrl { url: opentab_core::redact_url(url), reason: e.to_string() })?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        let bad = |reason: String| CounterError::BadUrl { url: opentab_core::redact_url(url), reason };
+        let conn = match url.strip_prefix(CLUSTER_SCHEME) {
+            Some(nodes) => {
+                let nodes: Vec<String> = nodes
+                    .split(',')
+                    .filter(|n| !n.trim().is_empty())
+                    .map(|n| format!("redis://{}", n.trim()))
+                    .collect();
+                if nodes.is_empty() {
+                    return Err(bad("it names no node".into()).into());
+                }
+                let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(2))
+                    .retries(2)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?;
+                Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+            }
+            None => {
+                let client = redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(1);
+                Conn::Single(ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?)
+            }
+        };
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),

@@ -175,7 +175,7 @@ pub struct KeyUsage {
 }
 
 /// A key's usage as the ledger has it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UsageTotal {
     /// The key.
     pub session_key: Address,

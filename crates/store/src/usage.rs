@@ -310,6 +310,20 @@ impl Store {
         row.as_ref().map(key_usage).transpose().map(Option::unwrap_or_default)
     }
 
+    /// What the ledger holds for each request of `key`: the amount charged less the amount
+    /// voided, by request id (an audit: `opentab chaos` checks every call a client was served
+    /// against it).
+    pub async fn standing_by_request(&self, key: Address) -> Result<std::collections::HashMap<String, i64>> {
+        let rows = sqlx::query(
+            "SELECT request_id, CAST(SUM(CASE WHEN kind = 'charge' THEN amount ELSE -amount END) AS BIGINT) AS net \
+             FROM usage_ledger WHERE session_key = $1 GROUP BY request_id",
+        )
+        .bind(hex(key))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("request_id")?, row.try_get::<i64, _>("net")?))).collect()
+    }
+
     /// What the gateway served one key.
     pub async fn served(&self, key: Address) -> Result<Usdc> {
         Ok(self.key_usage(key).await?.served)
