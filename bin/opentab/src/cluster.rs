@@ -217,7 +217,7 @@ fn write_config(
         "listen = \"127.0.0.1:0\"\ndatabase_url = \"{database_url}\"\nrpc_url = \"{rpc_url}\"\n\
          validator = \"{:#x}\"\ndeployed_at_block = {}\npayee = \"{payee:#x}\"\ndomain = \"127.0.0.1\"\n\
          secure_cookies = false\nconfirmations = 0\nsettle_every_secs = 1\nsettle_lease_secs = 5\n\
-         settle_tx_timeout_secs = 10\n\n\
+         settle_tx_timeout_secs = 10\nsettle_confirmations = 6\n\n\
          [proxy]\nlisten = \"127.0.0.1:0\"\nredis_url = \"{}\"\ntimeout_secs = 10\n\
          # Chaos traffic is a burst by design: the rules alert without freezing.\nrules = \"shadow\"\n\n\
          [proxy.routes]\n\"POST /v1/work\" = \"{price}\"\n\"POST /v1/fail\" = \"{price}\"\n",

@@ -144,6 +144,7 @@ secure_cookies = {secure_cookies}
 settle_every_secs = 2
 settle_lease_secs = 120              # a settlement worker's lease, renewed before each send
 settle_tx_timeout_secs = 60          # how long a settlement's receipt is awaited
+settle_confirmations = 12            # blocks before a settlement is final (a reorg is checked for)
 # rule_guardian = "0x…"              # the account `opentab proxy` freezes keys on-chain with
 # smtp_url = "smtp://127.0.0.1:25"   # rule alerts by email, sent from the outbox by serve
 # alert_email = "ops@example.com"    # …to this mailbox (both or neither)

@@ -115,6 +115,9 @@ struct Config {
     /// How long a settlement worker waits for a receipt before counting the attempt failed.
     #[serde(default = "default_settle_tx_timeout")]
     settle_tx_timeout_secs: u64,
+    /// Blocks on top of a settlement before it is final (until then a reorg may drop it).
+    #[serde(default = "default_settle_confirmations")]
+    settle_confirmations: u64,
     #[serde(default)]
     rule_guardian: Option<Address>,
     /// The SMTP relay rule alerts are emailed through.
@@ -153,6 +156,10 @@ const fn default_settle_lease() -> u64 {
 
 const fn default_settle_tx_timeout() -> u64 {
     60
+}
+
+const fn default_settle_confirmations() -> u64 {
+    12
 }
 
 fn default_listen() -> SocketAddr {
@@ -265,6 +272,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             settlement.poll_interval = std::time::Duration::from_secs(config.settle_every_secs.max(1));
             settlement.lease = std::time::Duration::from_secs(config.settle_lease_secs.max(1));
             settlement.tx_timeout = std::time::Duration::from_secs(config.settle_tx_timeout_secs.max(1));
+            settlement.confirmations = config.settle_confirmations;
             let worker = SettlementWorker::new(store.clone(), settler, settlement);
             let mut stopped = stop.subscribe();
             background.push(tokio::spawn(worker.run(async move {

@@ -30,7 +30,7 @@ pub(crate) struct SettlementsArgs {
 enum SettlementsCommand {
     /// Settlements, newest first.
     List {
-        /// Only these: pending, succeeded or dead.
+        /// Only these: pending, succeeded, dead or reverted.
         #[arg(long, value_parser = parse_status)]
         status: Option<SettlementStatus>,
         /// Only this session key's.
@@ -81,7 +81,8 @@ fn parse_status(text: &str) -> Result<SettlementStatus, String> {
         "pending" => Ok(SettlementStatus::Pending),
         "succeeded" => Ok(SettlementStatus::Succeeded),
         "dead" => Ok(SettlementStatus::Dead),
-        _ => Err(format!("{text:?} is not a status: use pending, succeeded or dead")),
+        "reverted" => Ok(SettlementStatus::Reverted),
+        _ => Err(format!("{text:?} is not a status: use pending, succeeded, dead or reverted")),
     }
 }
 

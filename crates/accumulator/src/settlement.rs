@@ -30,6 +30,9 @@ pub struct SettlementConfig {
     pub tx_timeout: Duration,
     /// Most claims in one `settleBatch`.
     pub batch_max: u32,
+    /// Blocks on top of a settlement's block before it is final: until then a reorganisation
+    /// may drop it, and the worker checks that the chain still holds it.
+    pub confirmations: u64,
 }
 
 impl SettlementConfig {
@@ -44,6 +47,7 @@ impl SettlementConfig {
             lease: Duration::from_secs(120),
             tx_timeout: Duration::from_secs(60),
             batch_max: 20,
+            confirmations: 12,
         }
     }
 }
@@ -61,6 +65,8 @@ pub struct TickReport {
     pub dead_lettered: u32,
     /// Transactions sent.
     pub transactions: u32,
+    /// Settlements a reorganisation dropped: no longer counted as paid.
+    pub reverted: u32,
 }
 
 /// Settles what keys owe (see the crate docs).
@@ -91,12 +97,55 @@ impl SettlementWorker {
         .await;
     }
 
-    /// One round at `now`: plan, then settle what is due.
+    /// One round at `now`: check the settlements not final yet, plan, then settle what is due.
     pub async fn tick(&self, now: u64) -> Result<TickReport> {
+        // The chain being away must not stop the planning, which reads the database only.
+        let reverted = self.reconcile(now).await.unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "could not check recent settlements against the chain");
+            0
+        });
         let planned = self.plan(now).await?;
         let mut report = self.settle_due(now).await?;
         report.planned = planned;
+        report.reverted = reverted;
         Ok(report)
+    }
+
+    /// Checks the settlements paid by transactions that are not final yet: one whose block is
+    /// [`SettlementConfig::confirmations`] deep is final; one the chain no longer holds (a
+    /// reorganisation dropped it, and it is not waiting in the pool to be mined again) no longer
+    /// counts as paid, so its key is planned again from what the chain holds, and a
+    /// `settlement.reverted` webhook says so. Returns how many were reverted.
+    pub async fn reconcile(&self, now: u64) -> Result<u32> {
+        use opentab_chain::alloy_provider::Provider;
+        let unconfirmed = self.store.unconfirmed_settlements(self.config.payee, 50).await?;
+        if unconfirmed.is_empty() {
+            return Ok(0);
+        }
+        let provider = self.validator.provider();
+        let rpc = |e| crate::Error::Chain(opentab_chain::Error::Rpc(e));
+        let head = provider.get_block_number().await.map_err(rpc)?;
+        let mut reverted = 0;
+        for s in unconfirmed {
+            let Some(tx) = s.tx_hash else { continue };
+            match provider.get_transaction_receipt(tx).await.map_err(rpc)? {
+                Some(receipt) => {
+                    if receipt.block_number.is_some_and(|b| head.saturating_sub(b) >= self.config.confirmations) {
+                        self.store.settlement_confirmed(s.id, now).await?;
+                    }
+                }
+                None if provider.get_transaction_by_hash(tx).await.map_err(rpc)?.is_some() => {}
+                None => {
+                    let webhook = self.webhook(&s, "settlement.reverted", now, json!({ "txHash": tx }));
+                    if self.store.settlement_reverted(s.id, tx, &webhook, now).await? {
+                        tracing::warn!(id = s.id, key = %s.intent.session_key, %tx,
+                            "the chain dropped a settlement (a reorganisation): its key is settled again");
+                        reverted += 1;
+                    }
+                }
+            }
+        }
+        Ok(reverted)
     }
 
     /// Writes an intent for each key that is due and has none open; returns how many.
@@ -379,6 +428,7 @@ impl TickReport {
     /// Adds the counts of `other`.
     fn merge(mut self, other: Self) -> Self {
         self.succeeded += other.succeeded;
+        self.reverted += other.reverted;
         self.failed += other.failed;
         self.dead_lettered += other.dead_lettered;
         self.transactions += other.transactions;

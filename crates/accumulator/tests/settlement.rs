@@ -382,3 +382,39 @@ async fn a_round_longer_than_the_lease_keeps_its_intents_from_a_second_worker() 
     assert_eq!(w.paid().await?, 20 * USDC);
     Ok(())
 }
+
+/// Issue 12: a settlement mined, then dropped by a reorganisation before it was final, was
+/// still counted as paid: the planner took the key as settled and the payee was never paid.
+/// The worker now checks recent settlements against the chain: a dropped one is `reverted`,
+/// announced, and its key settled again.
+#[tokio::test]
+async fn a_settlement_a_reorganisation_dropped_is_settled_again() -> TestResult {
+    let mut w = World::new(postgres().await?).await?;
+    let key = w.key().await?;
+    w.serve(&key, 5, 2 * USDC).await?;
+    let provider = w.owner.provider().clone();
+    let snapshot: U256 = provider.raw_request("evm_snapshot".into(), ()).await?;
+    let worker = w.worker(&w.settler, "w1");
+    let report = worker.tick(now()).await?;
+    assert_eq!((report.succeeded, report.transactions), (1, 1));
+    assert_eq!(w.paid().await?, 10 * USDC);
+
+    // The chain goes back before the settlement, and a longer branch without it wins.
+    let reverted: bool = provider.raw_request("evm_revert".into(), (snapshot,)).await?;
+    assert!(reverted);
+    for _ in 0..4 {
+        let _: serde_json::Value = provider.raw_request("evm_mine".into(), ()).await?;
+    }
+    w.listener.catch_up().await?;
+    assert_eq!(w.paid().await?, 0, "the payee's payment is gone with the branch");
+
+    let report = worker.tick(now() + 1).await?;
+    assert_eq!(report.reverted, 1, "{report:?}");
+    assert_eq!((report.planned, report.succeeded), (1, 1), "planned again from what the chain holds, and paid");
+    assert_eq!(w.paid().await?, 10 * USDC);
+    assert_eq!(w.settled(&key).await?, 10 * USDC);
+    let reverts = w.store.webhooks_of_type("settlement.reverted").await?;
+    assert_eq!(reverts.len(), 1);
+    assert_eq!(w.store.settlements(Some(SettlementStatus::Reverted), None, 10).await?.len(), 1);
+    Ok(())
+}

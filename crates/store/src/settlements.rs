@@ -21,6 +21,9 @@ pub enum SettlementStatus {
     Succeeded,
     /// Retries spent: waits for someone to retry it by hand.
     Dead,
+    /// Mined, then dropped by a reorganisation before it was final: the key is planned again
+    /// from what the chain holds.
+    Reverted,
 }
 
 impl SettlementStatus {
@@ -30,6 +33,7 @@ impl SettlementStatus {
             Self::Pending => "pending",
             Self::Succeeded => "succeeded",
             Self::Dead => "dead",
+            Self::Reverted => "reverted",
         }
     }
 
@@ -38,6 +42,7 @@ impl SettlementStatus {
             "pending" => Ok(Self::Pending),
             "succeeded" => Ok(Self::Succeeded),
             "dead" => Ok(Self::Dead),
+            "reverted" => Ok(Self::Reverted),
             other => Err(Error::Corrupt { column: "status", value: other.to_owned() }),
         }
     }
@@ -346,6 +351,49 @@ impl Store {
         .rows_affected()
             == 1;
         announce_if(tx, done, webhook, now).await
+    }
+
+    /// Succeeded settlements paid by a transaction that is not final yet, oldest first: the
+    /// worker checks each against the chain until its block is deep enough.
+    pub async fn unconfirmed_settlements(&self, payee: Address, limit: u32) -> Result<Vec<Settlement>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SETTLEMENT_COLUMNS} FROM settlements WHERE payee = $1 AND status = 'succeeded' \
+             AND tx_hash IS NOT NULL AND confirmed_at IS NULL ORDER BY id LIMIT $2"
+        ))
+        .bind(hex(payee))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(settlement).collect()
+    }
+
+    /// Marks settlement `id` final: its transaction's block is deep enough.
+    pub async fn settlement_confirmed(&self, id: u64, now: u64) -> Result<()> {
+        sqlx::query("UPDATE settlements SET confirmed_at = $2 WHERE id = $1 AND status = 'succeeded'")
+            .bind(secs(id)?)
+            .bind(secs(now)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that the chain dropped the transaction `tx` that paid settlement `id` (a
+    /// reorganisation): it no longer counts as paid, and `webhook` announces it, in one
+    /// transaction. Returns false if it was not a succeeded settlement paid by `tx`.
+    pub async fn settlement_reverted(&self, id: u64, tx: B256, webhook: &NewWebhook, now: u64) -> Result<bool> {
+        let mut db = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE settlements SET status = 'reverted', updated_at = $3 \
+             WHERE id = $1 AND status = 'succeeded' AND tx_hash = $2",
+        )
+        .bind(secs(id)?)
+        .bind(format!("{tx:#x}"))
+        .bind(secs(now)?)
+        .execute(&mut *db)
+        .await?
+        .rows_affected()
+            == 1;
+        announce_if(db, done, webhook, now).await
     }
 
     /// Puts a dead-lettered settlement back in the queue with fresh retries. Returns false if

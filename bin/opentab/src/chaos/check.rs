@@ -127,8 +127,23 @@ pub(crate) async fn check(
             v.problems.push(format!("key {key}: settled {settled} on-chain, beyond the {} served", usage.served));
         }
         v.problems.extend(paid_twice(store, key).await?);
+        v.problems.extend(dropped_but_counted(store, chain, key).await?);
     }
     Ok(v)
+}
+
+/// Settlements of `key` recorded as paid by a transaction the chain does not hold (a reorg
+/// dropped it): the payee would never be paid for them.
+async fn dropped_but_counted(store: &Store, chain: &Validator, key: Address) -> anyhow::Result<Vec<String>> {
+    use opentab_chain::alloy_provider::Provider;
+    let mut problems = Vec::new();
+    for s in store.settlements(Some(SettlementStatus::Succeeded), Some(key), 1_000).await? {
+        let Some(tx) = s.tx_hash else { continue };
+        if chain.provider().get_transaction_receipt(tx).await?.is_none() {
+            problems.push(format!("key {key}: settlement {} counts as paid by {tx}, which the chain dropped", s.id));
+        }
+    }
+    Ok(problems)
 }
 
 /// Intents of `key` that succeeded with a transaction for the same voucher more than once.

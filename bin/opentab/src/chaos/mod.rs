@@ -388,12 +388,13 @@ async fn reorg(cluster: &mut Cluster, notes: &mut Vec<String>) -> anyhow::Result
     let base = anvil.get_block_number().await?;
     let waiting = Instant::now();
     // Wait for a settlement transaction mined past the snapshot.
-    let mut settled = false;
-    while waiting.elapsed() < Duration::from_secs(30) {
+    let mut settled = Vec::new();
+    while settled.is_empty() && waiting.elapsed() < Duration::from_secs(30) {
         let done = cluster.store.settlements(Some(opentab_store::SettlementStatus::Succeeded), None, 1_000).await?;
-        if done.iter().any(|s| s.tx_hash.is_some() && s.updated_at >= crate::chaos::unix_now().saturating_sub(30)) {
-            settled = true;
-            break;
+        for tx in done.iter().filter_map(|s| s.tx_hash) {
+            if anvil.get_transaction_receipt(tx).await?.and_then(|r| r.block_number).is_some_and(|b| b > base) {
+                settled.push(tx);
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -406,11 +407,7 @@ async fn reorg(cluster: &mut Cluster, notes: &mut Vec<String>) -> anyhow::Result
     for _ in 0..=(head - base) {
         let _: serde_json::Value = anvil.raw_request("evm_mine".into(), ()).await?;
     }
-    notes.push(format!(
-        "{} blocks replaced by a longer branch{}",
-        head - base,
-        if settled { ", settlements among them" } else { " (no settlement had been mined)" }
-    ));
+    notes.push(format!("{} blocks replaced by a longer branch without {} settlement(s)", head - base, settled.len()));
     Ok(())
 }
 
@@ -477,8 +474,4 @@ fn print_table(rows: &[Row]) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
