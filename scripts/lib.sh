@@ -178,6 +178,20 @@ stop_redis() {
   fi
 }
 
+# What the cluster topology runs itself (crates/topology, `opentab cluster`, `opentab chaos`):
+# PostgreSQL's server binaries for a cluster of its own, redis-server and redis-cli for a
+# Redis Cluster, iproute2 for the network-namespace fault. Installs only what is missing.
+ensure_cluster_tools() {
+  if command -v apt-get >/dev/null; then
+    local pkgs=()
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs+=(postgresql)
+    command -v redis-server >/dev/null || pkgs+=(redis-server)
+    command -v redis-cli >/dev/null || pkgs+=(redis-tools)
+    command -v ip >/dev/null || pkgs+=(iproute2)
+    if [ ${#pkgs[@]} -gt 0 ]; then ensure_debian_packages "${pkgs[@]}"; fi
+  fi
+}
+
 # cargo-mutants (crates.io, pinned), for the mutation check of the money rules.
 CARGO_MUTANTS_VERSION=27.1.0
 ensure_cargo_mutants() {

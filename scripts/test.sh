@@ -2,7 +2,8 @@
 # Runs every test of opentab: the forge suite (unit, fuzz, invariant, gas snapshot), the check
 # that the committed contract artifacts are current, the Rust suite (real anvil chains, a real
 # PostgreSQL and Redis — the local ones, or ones of its own — and SQLite, and schemathesis
-# against the live API's OpenAPI document), cargo mutants on the money rules, the cargo-fuzz
+# against the live API's OpenAPI document), `opentab chaos --short` (the cluster topology under
+# faults, with the conservation check), cargo mutants on the money rules, the cargo-fuzz
 # targets (a minute each), the TypeScript packages (the Express middleware and
 # the paying client against a real `opentab dev`, and their tarballs installed outside the repo),
 # the Python SDK (pytest against `opentab dev`, and its wheel in a fresh virtualenv), and the web UI (component tests, then the
@@ -54,12 +55,19 @@ cargo build --workspace --all-targets --locked
 stage "rust: tests (real anvil, PostgreSQL, SQLite, Redis)"
 ensure_postgres
 ensure_redis
+ensure_cluster_tools
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
   echo "(cargo-nextest not installed: using cargo test; 'cargo install cargo-nextest' makes this faster)"
   cargo test --workspace --locked --no-fail-fast
 fi
+
+stage "chaos: opentab chaos --short (the cluster topology under faults, conservation checked)"
+# Its own PostgreSQL, Redis Cluster (3 masters, 3 replicas), two serve nodes and three proxies;
+# FLUSHALL, a proxy killed mid-charge, a PostgreSQL restart, a Redis master killed. Prints the
+# table (calls, lost, doubled, recovery); any lost or doubled call fails the stage.
+"${CARGO_TARGET_DIR:-target}/debug/opentab" chaos --short --json "${CARGO_TARGET_DIR:-target}/chaos.json"
 
 stage "rust: doc examples"
 cargo test --workspace --locked --doc --quiet

@@ -72,6 +72,10 @@ pub(crate) struct BenchArgs {
     /// Where the results are written as JSON.
     #[arg(long, default_value = "bench.json")]
     json: PathBuf,
+    /// Drive a running `opentab cluster` (its `cluster.json`) instead of starting a proxy:
+    /// plain, then paid calls spread over every proxy of the topology.
+    #[arg(long)]
+    cluster: Option<PathBuf>,
 }
 
 /// What the proxy does with the calls of a run.
@@ -143,6 +147,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.keys >= 1 && args.concurrency >= 1 && args.calls >= 1,
         "--keys, --calls and --concurrency must be at least 1"
     );
+    if let Some(described) = &args.cluster {
+        return on_cluster(&args, described).await;
+    }
     let mut out = std::io::stdout().lock();
     let machine = machine();
     writeln!(out, "opentab bench on {} ({} cores)", machine.cpu, machine.cores)?;
@@ -305,22 +312,140 @@ impl Chain {
     /// `signed` (each key's highest voucher so far), which they raise.
     fn sign(&self, accepted: &Requirements, calls: usize, signed: &mut [u64]) -> Vec<String> {
         let domain = opentab_core::ContractDomain::opentab(self.deployment.chain_id, self.deployment.validator);
-        (0..calls)
-            .map(|call| {
-                let n = call % self.keys.len();
-                let key = &self.keys[n];
-                signed[n] += PRICE_UNITS;
-                let amount = U256::from(signed[n]);
-                let signature = key.sign_digest(&domain.digest(&Voucher::new(key.address(), self.payee, amount)));
-                encode_header(&PaymentPayload {
-                    x402_version: X402_VERSION,
-                    accepted: accepted.clone(),
-                    payload: SessionPayload { session_key: key.address(), cumulative_amount: amount, signature },
-                    extensions: None,
-                })
-            })
-            .collect()
+        sign_calls(&self.keys, &domain, self.payee, accepted, PRICE_UNITS, calls, signed)
     }
+}
+
+/// `PAYMENT-SIGNATURE` values for `calls` calls of `price` base units spread over `keys`,
+/// continuing from `signed` (each key's highest voucher so far), which they raise.
+fn sign_calls(
+    keys: &[SigningKey],
+    domain: &opentab_core::ContractDomain,
+    payee: Address,
+    accepted: &Requirements,
+    price: u64,
+    calls: usize,
+    signed: &mut [u64],
+) -> Vec<String> {
+    (0..calls)
+        .map(|call| {
+            let n = call % keys.len();
+            let key = &keys[n];
+            signed[n] += price;
+            let amount = U256::from(signed[n]);
+            let signature = key.sign_digest(&domain.digest(&Voucher::new(key.address(), payee, amount)));
+            encode_header(&PaymentPayload {
+                x402_version: X402_VERSION,
+                accepted: accepted.clone(),
+                payload: SessionPayload { session_key: key.address(), cumulative_amount: amount, signature },
+                extensions: None,
+            })
+        })
+        .collect()
+}
+
+/// `opentab bench --cluster`: plain calls, then paid calls, spread over every proxy of a running
+/// `opentab cluster`; the ledger checked after.
+async fn on_cluster(args: &BenchArgs, described: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(described).with_context(|| format!("reading {}", described.display()))?;
+    let cluster: crate::cluster::Described = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an opentab cluster's description", described.display()))?;
+    let keys = cluster.keys.iter().map(|k| Ok(k.parse::<SigningKey>()?)).collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!keys.is_empty() && !cluster.proxies.is_empty(), "the cluster has no keys or no proxies");
+    let machine = machine();
+    say(&format!(
+        "opentab bench on {} ({} cores): {} calls a run, {} at once, over {} proxies and {} keys",
+        machine.cpu,
+        machine.cores,
+        args.calls,
+        args.concurrency,
+        cluster.proxies.len(),
+        keys.len()
+    ));
+    let store = Store::connect(&cluster.database_url).await.context("opening the cluster's database")?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient =
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.concurrency).build(connector);
+    let warmup = (args.calls / 10).min(1_000);
+    let total = warmup + args.calls;
+    let mut runs = Vec::new();
+    for paid in [false, true] {
+        let (path, payments) = match paid {
+            false => (cluster.free_path.as_str(), None),
+            true => {
+                let accepted = challenge(&client, &cluster.proxies[0], &cluster.paid_path).await?;
+                let domain = opentab_core::ContractDomain::opentab(cluster.chain_id, cluster.validator);
+                // Vouchers continue from what the keys were served before.
+                let mut signed = Vec::with_capacity(keys.len());
+                for key in &keys {
+                    signed.push(store.usage_total(key.address()).await?.map_or(0, |t| t.served.base_units()));
+                }
+                let price = cluster.price.base_units();
+                say(&format!("  signing {total} vouchers before timing"));
+                let payments = sign_calls(&keys, &domain, cluster.payee, &accepted, price, total, &mut signed);
+                (cluster.paid_path.as_str(), Some((Arc::new(payments), signed)))
+            }
+        };
+        let next = Arc::new(AtomicUsize::new(0));
+        let vouchers = payments.as_ref().map(|(p, _)| p.clone());
+        drive(&client, &cluster.proxies, path, vouchers.clone(), &next, warmup, args.concurrency).await?;
+        next.store(warmup, Ordering::Relaxed);
+        let started = Instant::now();
+        let mut latencies = drive(&client, &cluster.proxies, path, vouchers, &next, total, args.concurrency).await?;
+        let elapsed = started.elapsed();
+        latencies.sort_unstable();
+        let ms = |q: f64| {
+            let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+            latencies[i].as_secs_f64() * 1_000.0
+        };
+        let calls_per_sec = args.calls as f64 / elapsed.as_secs_f64();
+        let plain: Option<&Run> = runs.first();
+        let conservation = match &payments {
+            Some((_, signed)) => {
+                let mut holds = true;
+                for (key, signed) in keys.iter().zip(signed) {
+                    let usage = store.usage_total(key.address()).await?.unwrap_or_default();
+                    holds &= usage.served.base_units() == *signed && usage.served.to_u256() <= usage.best;
+                }
+                Some(holds)
+            }
+            None => None,
+        };
+        let run = Run {
+            mode: if paid { Mode::Redis } else { Mode::Plain },
+            ledger: Ledger::Postgres,
+            calls: args.calls,
+            calls_per_sec,
+            p50_ms: ms(0.50),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            added_p50_ms: plain.map(|p| ms(0.50) - p.p50_ms),
+            added_p99_ms: plain.map(|p| ms(0.99) - p.p99_ms),
+            added_p999_ms: plain.map(|p| ms(0.999) - p.p999_ms),
+            proxy_cpu_us_per_call: 0.0,
+            accumulation_p99_ms: None,
+            ratio_to_plain: plain.map(|p| calls_per_sec / p.calls_per_sec),
+            conservation,
+        };
+        print_run(&run);
+        runs.push(run);
+    }
+    print_table(&runs)?;
+    let report = Report {
+        machine,
+        calls: args.calls,
+        concurrency: args.concurrency,
+        keys: keys.len(),
+        upstream_delay_ms: 0,
+        runs: &runs,
+        skipped: &[],
+    };
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    say(&format!("wrote {}", args.json.display()));
+    anyhow::ensure!(runs.iter().all(|r| r.conservation != Some(false)), "the ledger disagrees with the receipts");
+    Ok(())
 }
 
 /// A running `opentab proxy` child.
@@ -405,7 +530,7 @@ async fn measure(
     let payments = match mode {
         Mode::Plain => None,
         Mode::InProcess | Mode::Redis => {
-            let accepted = challenge(&client, &proxy.url).await?;
+            let accepted = challenge(&client, &proxy.url, "/v1/paid").await?;
             say(&format!("  {mode:?} on {ledger:?}: signing {total} vouchers before timing"));
             Some(Arc::new(chain.sign(&accepted, total, signed)))
         }
@@ -413,13 +538,14 @@ async fn measure(
     let path = if payments.is_some() { "/v1/paid" } else { "/v1/free" };
     // The warm-up opens the connections and fills the caches; it is not timed.
     let next = Arc::new(AtomicUsize::new(0));
-    drive(&client, &proxy.url, path, payments.clone(), &next, warmup, args.concurrency).await?;
+    let bases = std::slice::from_ref(&proxy.url);
+    drive(&client, bases, path, payments.clone(), &next, warmup, args.concurrency).await?;
     // Workers that found the warm-up done took a number past it and sent nothing.
     next.store(warmup, Ordering::Relaxed);
     let cpu_before = proxy.cpu();
     let ledger_before = ledger_buckets(&client, &proxy.url).await?;
     let started = Instant::now();
-    let mut latencies = drive(&client, &proxy.url, path, payments, &next, total, args.concurrency).await?;
+    let mut latencies = drive(&client, bases, path, payments, &next, total, args.concurrency).await?;
     let elapsed = started.elapsed();
     let cpu = proxy.cpu().saturating_sub(cpu_before);
     let ledger_after = ledger_buckets(&client, &proxy.url).await?;
@@ -450,11 +576,11 @@ async fn measure(
     })
 }
 
-/// Sends calls `next..until` with `concurrency` in flight; each call's latency. Any answer but
-/// 200 stops the run with an error.
+/// Sends calls `next..until` with `concurrency` in flight, call `n` to `bases[n % len]`; each
+/// call's latency. Any answer but 200 stops the run with an error.
 async fn drive(
     client: &HttpClient,
-    base: &str,
+    bases: &[String],
     path: &str,
     payments: Option<Arc<Vec<String>>>,
     next: &Arc<AtomicUsize>,
@@ -464,7 +590,7 @@ async fn drive(
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let (client, next, payments) = (client.clone(), next.clone(), payments.clone());
-        let url = format!("{base}{path}");
+        let urls: Vec<String> = bases.iter().map(|base| format!("{base}{path}")).collect();
         workers.spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -472,7 +598,8 @@ async fn drive(
                 if call >= until {
                     return anyhow::Ok(latencies);
                 }
-                let mut request = hyper::Request::post(&url).header("content-type", "application/json");
+                let url = &urls[call % urls.len()];
+                let mut request = hyper::Request::post(url).header("content-type", "application/json");
                 if let Some(payment) = payments.as_ref().and_then(|p| p.get(call)) {
                     request = request.header(PAYMENT_SIGNATURE, payment);
                 }
@@ -522,8 +649,8 @@ fn quantile_bound(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option
     counts.iter().find(|&&(_, n)| total > 0 && n >= wanted).map(|&(le, _)| le)
 }
 
-async fn challenge(client: &HttpClient, base: &str) -> anyhow::Result<Requirements> {
-    let response = client.request(hyper::Request::post(format!("{base}/v1/paid")).body(Body::from("{}"))?).await?;
+async fn challenge(client: &HttpClient, base: &str, path: &str) -> anyhow::Result<Requirements> {
+    let response = client.request(hyper::Request::post(format!("{base}{path}")).body(Body::from("{}"))?).await?;
     anyhow::ensure!(response.status() == 402, "an unpaid call answered {}", response.status());
     let body = response.into_body().collect().await?.to_bytes();
     let required: PaymentRequired = serde_json::from_slice(&body)?;

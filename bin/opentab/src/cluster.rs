@@ -25,7 +25,7 @@ use opentab_chain::{Anvil, AnvilConfig, KeyTerms, Validator, deploy_dev_contract
 use opentab_core::{Address, SigningKey, Usdc};
 use opentab_store::Store;
 use opentab_topology::{Link, OwnPostgres, RedisCluster, Supervised};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Args)]
 pub(crate) struct ClusterArgs {
@@ -245,7 +245,8 @@ async fn wait_until_mirrored(store: &Store, keys: &[SigningKey]) -> anyhow::Resu
     Ok(())
 }
 
-/// The API behind the proxies: `POST /v1/work` answers 200, `POST /v1/fail` 500. It remembers
+/// The API behind the proxies: `POST /v1/work` answers 200, `POST /v1/fail` 500 (both priced),
+/// `POST /v1/free` 200 (not priced). It remembers
 /// the request id (`x-request-id`) of every call it answered 200, to check against the ledger.
 #[derive(Clone)]
 pub(crate) struct Upstream {
@@ -274,7 +275,9 @@ impl Upstream {
                     }
                 }),
             )
-            .route("/v1/fail", post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "the model failed") }));
+            .route("/v1/fail", post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "the model failed") }))
+            // Not priced: `opentab bench --cluster`'s plain baseline.
+            .route("/v1/free", post(|| async { axum::Json(serde_json::json!({ "ok": true })) }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -287,21 +290,25 @@ impl Upstream {
     }
 }
 
-/// What `cluster.json` holds.
-#[derive(Serialize)]
+/// What `cluster.json` holds: where everything is, and the keys' private keys (a local test
+/// topology: anvil's accounts, keys made for it).
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Described<'a> {
-    proxies: Vec<String>,
-    serves: Vec<String>,
-    database_url: &'a str,
-    redis_url: String,
-    rpc_url: String,
-    chain_id: u64,
-    validator: Address,
-    payee: Address,
-    price: Usdc,
-    paid_route: &'static str,
-    keys: Vec<String>,
+pub(crate) struct Described {
+    pub(crate) proxies: Vec<String>,
+    pub(crate) serves: Vec<String>,
+    pub(crate) database_url: String,
+    pub(crate) redis_url: String,
+    pub(crate) rpc_url: String,
+    pub(crate) chain_id: u64,
+    pub(crate) validator: Address,
+    pub(crate) payee: Address,
+    pub(crate) price: Usdc,
+    /// Priced at `price`.
+    pub(crate) paid_path: String,
+    /// Not priced: the same upstream, no payment.
+    pub(crate) free_path: String,
+    pub(crate) keys: Vec<String>,
 }
 
 pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<()> {
@@ -316,14 +323,15 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let described = Described {
         proxies: cluster.proxy_urls(),
         serves: cluster.serves.iter().filter_map(|s| s.field("opentab serving on")).collect(),
-        database_url: &cluster.database_url,
+        database_url: cluster.database_url.clone(),
         redis_url: cluster.redis.url(),
         rpc_url: cluster.anvil.endpoint(),
         chain_id: cluster.deployment.chain_id,
         validator: cluster.deployment.validator,
         payee: cluster.payee,
         price: cluster.price,
-        paid_route: "POST /v1/work",
+        paid_path: "/v1/work".into(),
+        free_path: "/v1/free".into(),
         keys: cluster.keys.iter().map(|k| format!("{:#x}", k.to_bytes())).collect(),
     };
     std::fs::write(&args.json, serde_json::to_string_pretty(&described)?)
