@@ -65,7 +65,8 @@ fi
 
 stage "chaos: opentab chaos --short (the cluster topology under faults, conservation checked)"
 # Its own PostgreSQL, Redis Cluster (3 masters, 3 replicas), two serve nodes and three proxies;
-# FLUSHALL, a proxy killed mid-charge, a PostgreSQL restart, a Redis master killed. Prints the
+# FLUSHALL, a proxy killed mid-charge, a PostgreSQL restart, a Redis master killed, a reorg
+# during settlement. Prints the
 # table (calls, lost, doubled, recovery); any lost or doubled call fails the stage.
 "${CARGO_TARGET_DIR:-target}/debug/opentab" chaos --short --json "${CARGO_TARGET_DIR:-target}/chaos.json"
 

@@ -31,6 +31,7 @@ mod output;
 mod owner;
 mod pay;
 mod proxy;
+mod relay;
 mod serve;
 mod server;
 mod settlements;
@@ -81,6 +82,9 @@ enum Command {
     /// Run the fault suite on the cluster topology: each scenario's paid traffic, its fault,
     /// recovery, and the conservation check; prints a table.
     Chaos(chaos::ChaosArgs),
+    /// Forward TCP ports (used by `opentab chaos` inside a network namespace).
+    #[command(hide = true)]
+    Relay(relay::RelayArgs),
 }
 
 #[tokio::main]
@@ -105,6 +109,7 @@ async fn main() -> std::process::ExitCode {
         Command::Bench(args) => (bench::run(args).await, false),
         Command::Cluster(args) => (cluster::run(args).await, false),
         Command::Chaos(args) => (chaos::run(args).await, false),
+        Command::Relay(args) => (relay::run(args).await, true),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

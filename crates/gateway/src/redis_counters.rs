@@ -17,6 +17,11 @@
 //! order concurrent rebuilds land in; a void gives its price back only to the counters of the
 //! epoch that counted the charge.
 //!
+//! A script that gets no answer (a connection cut, a failover under way) may have run or not:
+//! the key's counters and its owner's total (and the request's idempotency key) are then
+//! dropped in the background, once Redis answers, and rebuilt from the ledger, which holds
+//! exactly what was recorded. Until then they may over-count (refuse a call), never under-count.
+//!
 //! Lua numbers are doubles: amounts stay exact below 2^53 base units (9 billion USDC), so
 //! limits and tabs are clamped there (nothing can be served past it anyway) and numbers are
 //! printed with `%d`, never `tostring`. Vouchers, up to 2^256 − 1, are compared as zero-padded
@@ -199,6 +204,8 @@ pub struct RedisCounters {
     restore: Script,
     void: Script,
     unlock: Script,
+    /// Counters a failed script may have left wrong, to drop (with a source only).
+    repairs: Option<Arc<Repairs>>,
     source: Option<Arc<dyn CounterSource>>,
 }
 
@@ -286,6 +293,7 @@ impl RedisCounters {
             restore: Script::new(RESTORE),
             void: Script::new(VOID),
             unlock: Script::new(UNLOCK),
+            repairs: None,
             source: None,
         })
     }
@@ -299,7 +307,27 @@ impl RedisCounters {
     /// it, lost counters read as zero).
     pub fn with_source(mut self, source: Arc<dyn CounterSource>) -> Self {
         self.source = Some(source);
+        let repairs = Arc::new(Repairs::default());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(repair(self.conn.clone(), Arc::downgrade(&repairs)));
+        }
+        self.repairs = Some(repairs);
         self
+    }
+
+    /// Remembers that a charge or void script on `key`'s counters failed without an answer:
+    /// it may have run or not. The repair task drops the key's counters and its owner's total
+    /// (and the request's idempotency key), so that they are rebuilt from the ledger, which
+    /// holds exactly what was recorded; until then they may over-count, never under-count.
+    fn note_unsure(&self, key: Address, owner: Address, idempotency: Option<B256>) {
+        let Some(repairs) = &self.repairs else { return };
+        let (hash, total) = self.names(key, owner);
+        let mut names = vec![hash, total];
+        names.extend(idempotency.map(|id| self.idempotency_name(owner, id)));
+        tracing::warn!(%key, "a counter script got no answer: the key's counters will be rebuilt from the ledger");
+        if let Ok(mut pending) = repairs.pending.lock() {
+            pending.push(names);
+        }
     }
 
     /// Rebuilds `key`'s counters, and `owner`'s total if `with_owner`, from the source, where
@@ -464,7 +492,11 @@ impl CounterStore for RedisCounters {
         owner: Address,
         req: ChargeRequest,
     ) -> Result<Result<Charged, ChargeRefused>, Unavailable> {
-        let mut reply = self.charge_once(key, owner, &req).await?;
+        let unsure = |err: Unavailable| {
+            self.note_unsure(key, owner, req.idempotency);
+            err
+        };
+        let mut reply = self.charge_once(key, owner, &req).await.map_err(unsure)?;
         let waiting = std::time::Instant::now();
         while let Some(("missing", _, owner_too)) = split(&reply) {
             // Only the owner's total costs a sum over all its keys: read it only if it is gone.
@@ -475,7 +507,7 @@ impl CounterStore for RedisCounters {
                 }
                 tokio::time::sleep(REBUILD_POLL).await;
             }
-            reply = self.charge_once(key, owner, &req).await?;
+            reply = self.charge_once(key, owner, &req).await.map_err(unsure)?;
         }
         let num = |i: usize| -> Result<u64, Unavailable> {
             reply
@@ -521,7 +553,11 @@ impl CounterStore for RedisCounters {
         // void already (it is recorded before the counters move) or never held the charge (an
         // undo); their new epoch is past `at`, so the next pass gives nothing back. While
         // another node rebuilds, wait for its counters: they may be of epoch `at` exactly.
-        let mut reply = self.void_once(key, owner, price, idempotency, at).await?;
+        let unsure = |err: Unavailable| {
+            self.note_unsure(key, owner, idempotency);
+            err
+        };
+        let mut reply = self.void_once(key, owner, price, idempotency, at).await.map_err(unsure)?;
         let waiting = std::time::Instant::now();
         while let Some(("missing" | "stale", _, owner_too)) = split(&reply) {
             if !self.rebuild(key, owner, owner_too, at).await? {
@@ -532,7 +568,7 @@ impl CounterStore for RedisCounters {
                 }
                 tokio::time::sleep(REBUILD_POLL).await;
             }
-            reply = self.void_once(key, owner, price, None, at).await?;
+            reply = self.void_once(key, owner, price, None, at).await.map_err(unsure)?;
         }
         Ok(())
     }
@@ -611,6 +647,33 @@ impl RedisCounters {
     /// The idempotency key's name, in the owner's slot.
     fn idempotency_name(&self, owner: Address, id: B256) -> String {
         format!("{}:idem:{id:x}", self.tag(owner))
+    }
+}
+
+/// Names to drop: counters a script that got no answer may have left wrong.
+#[derive(Debug, Default)]
+struct Repairs {
+    pending: std::sync::Mutex<Vec<Vec<String>>>,
+}
+
+/// How often the repair task tries the names it holds.
+const REPAIR_EVERY: Duration = Duration::from_millis(200);
+
+/// Drops the names noted in `repairs` (one `DEL` each: they share a slot) until each is done;
+/// ends with the counters.
+async fn repair(mut conn: Conn, repairs: std::sync::Weak<Repairs>) {
+    loop {
+        tokio::time::sleep(REPAIR_EVERY).await;
+        let Some(repairs) = repairs.upgrade() else { return };
+        let due: Vec<Vec<String>> = repairs.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+        for names in due {
+            let dropped: Result<i64, _> = redis::cmd("DEL").arg(&names).query_async(&mut conn).await;
+            if dropped.is_err()
+                && let Ok(mut pending) = repairs.pending.lock()
+            {
+                pending.push(names);
+            }
+        }
     }
 }
 

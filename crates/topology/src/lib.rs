@@ -9,13 +9,17 @@
 //!   away, as a process connected through it sees it).
 //! - [`Supervised`]: an `opentab` child process, read until it says it is ready, killed with
 //!   `SIGKILL` or stopped with `SIGINT`, and started again with the same arguments.
+//! - [`Namespace`]: a network namespace on a veth link to this host, for a process whose
+//!   network the caller controls.
 
 mod link;
+mod netns;
 mod postgres;
 mod process;
 mod redis_cluster;
 
 pub use link::Link;
+pub use netns::{HOST_IP, INSIDE_IP, Namespace};
 pub use postgres::OwnPostgres;
 pub use process::Supervised;
 pub use redis_cluster::{RedisCluster, RedisNode};

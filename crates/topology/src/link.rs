@@ -23,7 +23,12 @@ pub struct Link {
 impl Link {
     /// Forwards a free local port to `target` (`host:port`).
     pub async fn start(target: &str) -> Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io("binding a link"))?;
+        Self::start_on("127.0.0.1:0".parse().map_err(|_| crate::Error::Failed("bad address".into()))?, target).await
+    }
+
+    /// Forwards `bind` (an address of this host, port 0 for any) to `target`.
+    pub async fn start_on(bind: SocketAddr, target: &str) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(bind).await.map_err(io(format!("binding a link on {bind}")))?;
         let addr = listener.local_addr().map_err(io("binding a link"))?;
         let up = Arc::new(AtomicBool::new(true));
         let open = Arc::new(Mutex::new(Vec::<AbortHandle>::new()));

@@ -11,6 +11,7 @@
 //! `--short` runs the subset CI runs, with shorter faults.
 
 mod check;
+mod island;
 mod traffic;
 
 use std::io::Write;
@@ -69,10 +70,14 @@ enum Scenario {
     SettlerKilled,
     /// Settlements due while blocks stop for 8 s: both workers lease, send and wait at once.
     WorkersRace,
+    /// One proxy, in a network namespace of its own on a veth link, cut off from Redis for
+    /// 5 s while the others go on.
+    ProxyCutFromRedis,
 }
 
 impl Scenario {
-    const SHORT: [Self; 4] = [Self::Flushall, Self::ProxyKilled, Self::PostgresRestart, Self::RedisMasterKilled];
+    const SHORT: [Self; 5] =
+        [Self::Flushall, Self::ProxyKilled, Self::PostgresRestart, Self::RedisMasterKilled, Self::Reorg];
 
     fn name(self) -> &'static str {
         match self {
@@ -84,6 +89,7 @@ impl Scenario {
             Self::ProxyKilled => "SIGKILL of a proxy mid-charge",
             Self::SettlerKilled => "SIGKILL of a settler after its send",
             Self::WorkersRace => "two workers racing for intents",
+            Self::ProxyCutFromRedis => "a proxy cut off from Redis (netns)",
         }
     }
 }
@@ -198,12 +204,31 @@ async fn run_scenario(
     scenario: Scenario,
     pace: &Pace,
 ) -> anyhow::Result<Row> {
-    let traffic = Traffic::start(target, keys);
+    // The partition scenario adds a proxy of its own, on an island.
+    let island = match scenario {
+        Scenario::ProxyCutFromRedis => Some(island::Island::start(cluster).await?),
+        _ => None,
+    };
+    let mut target = target.clone();
+    if let Some(island) = &island {
+        target.proxies.push(island.url());
+    }
+    let traffic = Traffic::start(&target, keys);
     tokio::time::sleep(pace.before).await;
     let mut notes = Vec::new();
-    let healed = inject(cluster, scenario, pace, &mut notes).await?;
+    let healed = match &island {
+        Some(island) => {
+            island.cut_from_redis();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            island.restore();
+            notes.push("the namespace's proxy could not reach any Redis node for 5 s".into());
+            Instant::now()
+        }
+        None => inject(cluster, scenario, pace, &mut notes).await?,
+    };
     tokio::time::sleep(pace.after).await;
     let logs = traffic.stop().await;
+    drop(island);
     // Whatever the fault left behind is put back for the next scenario.
     restore(cluster, scenario).await?;
     let counters = RedisCounters::connect(&cluster.redis.url(), &format!("opentab:{:#x}", cluster.payee)).await?;
@@ -291,6 +316,7 @@ async fn inject(
             notes.push(format!("blocks stopped for 8 s with {} settlement(s) pending", pending.len()));
         }
         Scenario::Reorg => reorg(cluster, notes).await?,
+        Scenario::ProxyCutFromRedis => anyhow::bail!("the partition is injected on its island"),
     }
     Ok(Instant::now())
 }
