@@ -204,7 +204,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             proxy.stop()?;
             let mut run = run?;
             if *mode != Mode::Plain {
-                run.conservation = Some(conserved(&store, &chain, &signed).await?);
+                run.conservation = Some(conserved(&store, &chain.keys, &signed).await?);
             }
             print_run(&run);
             runs.push(run);
@@ -363,10 +363,7 @@ async fn on_cluster(args: &BenchArgs, described: &Path) -> anyhow::Result<()> {
         keys.len()
     ));
     let store = Store::connect(&cluster.database_url).await.context("opening the cluster's database")?;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: HttpClient =
-        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.concurrency).build(connector);
+    let client = http_client(args.concurrency);
     let warmup = (args.calls / 10).min(1_000);
     let total = warmup + args.calls;
     let mut runs = Vec::new();
@@ -394,22 +391,11 @@ async fn on_cluster(args: &BenchArgs, described: &Path) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut latencies = drive(&client, &cluster.proxies, path, vouchers, &next, total, args.concurrency).await?;
         let elapsed = started.elapsed();
-        latencies.sort_unstable();
-        let ms = |q: f64| {
-            let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
-            latencies[i].as_secs_f64() * 1_000.0
-        };
+        let (p50_ms, p99_ms, p999_ms) = quantiles(&mut latencies);
         let calls_per_sec = args.calls as f64 / elapsed.as_secs_f64();
         let plain: Option<&Run> = runs.first();
         let conservation = match &payments {
-            Some((_, signed)) => {
-                let mut holds = true;
-                for (key, signed) in keys.iter().zip(signed) {
-                    let usage = store.usage_total(key.address()).await?.unwrap_or_default();
-                    holds &= usage.served.base_units() == *signed && usage.served.to_u256() <= usage.best;
-                }
-                Some(holds)
-            }
+            Some((_, signed)) => Some(conserved(&store, &keys, signed).await?),
             None => None,
         };
         let run = Run {
@@ -417,12 +403,12 @@ async fn on_cluster(args: &BenchArgs, described: &Path) -> anyhow::Result<()> {
             ledger: Ledger::Postgres,
             calls: args.calls,
             calls_per_sec,
-            p50_ms: ms(0.50),
-            p99_ms: ms(0.99),
-            p999_ms: ms(0.999),
-            added_p50_ms: plain.map(|p| ms(0.50) - p.p50_ms),
-            added_p99_ms: plain.map(|p| ms(0.99) - p.p99_ms),
-            added_p999_ms: plain.map(|p| ms(0.999) - p.p999_ms),
+            p50_ms,
+            p99_ms,
+            p999_ms,
+            added_p50_ms: plain.map(|p| p50_ms - p.p50_ms),
+            added_p99_ms: plain.map(|p| p99_ms - p.p99_ms),
+            added_p999_ms: plain.map(|p| p999_ms - p.p999_ms),
             proxy_cpu_us_per_call: 0.0,
             accumulation_p99_ms: None,
             ratio_to_plain: plain.map(|p| calls_per_sec / p.calls_per_sec),
@@ -521,10 +507,7 @@ async fn measure(
     signed: &mut [u64],
     plain: Option<&Run>,
 ) -> anyhow::Result<Run> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: HttpClient =
-        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.concurrency).build(connector);
+    let client = http_client(args.concurrency);
     let warmup = (args.calls / 10).min(1_000);
     let total = warmup + args.calls;
     let payments = match mode {
@@ -551,13 +534,8 @@ async fn measure(
     let ledger_after = ledger_buckets(&client, &proxy.url).await?;
     let accumulation_p99_ms =
         (mode != Mode::Plain).then(|| quantile_bound(&ledger_before, &ledger_after, 0.99)).flatten();
-    latencies.sort_unstable();
-    let ms = |q: f64| {
-        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i].as_secs_f64() * 1_000.0
-    };
+    let (p50_ms, p99_ms, p999_ms) = quantiles(&mut latencies);
     let calls_per_sec = args.calls as f64 / elapsed.as_secs_f64();
-    let (p50_ms, p99_ms, p999_ms) = (ms(0.50), ms(0.99), ms(0.999));
     Ok(Run {
         mode,
         ledger,
@@ -657,17 +635,33 @@ async fn challenge(client: &HttpClient, base: &str, path: &str) -> anyhow::Resul
     required.accepts.into_iter().next().context("the 402 offers nothing")
 }
 
-/// The ledger holds exactly what was charged (every call was answered 200 with a receipt), and
-/// no key was served beyond its best voucher.
-async fn conserved(store: &Store, chain: &Chain, signed: &[u64]) -> anyhow::Result<bool> {
+/// The ledger holds exactly what was charged (every call was answered 200 with a receipt: each
+/// key's served total is its highest voucher, `signed`), and no key was served beyond its best
+/// voucher.
+async fn conserved(store: &Store, keys: &[SigningKey], signed: &[u64]) -> anyhow::Result<bool> {
     let mut holds = true;
-    for (key, signed) in chain.keys.iter().zip(signed) {
-        let total = store.usage_total(key.address()).await?;
-        let (served, best) = total.map(|t| (t.served, t.best)).unwrap_or((Usdc::ZERO, U256::ZERO));
-        // Every voucher signed was for a call answered 200: served equals the highest.
-        holds &= served.base_units() == *signed && served.to_u256() <= best;
+    for (key, signed) in keys.iter().zip(signed) {
+        let usage = store.usage_total(key.address()).await?.unwrap_or_default();
+        holds &= usage.served.base_units() == *signed && usage.served.to_u256() <= usage.best;
     }
     Ok(holds)
+}
+
+/// A keep-alive HTTP client for `concurrency` connections, without Nagle's delay.
+fn http_client(concurrency: usize) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(concurrency).build(connector)
+}
+
+/// p50, p99 and p99.9 of `latencies`, in milliseconds (sorts them).
+fn quantiles(latencies: &mut [Duration]) -> (f64, f64, f64) {
+    latencies.sort_unstable();
+    let ms = |q: f64| {
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1_000.0)
+    };
+    (ms(0.50), ms(0.99), ms(0.999))
 }
 
 /// The benchmark's own upstream: answers every request with a small JSON body.

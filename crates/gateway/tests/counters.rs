@@ -354,3 +354,41 @@ async fn the_last_minute_of_a_key_is_counted_across_gateways() -> TestResult {
     assert_eq!(alone.recent_calls, None);
     Ok(())
 }
+
+/// Issue 12 (found by `opentab chaos`, a proxy cut off from Redis): a counter script that gets
+/// no answer may have run or not. Here a void's script fails while the link to Redis is cut:
+/// the ledger has the void, the counters do not. Once Redis answers again, the key's counters
+/// are dropped and rebuilt from the ledger, so the voided call's voucher pays again. (Before,
+/// the counters kept the voided price for good: the same voucher was refused as too low.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_a_script_left_unsure_are_rebuilt_from_the_ledger() -> TestResult {
+    let url = std::env::var("OPENTAB_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let target = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    let link = opentab_topology::Link::start(&target).await?;
+    let ledger = Arc::new(Ledger::default());
+    let prefix = redis().await?.prefix().to_owned();
+    let s = RedisCounters::connect(&format!("redis://{}", link.addr()), &prefix).await?.with_source(ledger.clone());
+    let key = Address::repeat_byte(0xd1);
+    s.charge(key, OWNER, req(PRICE, U256::from(PRICE), 1_000_000, 1_000_000)).await??;
+    ledger.served.lock().map_err(|_| "poisoned")?.insert(key, PRICE);
+
+    // The call fails; its void reaches the ledger, not Redis.
+    link.cut();
+    ledger.served.lock().map_err(|_| "poisoned")?.insert(key, 0);
+    let void = s.void(key, OWNER, Usdc::from_base_units(PRICE), None, None).await;
+    assert!(void.is_err(), "Redis was unreachable");
+    link.restore();
+
+    // Once Redis answers, the counters are rebuilt from the ledger: the voucher pays again.
+    let mut charged = None;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if let Ok(Ok(c)) = s.charge(key, OWNER, req(PRICE, U256::from(PRICE), 1_000_000, 1_000_000)).await {
+            charged = Some(c);
+            break;
+        }
+    }
+    let charged = charged.ok_or("the voided call's voucher never paid again: the counters kept its price")?;
+    assert_eq!(charged.served, Usdc::from_base_units(PRICE));
+    Ok(())
+}

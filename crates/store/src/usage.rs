@@ -42,18 +42,15 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
-        if self.backend() == crate::Backend::Sqlite {
-            // Take SQLite's write lock first: a transaction that reads first must upgrade to
-            // write, and an upgrade fails at once ("database is locked") while another
-            // connection writes, where a first write waits its turn.
-            sqlx::query("UPDATE owner_epochs SET epoch = epoch WHERE owner = ''").execute(&mut *tx).await?;
-        }
-        let fenced: Vec<&UsageEntry> = entries.iter().filter(|e| e.epoch.is_some()).collect();
-        let key_epochs = self.key_epochs(&mut tx, fenced.iter().map(|e| (e.session_key, e.owner))).await?;
-        let owner_epochs = self.owner_epochs(&mut tx, fenced.iter().map(|e| e.owner)).await?;
+        // The keys' totals move first, as if every entry were held: that statement takes the
+        // rows' locks (and SQLite's write lock: a transaction that read first would have to
+        // upgrade, which fails at once while another connection writes) and says the epochs.
+        let key_epochs = add_to_totals(&mut tx, entries.iter(), 1).await?;
+        let owners = entries.iter().filter(|e| e.epoch.is_some()).map(|e| e.owner);
+        let owner_epochs = self.owner_epochs(&mut tx, owners).await?;
         let charged = entries.iter().filter(|e| e.kind == UsageKind::Charge).map(|e| e.session_key);
         let stopped = self.stopped_keys(&mut tx, charged).await?;
-        let outcomes: Vec<Recorded> = entries
+        let mut outcomes: Vec<Recorded> = entries
             .iter()
             .map(|entry| {
                 let held = entry.epoch.map(|_| CounterEpoch {
@@ -78,81 +75,26 @@ impl Store {
             .map(|(entry, _)| entry)
             .collect();
         let inserted = insert_rows(&mut tx, &kept).await?;
-        // A void recorded again (a retry whose first answer was lost) inserts nothing.
-        let voided: std::collections::HashSet<B256> = inserted.iter().filter_map(|row| row.void_of).collect();
-        let outcomes: Vec<Recorded> = entries
-            .iter()
-            .zip(outcomes)
-            .map(|(entry, outcome)| match (outcome, entry.void_of) {
-                (Recorded::Held(_), Some(of)) if entry.kind == UsageKind::Void && !voided.contains(&of) => {
-                    Recorded::AlreadyVoided
-                }
-                (outcome, _) => outcome,
-            })
-            .collect();
-        // Per key: the served delta, the calls, and the latest time of the rows inserted.
-        let mut per_key: std::collections::BTreeMap<Address, (Address, i64, i64, u64)> =
-            std::collections::BTreeMap::new();
-        for InsertedRow { key, owner, void, amount, at, .. } in inserted {
-            let (delta, calls) = if void { (-amount, -1) } else { (amount, 1) };
-            let slot = per_key.entry(key).or_insert((owner, 0, 0, at));
-            slot.1 += delta;
-            slot.2 += calls;
-            slot.3 = slot.3.max(at);
-        }
-        // Every key's totals in one statement per chunk (one per key made a batch spread over
-        // many keys cost a round trip each: 1,000 keys halved the gateway's throughput).
-        let per_key: Vec<_> = per_key.into_iter().collect();
-        for chunk in per_key.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO key_usage (session_key, owner, served, calls, last_at) VALUES {} \
-                 ON CONFLICT (session_key) DO UPDATE SET served = key_usage.served + excluded.served, \
-                 calls = key_usage.calls + excluded.calls, last_at = excluded.last_at",
-                values(chunk.len(), 5)
-            );
-            let mut query = sqlx::query(&sql);
-            for (key, (owner, delta, calls, at)) in chunk {
-                query = query.bind(hex(*key)).bind(hex(*owner)).bind(*delta).bind(*calls).bind(secs(*at)?);
+        // A void recorded again (a retry whose first answer was lost, or twice in this batch)
+        // inserts nothing: each inserted void counts for the first entry naming its charge.
+        let mut voided: std::collections::HashSet<B256> = inserted.iter().filter_map(|row| row.void_of).collect();
+        for (entry, outcome) in entries.iter().zip(outcomes.iter_mut()) {
+            let again = entry.kind == UsageKind::Void && entry.void_of.is_some_and(|of| !voided.remove(&of));
+            if again && matches!(outcome, Recorded::Held(_)) {
+                *outcome = Recorded::AlreadyVoided;
             }
-            query.execute(&mut *tx).await?;
         }
+        // What was counted and not written is taken back (rare: a refusal, a void repeated).
+        let unwritten = entries.iter().zip(&outcomes).filter(|(_, o)| !matches!(o, Recorded::Held(_))).map(|(e, _)| e);
+        add_to_totals(&mut tx, unwritten, -1).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
 
-    /// The counters' epoch of each of `keys` (with its owner), read under the row's lock: a
-    /// row is made for a key that has none, so the lock exists to be taken (a rebuild of the
-    /// key waits for this transaction, or this one for the rebuild).
-    async fn key_epochs(
-        &self,
-        tx: &mut sqlx::AnyConnection,
-        keys: impl Iterator<Item = (Address, Address)>,
-    ) -> Result<std::collections::HashMap<Address, u64>> {
-        let keys: Vec<(Address, Address)> = keys.collect::<std::collections::BTreeMap<_, _>>().into_iter().collect();
-        let mut epochs = std::collections::HashMap::with_capacity(keys.len());
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO key_usage (session_key, owner, served, calls) VALUES {} \
-                 ON CONFLICT (session_key) DO UPDATE SET epoch = key_usage.epoch RETURNING session_key, epoch",
-                values(chunk.len(), 4)
-            );
-            let mut query = sqlx::query(&sql);
-            for (key, owner) in chunk {
-                query = query.bind(hex(*key)).bind(hex(*owner)).bind(0_i64).bind(0_i64);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                epochs.insert(
-                    address(&row.try_get::<String, _>("session_key")?, "session_key")?,
-                    get_u64(&row, "epoch")?,
-                );
-            }
-        }
-        Ok(epochs)
-    }
-
     /// The epoch of each of `owners`' served total, share-locked on PostgreSQL (a rebuild of
-    /// the total raises it under an exclusive lock: one waits for the other). An owner with no
-    /// row yet gets one, so that lock exists too.
+    /// the total raises it under an exclusive lock: one waits for the other). An owner without
+    /// a row is at epoch 0: a charge naming an owner's epoch was taken on a total a rebuild
+    /// restored, and that rebuild made the row.
     async fn owner_epochs(
         &self,
         tx: &mut sqlx::AnyConnection,
@@ -165,15 +107,6 @@ impl Store {
         };
         let mut epochs = std::collections::HashMap::with_capacity(owners.len());
         for chunk in owners.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO owner_epochs (owner, epoch) VALUES {} ON CONFLICT (owner) DO NOTHING",
-                values(chunk.len(), 2)
-            );
-            let mut query = sqlx::query(&sql);
-            for owner in chunk {
-                query = query.bind(hex(*owner)).bind(0_i64);
-            }
-            query.execute(&mut *tx).await?;
             let sql = format!(
                 "SELECT owner, epoch FROM owner_epochs WHERE owner IN ({}){lock}",
                 placeholders(1, chunk.len())
@@ -364,12 +297,50 @@ fn placeholders(first: usize, count: usize) -> String {
 
 /// A row [`insert_rows`] inserted.
 struct InsertedRow {
-    key: Address,
-    owner: Address,
-    void: bool,
-    amount: i64,
-    at: u64,
     void_of: Option<B256>,
+}
+
+/// Adds `sign` × each entry's amount to its key's served total (a void counts negative), its
+/// calls likewise, and moves `last_at`, in one statement per chunk (one per key made a batch
+/// spread over many keys cost a round trip each: 1,000 keys halved the gateway's throughput);
+/// a key with no row gets one. Returns each key's counters' epoch, read under the row's lock.
+async fn add_to_totals<'a>(
+    tx: &mut sqlx::AnyConnection,
+    entries: impl Iterator<Item = &'a UsageEntry>,
+    sign: i64,
+) -> Result<std::collections::HashMap<Address, u64>> {
+    // Per key: owner, served delta, calls delta, latest time.
+    let mut per_key: std::collections::BTreeMap<Address, (Address, i64, i64, u64)> = std::collections::BTreeMap::new();
+    for entry in entries {
+        let amount = units(entry.amount)?;
+        let (delta, calls) = match entry.kind {
+            UsageKind::Charge => (amount, 1),
+            UsageKind::Void => (-amount, -1),
+        };
+        let slot = per_key.entry(entry.session_key).or_insert((entry.owner, 0, 0, entry.at));
+        slot.1 += sign * delta;
+        slot.2 += sign * calls;
+        slot.3 = slot.3.max(entry.at);
+    }
+    let per_key: Vec<_> = per_key.into_iter().collect();
+    let mut epochs = std::collections::HashMap::with_capacity(per_key.len());
+    for chunk in per_key.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO key_usage (session_key, owner, served, calls, last_at) VALUES {} \
+             ON CONFLICT (session_key) DO UPDATE SET served = key_usage.served + excluded.served, \
+             calls = key_usage.calls + excluded.calls, last_at = excluded.last_at RETURNING session_key, epoch",
+            values(chunk.len(), 5)
+        );
+        let mut query = sqlx::query(&sql);
+        for (key, (owner, delta, calls, at)) in chunk {
+            query = query.bind(hex(*key)).bind(hex(*owner)).bind(*delta).bind(*calls).bind(secs(*at)?);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            let key = address(&row.try_get::<String, _>("session_key")?, "session_key")?;
+            epochs.insert(key, get_u64(&row, "epoch")?);
+        }
+    }
+    Ok(epochs)
 }
 
 /// Inserts `entries` into the ledger (one statement per chunk: one round trip, not one per
@@ -381,7 +352,7 @@ async fn insert_rows(tx: &mut sqlx::AnyConnection, entries: &[&UsageEntry]) -> R
         let sql = format!(
             "INSERT INTO usage_ledger (at, session_key, owner, kind, amount, route, request_id, voucher, \
              signature, idempotency, void_of) VALUES {} ON CONFLICT DO NOTHING \
-             RETURNING session_key, owner, kind, amount, at, void_of",
+             RETURNING void_of",
             values(chunk.len(), COLUMNS)
         );
         let mut query = sqlx::query(&sql);
@@ -403,15 +374,11 @@ async fn insert_rows(tx: &mut sqlx::AnyConnection, entries: &[&UsageEntry]) -> R
                 .bind(entry.void_of.map(|id| format!("{id:#x}")));
         }
         for row in query.fetch_all(&mut *tx).await? {
-            let key = address(&row.try_get::<String, _>("session_key")?, "session_key")?;
-            let owner = address(&row.try_get::<String, _>("owner")?, "owner")?;
-            let amount: i64 = row.try_get("amount")?;
-            let void = row.try_get::<String, _>("kind")? == "void";
             let void_of: Option<String> = row.try_get("void_of")?;
             let void_of = void_of
                 .map(|id| B256::from_str(&id).map_err(|_| Error::Corrupt { column: "void_of", value: id }))
                 .transpose()?;
-            inserted.push(InsertedRow { key, owner, void, amount, at: get_u64(&row, "at")?, void_of });
+            inserted.push(InsertedRow { void_of });
         }
     }
     Ok(inserted)
