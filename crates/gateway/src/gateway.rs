@@ -66,6 +66,18 @@ pub trait CounterStore: Send + Sync {
 
     /// Gives a [`CounterStore::claim`] back, so a void that failed after it can be retried.
     fn release(&self, owner: Address, id: B256) -> impl Future<Output = Result<(), Unavailable>> + Send;
+
+    /// Drops idempotency key `id` of `key` if it was charged at least `older_than` ago (the
+    /// ledger has no charge for it: the gateway that took it died before recording it), with
+    /// the counters that may hold that charge; true if it is gone. Stores that lose their
+    /// idempotency keys with their process (in-process) never hold such a key: false.
+    fn drop_stale_idempotency(
+        &self,
+        key: Address,
+        owner: Address,
+        id: B256,
+        older_than: std::time::Duration,
+    ) -> impl Future<Output = Result<bool, Unavailable>> + Send;
 }
 
 impl<T: KeyDirectory> KeyDirectory for std::sync::Arc<T> {
@@ -101,6 +113,16 @@ impl<T: CounterStore> CounterStore for std::sync::Arc<T> {
 
     fn release(&self, owner: Address, id: B256) -> impl Future<Output = Result<(), Unavailable>> + Send {
         self.as_ref().release(owner, id)
+    }
+
+    fn drop_stale_idempotency(
+        &self,
+        key: Address,
+        owner: Address,
+        id: B256,
+        older_than: std::time::Duration,
+    ) -> impl Future<Output = Result<bool, Unavailable>> + Send {
+        self.as_ref().drop_stale_idempotency(key, owner, id, older_than)
     }
 }
 
@@ -164,11 +186,20 @@ pub enum Recorded {
 pub trait UsageLedger: Send + Sync {
     /// Appends `record`, durably, before returning (or refuses a charge of a stopped key).
     fn record(&self, record: UsageRecord) -> impl Future<Output = Result<Recorded, Unavailable>> + Send;
+
+    /// Whether a charge of `key` under idempotency key `id` stands in the ledger (recorded,
+    /// not voided): what tells a retried request that was paid for from one whose first
+    /// attempt died before it was recorded.
+    fn stands(&self, key: Address, id: B256) -> impl Future<Output = Result<bool, Unavailable>> + Send;
 }
 
 impl<T: UsageLedger> UsageLedger for std::sync::Arc<T> {
     fn record(&self, record: UsageRecord) -> impl Future<Output = Result<Recorded, Unavailable>> + Send {
         self.as_ref().record(record)
+    }
+
+    fn stands(&self, key: Address, id: B256) -> impl Future<Output = Result<bool, Unavailable>> + Send {
+        self.as_ref().stands(key, id)
     }
 }
 

@@ -326,17 +326,21 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
             let refusal = Refusal { code: ErrorCode::MalformedPayment, message: malformed.0 };
             return Err(challenge(config, route, url, Some(&refusal)));
         }
-        let paid = match decide(
-            config,
-            &self.directory,
-            &self.counters,
-            route,
-            &payment,
-            idempotency.as_deref(),
-            unix_now(),
-        )
-        .await
+        let decide =
+            || decide(config, &self.directory, &self.counters, route, &payment, idempotency.as_deref(), unix_now());
+        let mut decision = decide().await;
+        if let (Decision::Refused(refusal), Some(id)) = (&decision, idempotency.as_deref())
+            && refusal.code == ErrorCode::DuplicatePayment
         {
+            match self.duplicate(payment.payload.session_key, id).await {
+                // A charge a dead gateway left unrecorded: its key is gone, charge this one.
+                Ok(Duplicate::Dropped) => decision = decide().await,
+                Ok(Duplicate::Paid) => {}
+                Ok(Duplicate::Recording) => return Err(recording()),
+                Err(err) => decision = Decision::Unavailable(err),
+            }
+        }
+        let paid = match decision {
             Decision::Paid(paid) => paid,
             Decision::Refused(refusal) => {
                 let mut answer = challenge(config, route, url, Some(&refusal));
@@ -354,6 +358,20 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
         };
         let id = Some(charge_id(&paid));
         Ok(Charge { paid: *paid, route: format!("{} {}", route.method, route.pattern), request_id, id })
+    }
+
+    /// What a duplicate the counters found is: paid (the ledger holds its charge), a charge a
+    /// gateway that died left unrecorded (dropped now, after [`STALE_IDEMPOTENCY`]), or one
+    /// still being recorded (or undone) by a gateway that runs.
+    async fn duplicate(&self, session_key: opentab_core::Address, id: &str) -> Result<Duplicate, crate::Unavailable> {
+        let hash = crate::gateway::idempotency_hash(session_key, id);
+        if self.ledger.stands(session_key, hash).await? {
+            return Ok(Duplicate::Paid);
+        }
+        let Some(info) = self.directory.key(session_key).await? else { return Ok(Duplicate::Paid) };
+        let dropped =
+            self.counters.drop_stale_idempotency(session_key, info.key.owner, hash, STALE_IDEMPOTENCY).await?;
+        Ok(if dropped { Duplicate::Dropped } else { Duplicate::Recording })
     }
 
     /// Records a [`Gateway::take`]n charge (of `route`, requested as `url`) durably, then hands
@@ -514,6 +532,33 @@ fn refused(reason: &str) -> Response<Body> {
     *response.status_mut() = StatusCode::BAD_REQUEST;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// How old an idempotency key whose charge the ledger does not hold must be before it is taken
+/// for one a dead gateway left: a gateway that runs records or undoes its charge well within it
+/// (a ledger commit that lasts a minute is the one case it could land after, and the retry then
+/// be charged too).
+pub const STALE_IDEMPOTENCY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A duplicate request, as the ledger sees it.
+enum Duplicate {
+    /// Its charge stands.
+    Paid,
+    /// Left by a gateway that died before recording it: dropped.
+    Dropped,
+    /// Being recorded or undone by a gateway that runs.
+    Recording,
+}
+
+/// 503 for a retry whose first attempt is still being recorded: try again shortly.
+fn recording() -> Answer {
+    Answer {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: r#"{"error":"unavailable","message":"an earlier attempt of this request is still being recorded; nothing was charged now, try again shortly"}"#.to_owned(),
+        payment_required: None,
+        error: None,
+        unavailable: Some(Dependency::Ledger),
+    }
 }
 
 fn unavailable(dependency: Dependency) -> Answer {

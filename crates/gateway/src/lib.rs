@@ -38,7 +38,7 @@ pub use gateway::{
     ChargeEvent, ChargeObserver, CounterStore, Decision, GatewayConfig, IDEMPOTENCY_TTL_SECS, KeyDirectory, KeyInfo,
     Paid, Recorded, Refusal, Unavailable, UsageKind, UsageLedger, UsageRecord, decide, idempotency_hash,
 };
-pub use layer::{Answer, Authorized, Charge, Gateway, PaymentHeaders, PaymentLayer, PaymentService};
+pub use layer::{Answer, Authorized, Charge, Gateway, PaymentHeaders, PaymentLayer, PaymentService, STALE_IDEMPOTENCY};
 pub use metrics::{GatewayMetrics, Histogram};
 pub use opentab_core::charge::CounterEpoch;
 pub use redis_counters::{CLUSTER_SCHEME, CounterSource, RedisCounters, Restored, SourceFuture};

@@ -80,9 +80,9 @@ if voucher > best or (voucher == best and redis.call('HEXISTS', KEYS[1], 'sig') 
   redis.call('HSET', KEYS[1], 'best', voucher, 'sig', ARGV[3])
 end
 redis.call('HINCRBY', KEYS[2], 'served', ARGV[1])
-if #KEYS > 3 then redis.call('SET', KEYS[4], '1', 'EX', ARGV[7]) end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if #KEYS > 3 then redis.call('SET', KEYS[4], string.format('%d', now_ms), 'EX', ARGV[7]) end
 redis.call('ZADD', KEYS[3], now_ms, t[1] .. '.' .. t[2] .. ':' .. string.format('%d', needed))
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - 60000)
 local recent = redis.call('ZCARD', KEYS[3])
@@ -157,6 +157,19 @@ end
 return {'ok'}
 ";
 
+/// Drops an idempotency key charged at least `ARGV[1]` ms ago (by Redis's clock; its value is
+/// when), with the key's counters and its owner's total, so they are rebuilt from the ledger.
+/// KEYS: the idempotency key, the key's hash, the owner's hash. Returns 1 if it is gone now.
+const DROP_STALE: &str = r"
+local charged = redis.call('GET', KEYS[1])
+if not charged then return 1 end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now_ms - (tonumber(charged) or 0) < tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return 1
+";
+
 /// Releases a rebuild lock if it is still the caller's (KEYS[1]: the lock, ARGV[1]: its token).
 const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -204,6 +217,7 @@ pub struct RedisCounters {
     restore: Script,
     void: Script,
     unlock: Script,
+    drop_stale: Script,
     /// Counters a failed script may have left wrong, to drop (with a source only).
     repairs: Option<Arc<Repairs>>,
     source: Option<Arc<dyn CounterSource>>,
@@ -293,6 +307,7 @@ impl RedisCounters {
             restore: Script::new(RESTORE),
             void: Script::new(VOID),
             unlock: Script::new(UNLOCK),
+            drop_stale: Script::new(DROP_STALE),
             repairs: None,
             source: None,
         })
@@ -593,6 +608,30 @@ impl CounterStore for RedisCounters {
         let name = format!("{}:claim:{id:x}", self.tag(owner));
         let _: i64 = redis::cmd("DEL").arg(&name).query_async(&mut conn).await.map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn drop_stale_idempotency(
+        &self,
+        key: Address,
+        owner: Address,
+        id: B256,
+        older_than: Duration,
+    ) -> Result<bool, Unavailable> {
+        let (hash, total) = self.names(key, owner);
+        let mut conn = self.conn.clone();
+        let gone: i64 = self
+            .drop_stale
+            .key(self.idempotency_name(owner, id))
+            .key(&hash)
+            .key(&total)
+            .arg(older_than.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if gone == 1 {
+            tracing::warn!(%key, "an idempotency key no ledger charge stands for (its gateway died before recording it) was dropped, and the key's counters with it");
+        }
+        Ok(gone == 1)
     }
 }
 

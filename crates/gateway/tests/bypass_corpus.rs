@@ -58,6 +58,10 @@ impl UsageLedger for NoLedger {
     async fn record(&self, _record: UsageRecord) -> Result<Recorded, Unavailable> {
         Err(Unavailable::Ledger(Cause::msg("no call should ever be charged here")))
     }
+
+    async fn stands(&self, _key: opentab_core::Address, _id: opentab_core::B256) -> Result<bool, Unavailable> {
+        Err(Unavailable::Ledger(Cause::msg("no call should ever be charged here")))
+    }
 }
 
 /// Percent-decodes `raw` (a `%` without two hex digits stays as it is).

@@ -75,6 +75,13 @@ impl UsageLedger for Ledger {
         self.records.lock().map_err(|_| Unavailable::Ledger(Cause::msg("poisoned")))?.push(record);
         Ok(Recorded::Held(None))
     }
+
+    async fn stands(&self, key: Address, id: opentab_core::B256) -> Result<bool, Unavailable> {
+        let records = self.records.lock().map_err(|_| Unavailable::Ledger(Cause::msg("poisoned")))?;
+        let count =
+            |kind| records.iter().filter(|r| r.key == key && r.idempotency == Some(id) && r.kind == kind).count();
+        Ok(count(UsageKind::Charge) > count(UsageKind::Void))
+    }
 }
 
 type TestGateway = Gateway<Arc<Directory>, Arc<InProcessCounters>, Arc<Ledger>>;

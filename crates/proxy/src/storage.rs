@@ -488,6 +488,13 @@ impl UsageLedger for StoreLedger {
         self.queue.send((entry, reply)).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?.map_err(Unavailable::Ledger)
     }
+
+    async fn stands(&self, key: Address, id: opentab_core::B256) -> Result<bool, Unavailable> {
+        let since = crate::unix_now().saturating_sub(IDEMPOTENCY_TTL_SECS);
+        let live =
+            self.store.live_idempotency(Some(key), since).await.map_err(|e| Unavailable::Ledger(Cause::new(e)))?;
+        Ok(live.iter().any(|l| l.id == id))
+    }
 }
 
 /// [`CounterSource`] over the usage ledger: what Redis counters are rebuilt from when Redis

@@ -187,6 +187,43 @@ async fn a_void_after_a_rebuild_gives_back_to_the_rebuilt_counters(store: Store)
     Ok(())
 }
 
+/// Issue 12 (found by `opentab chaos`, a proxy killed mid-charge): a proxy that dies between
+/// taking a charge and recording it leaves the request's idempotency key in Redis, and the
+/// client's retry was refused as a duplicate (409, "paid already") though no charge stood. The
+/// ledger now decides: a retry whose first attempt may still be recording gets 503 (nothing
+/// charged); once the key is older than a gateway could take to record, the key and the
+/// counters that may hold that charge are dropped and the retry is charged, once.
+async fn a_retry_whose_first_attempt_died_unrecorded_is_charged_once(store: Store) -> TestResult {
+    let w = world(store).await?;
+    let url = "/v1/chat";
+    let with_id = |cumulative: u64| PaymentHeaders { idempotency_key: Some("retry-7".into()), ..w.payment(cumulative) };
+    // Node A takes the charge and dies before recording it.
+    let _lost = w.a.take(&w.route, url, with_id(PRICE)).await.map_err(|a| a.body)?;
+    // Node B gets the retry at once: the first attempt may still be recording.
+    let Authorized::Answer(answer) = w.b.authorize(&w.route, url, with_id(2 * PRICE)).await else {
+        return Err("a retry was charged while its first attempt could still be recording".into());
+    };
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.body);
+    assert_eq!(w.store.served(w.key.address()).await?, Usdc::ZERO, "nothing charged");
+    // A minute on (here: the idempotency key's time moved back), the key is stale.
+    let mut conn = redis::Client::open(redis_url())?.get_multiplexed_async_connection().await?;
+    let pattern = w.b.counters.pattern().replace('*', "*:idem:*");
+    let idem: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await?;
+    assert_eq!(idem.len(), 1);
+    let _: () = redis::cmd("SET").arg(&idem[0]).arg("0").query_async(&mut conn).await?;
+    let Authorized::Paid(_) = w.b.authorize(&w.route, url, with_id(2 * PRICE)).await else {
+        return Err("the retry of a call nobody recorded was not charged".into());
+    };
+    let price = Usdc::from_base_units(PRICE);
+    assert_eq!(w.served_everywhere().await?, (price, price, price), "charged once, counted once");
+    // Now it is a duplicate for real.
+    let Authorized::Answer(again) = w.b.authorize(&w.route, url, with_id(3 * PRICE)).await else {
+        return Err("a paid request was charged twice".into());
+    };
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    Ok(())
+}
+
 macro_rules! on_both_databases {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -208,4 +245,5 @@ macro_rules! on_both_databases {
 on_both_databases!(
     a_charge_committed_after_a_rebuild_is_refused_and_the_counts_agree,
     a_void_after_a_rebuild_gives_back_to_the_rebuilt_counters,
+    a_retry_whose_first_attempt_died_unrecorded_is_charged_once,
 );

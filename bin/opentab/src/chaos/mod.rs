@@ -103,6 +103,9 @@ struct Row {
     lost: usize,
     doubled: usize,
     unresolved: usize,
+    /// Attempts that got 503, a 502/504 or no answer and were tried again: the fault as the
+    /// clients felt it.
+    retried: usize,
     /// From the dependency's return to a paid call served by every proxy.
     recovery_secs: Option<f64>,
     /// What the fault did, and every rule that broke.
@@ -238,14 +241,22 @@ async fn run_scenario(
     if recovery.is_none() {
         notes.push("no paid call was served on every proxy after the dependency returned".into());
     }
-    Ok(row(scenario, verdict, recovery, notes))
+    let retried = logs.iter().flat_map(|l| &l.calls).map(|c| c.attempts.len().saturating_sub(1)).sum();
+    Ok(row(scenario, verdict, recovery, retried, notes))
 }
 
-fn row(scenario: Scenario, verdict: Verdict, recovery: Option<Duration>, mut notes: Vec<String>) -> Row {
+fn row(
+    scenario: Scenario,
+    verdict: Verdict,
+    recovery: Option<Duration>,
+    retried: usize,
+    mut notes: Vec<String>,
+) -> Row {
     let holds = verdict.holds() && recovery.is_some();
     if !verdict.refused.is_empty() {
         notes.push(format!("refused with 402: {}", verdict.refused.join(", ")));
     }
+    notes.extend(verdict.over_counted.iter().map(|o| format!("over-counted (safe): {o}")));
     if verdict.charged_unanswered > 0 {
         notes.push(format!("{} charge(s) stand for calls whose answer the crash lost", verdict.charged_unanswered));
     }
@@ -257,6 +268,7 @@ fn row(scenario: Scenario, verdict: Verdict, recovery: Option<Duration>, mut not
         lost: verdict.lost,
         doubled: verdict.doubled,
         unresolved: verdict.unresolved,
+        retried,
         recovery_secs: recovery.map(|d| d.as_secs_f64()),
         notes,
         holds,
@@ -469,9 +481,10 @@ async fn settle_everything(cluster: &Cluster, payee_before: U256) -> anyhow::Res
 fn print_row(row: &Row) {
     let recovery = row.recovery_secs.map_or("never".to_owned(), |s| format!("{s:.2} s"));
     say(&format!(
-        "  {} calls ({} served), lost {}, doubled {}, recovery {recovery}{}",
+        "  {} calls ({} served, {} attempts retried), lost {}, doubled {}, recovery {recovery}{}",
         row.calls,
         row.served,
+        row.retried,
         row.lost,
         row.doubled,
         if row.holds { "" } else { "  ✗" }
@@ -483,17 +496,18 @@ fn print_row(row: &Row) {
 
 fn print_table(rows: &[Row]) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "\n| scenario | calls | served | lost | doubled | recovery | holds |")?;
-    writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | --- |")?;
+    writeln!(out, "\n| scenario | calls | served | retried | lost | doubled | recovery | holds |")?;
+    writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")?;
     for r in rows {
         let recovery = r.recovery_secs.map_or("never".to_owned(), |s| format!("{s:.2} s"));
         let holds = if r.holds { "yes" } else { "**no**" };
         writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {recovery} | {holds} |",
+            "| {} | {} | {} | {} | {} | {} | {recovery} | {holds} |",
             r.scenario.name(),
             r.calls,
             r.served,
+            r.retried,
             r.lost,
             r.doubled
         )?;

@@ -18,8 +18,9 @@ use opentab_gateway::protocol::{
 
 /// Every tenth call goes to the route the API fails (the charge must be voided).
 const FAILING_EVERY: u64 = 10;
-/// How long an unresolved call keeps being retried once traffic is told to stop.
-const SETTLE_AFTER_STOP: Duration = Duration::from_secs(40);
+/// How long an unresolved call keeps being retried once traffic is told to stop: past the
+/// gateway's window for a retry whose first attempt died unrecorded (60 s).
+const SETTLE_AFTER_STOP: Duration = Duration::from_secs(75);
 /// Between two attempts of one call.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
