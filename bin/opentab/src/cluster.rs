@@ -196,6 +196,11 @@ impl Cluster {
         self.proxies.iter().filter_map(|p| p.field("url")).collect()
     }
 
+    /// The owner of the keys.
+    pub(crate) fn owner_address(&self) -> anyhow::Result<Address> {
+        Ok(self.anvil.signer(OWNER)?.address())
+    }
+
     /// The settlement workers' accounts, in the order of [`Cluster::serves`].
     pub(crate) fn settlers(&self) -> anyhow::Result<Vec<Address>> {
         SETTLERS.iter().map(|n| Ok(self.anvil.signer(*n)?.address())).collect()

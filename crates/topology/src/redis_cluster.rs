@@ -99,6 +99,18 @@ impl RedisCluster {
         Ok(view.iter().filter(|n| n.master && !n.failed && n.slots).map(|n| n.port).collect())
     }
 
+    /// The port of the master serving the slot of key `name` (its hash tag's, if it has one).
+    pub async fn master_of(&self, name: &str) -> Result<u16> {
+        let node = self.nodes.iter().find(|n| n.child.is_some()).ok_or_else(|| Error::Failed("no node runs".into()))?;
+        let mut conn = connect(node.port).await?;
+        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(name).query_async(&mut conn).await?;
+        let view = self.cluster_nodes().await?;
+        view.iter()
+            .find(|n| n.master && !n.failed && n.ranges.iter().any(|(from, to)| (*from..=*to).contains(&slot)))
+            .map(|n| n.port)
+            .ok_or_else(|| Error::Failed(format!("no master serves slot {slot}")))
+    }
+
     /// Kills the node on `port` (`SIGKILL`: no goodbye to its peers).
     pub fn kill(&mut self, port: u16) -> Result<()> {
         let node = self.node(port)?;
@@ -196,6 +208,8 @@ struct Seen {
     master: bool,
     failed: bool,
     slots: bool,
+    /// The slot ranges it serves.
+    ranges: Vec<(u16, u16)>,
 }
 
 impl Seen {
@@ -204,11 +218,22 @@ impl Seen {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let port = fields.get(1)?.split('@').next()?.rsplit(':').next()?.parse().ok()?;
         let flags = fields.get(2)?;
+        // `0-5460`, `5461`; `[…]` marks a slot moving, not served yet.
+        let ranges = fields
+            .iter()
+            .skip(8)
+            .filter(|r| !r.starts_with('['))
+            .filter_map(|r| match r.split_once('-') {
+                Some((from, to)) => Some((from.parse().ok()?, to.parse().ok()?)),
+                None => r.parse().ok().map(|slot| (slot, slot)),
+            })
+            .collect();
         Some(Self {
             port,
             master: flags.split(',').any(|f| f == "master"),
             failed: flags.split(',').any(|f| f == "fail" || f == "fail?"),
             slots: fields.len() > 8,
+            ranges,
         })
     }
 }
@@ -227,8 +252,12 @@ mod tests {
 
     #[test]
     fn cluster_nodes_lines_say_who_serves_what() {
-        let master = Seen::parse("07c3 127.0.0.1:30004@40004 myself,master - 0 0 1 connected 0-5460");
-        assert!(master.is_some_and(|m| m.port == 30004 && m.master && !m.failed && m.slots));
+        let master = Seen::parse("07c3 127.0.0.1:30004@40004 myself,master - 0 0 1 connected 0-5460 7000");
+        assert!(master.is_some_and(|m| m.port == 30004
+            && m.master
+            && !m.failed
+            && m.slots
+            && m.ranges == [(0, 5460), (7000, 7000)]));
         let dead = Seen::parse("e7d1 127.0.0.1:30005@40005 master,fail - 1 1 2 disconnected 5461-10922");
         assert!(dead.is_some_and(|m| m.master && m.failed));
         let replica = Seen::parse("67ed 127.0.0.1:30002@40002 slave e7d1 0 1 2 connected");

@@ -284,8 +284,11 @@ async fn inject(
 ) -> anyhow::Result<Instant> {
     match scenario {
         Scenario::RedisMasterKilled => {
-            let masters = cluster.redis.masters().await?;
-            let victim = *masters.first().context("no Redis master")?;
+            // The master holding the tab's slot (every key of the owner with the payee): the one
+            // whose death the traffic meets.
+            let owner = cluster.owner_address()?;
+            let tab = format!("{{opentab:{:#x}:{owner:#x}}}", cluster.payee);
+            let victim = cluster.redis.master_of(&tab).await?;
             cluster.redis.kill(victim)?;
             let killed = Instant::now();
             cluster.redis.wait_healthy(Duration::from_secs(30)).await?;
