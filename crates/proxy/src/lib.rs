@@ -53,6 +53,9 @@ pub enum Error {
     /// The counter store could not be reached.
     #[error("the counters: {0}")]
     Counters(opentab_gateway::Unavailable),
+    /// The voids spooled by an earlier run could not be recorded.
+    #[error("recording the spooled voids: {0}")]
+    Spooled(opentab_gateway::Unavailable),
     /// A setting is unusable.
     #[error("{0}")]
     Config(String),

@@ -114,7 +114,7 @@ impl ProxyNode {
         }
         // Voids spooled by an earlier run (or a proxy that died beside this one) reach the
         // ledger before anything is counted.
-        let drained = ledger.drain_spool().await.map_err(Error::Counters)?;
+        let drained = ledger.drain_spool().await.map_err(Error::Spooled)?;
         let forward = s.upstream.clone().map(|u| Forward::new(u, s.timeout, s.max_body));
         let secret = s.gateway_secret.as_deref();
         let parts = Parts { config, pricing: s.pricing, directory, ledger, observer, forward, secret };
