@@ -176,10 +176,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
-/// How long a rebuild lock holds if its holder dies before releasing it.
-const REBUILD_LOCK: Duration = Duration::from_secs(5);
+/// How long a rebuild lock holds if its holder dies before releasing it (long enough for a slow
+/// database: a second rebuild while the first is still reading would fence its charges off).
+const REBUILD_LOCK: Duration = Duration::from_secs(15);
 /// How long a charge waits for another gateway's rebuild before it fails closed (503).
-const REBUILD_WAIT: Duration = Duration::from_secs(2);
+const REBUILD_WAIT: Duration = Duration::from_secs(5);
 /// How often a waiting charge looks again.
 const REBUILD_POLL: Duration = Duration::from_millis(5);
 
