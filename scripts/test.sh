@@ -73,13 +73,15 @@ stage "chaos: opentab chaos --short (the cluster topology under faults, conserva
 stage "rust: doc examples"
 cargo test --workspace --locked --doc --quiet
 
-stage "rust: mutants of the money rules (cargo mutants: every mutant must be caught)"
+stage "rust: mutants of the money and freeze rules (cargo mutants: every mutant must be caught)"
 ensure_cargo_mutants
-# The pure rules that decide money: the charge, amounts, settlement timing, tab and key folds.
-# Each surviving mutant is a money rule no test pins down; the list is in target/mutants.
+# The pure rules that decide money (the charge, amounts, settlement timing, tab and key folds)
+# and those that freeze keys (the rule engine's rules and settings). Each surviving mutant is a
+# rule no test pins down; the list is in target/mutants.
 cargo mutants --package opentab-core --output target/mutants --no-shuffle --colors never \
   --file crates/core/src/charge.rs --file crates/core/src/amount.rs \
-  --file crates/core/src/settlement.rs --file crates/core/src/events.rs
+  --file crates/core/src/settlement.rs --file crates/core/src/events.rs \
+  --file crates/core/src/rules.rs
 
 stage "rust: fuzz (cargo fuzz: x402 header, SIWE, routes)"
 # One instrumented build of the three targets, then each for OPENTAB_FUZZ_SECS (60) seconds from

@@ -8,7 +8,10 @@
  * opentab refuses with `tab_unfunded`), deposit through the refusal's link, create the key, pay,
  * request a withdrawal, and complete it once the chain's clock has passed the grace window.
  * (A key whose tab runs dry after it was made is flagged `tab-empty` on its card; opentab no
- * longer creates keys for empty tabs, so test/tabs.test.tsx covers that flag.)
+ * longer creates keys for empty tabs, so test/tabs.test.tsx covers that flag.) The demo key, set
+ * through its rule settings form to 3 calls a minute, is frozen by the rate rule on its fourth
+ * call; its page says why (4 calls seen, 4 a minute would not have fired), and the owner unfreezes
+ * it with the rate rule switched to shadow for it, after which calls over the limit are served.
  * Screenshots go to e2e/artifacts/.
  */
 
@@ -196,6 +199,89 @@ it("the dev wallet deposits from the browser to the demo owner's tab", async () 
     .toBe(true);
 });
 
+it("a rule freezes a key; its owner sees why and unfreezes it with that rule in shadow", async () => {
+  // The demo key (demo.json): the demo owner's, paid with by no other test here. Its rules start
+  // from the defaults (100 calls a minute, enforced).
+  const demo = JSON.parse(readFileSync(join(dataDir, "demo.json"), "utf8")) as { sessionKey: { address: string; privateKey: Hex } };
+  const { address, privateKey } = demo.sessionKey;
+  await page.setViewportSize({ width: 1200, height: 900 });
+  await page.goto(`${url}/#/keys/${address}`);
+  const status = page.getByTestId("status");
+  await expect.poll(() => status.textContent(), { timeout: 15_000 }).toBe("active");
+  const message = page.getByTestId("message");
+
+  // The key's own setting, through the form: 3 calls a minute, enforced; the rest inherits.
+  const rules = page.getByRole("form", { name: "Rule settings for this key" });
+  await expect.poll(() => page.getByTestId("effective-callsPerMinute").textContent(), { timeout: 15_000 }).toContain("from seed");
+  await rules.getByRole("checkbox", { name: "Inherit calls per minute" }).uncheck();
+  await rules.getByLabel("Calls per minute", { exact: true }).fill("3");
+  await rules.getByRole("checkbox", { name: "Inherit rate mode" }).uncheck();
+  await rules.getByLabel("Rate mode", { exact: true }).selectOption("enforce");
+  await rules.getByRole("button", { name: "Save rule settings" }).click();
+  await expect.poll(() => message.textContent(), { timeout: 10_000 }).toContain("Rule settings saved: this key overrides calls per minute, rate mode.");
+  await expect.poll(() => page.getByTestId("effective-callsPerMinute").textContent()).toMatch(/In force: 3\s*from key/);
+  await expect.poll(() => page.getByTestId("effective-rateMode").textContent()).toMatch(/In force: enforce\s*from key/);
+  await shot("13-rule-settings");
+
+  // Four calls in a minute, all served: the rule fires once the fourth is recorded (4 > 3) and
+  // freezes the key. Once the page shows why, the fifth call is refused.
+  const call = payer(privateKey);
+  for (let i = 0; i < 4; i++) {
+    const paid = await call();
+    expect(paid.status, paid.status === 200 ? "" : await paid.text()).toBe(200);
+  }
+  const decision = page.getByRole("region", { name: "Why this key was frozen" });
+  await decision.waitFor({ timeout: 15_000 });
+  await expect.poll(() => status.textContent(), { timeout: 10_000 }).toBe("frozen");
+  const refused = await call();
+  expect(refused.status).toBe(402);
+  expect(await decision.getByTestId("decision-rule").textContent()).toBe("Too many calls in a minute");
+  expect(await decision.getByTestId("seen-callsLastMinute").textContent()).toBe("4");
+  expect(await decision.getByTestId("decision-threshold").textContent()).toBe("In force: a limit of 3 calls a minute.");
+  expect(await decision.getByTestId("decision-would-not-fire").textContent()).toBe("A limit of 4 calls a minute would not have fired.");
+  // The alerts list says the same beside the alert.
+  const alert = page.getByTestId("alert").first();
+  expect(await alert.textContent()).toContain("Too many calls in a minute");
+  expect(await alert.getByTestId("alert-numbers").textContent()).toContain("In force: a limit of 3 calls a minute.");
+  const changesBefore = await page.getByTestId("rule-change").count();
+  expect(changesBefore).toBeGreaterThan(0);
+  await shot("14-rule-froze");
+
+  // One signed request: unfreeze, and the rate rule only alerts for this key from now on.
+  await decision.getByRole("button", { name: /^Unfreeze and switch .+ to shadow$/ }).click();
+  const dialog = page.getByRole("dialog");
+  expect(await dialog.textContent()).toContain("only alerts for this key");
+  await shot("15-unfreeze-to-shadow");
+  await dialog.getByRole("button", { name: "Unfreeze and switch to shadow" }).click();
+  await expect.poll(() => message.textContent(), { timeout: 15_000 }).toContain("Key unfrozen (");
+  expect(await message.textContent()).toContain("The rate rule now only alerts for this key.");
+  await expect.poll(() => status.textContent(), { timeout: 15_000 }).toBe("active");
+  expect(await decision.count()).toBe(0);
+  await expect.poll(() => page.getByTestId("effective-rateMode").textContent(), { timeout: 10_000 }).toMatch(/In force: shadow\s*from key/);
+  expect(await rules.getByLabel("Rate mode", { exact: true }).inputValue()).toBe("shadow");
+  expect(await page.getByTestId("effective-callsPerMinute").textContent()).toMatch(/In force: 3\s*from key/);
+  // The switch is recorded in the key's rule history.
+  await expect.poll(() => page.getByTestId("rule-change").count(), { timeout: 10_000 }).toBeGreaterThan(changesBefore);
+
+  // Five more calls, well over 3 a minute, all served. The gateway serves again once the chain
+  // listener has seen the unfreeze (a moment later): the poll's first served call is the first of five.
+  await expect.poll(async () => (await call()).status, { timeout: 10_000 }).toBe(200);
+  for (let i = 0; i < 4; i++) {
+    const paid = await call();
+    expect(paid.status, paid.status === 200 ? "" : await paid.text()).toBe(200);
+  }
+  expect(await status.textContent()).toBe("active");
+  await shot("16-shadow-served");
+});
+
+/** `12.5 USDC` → 12500000n. */
+function usdcUnits(text: string | null): bigint {
+  const m = /^(\d+)(?:\.(\d{1,6}))? USDC$/.exec((text ?? "").trim());
+  if (!m) throw new Error(`not an amount: ${text}`);
+  return BigInt(m[1]!) * 1_000_000n + BigInt((m[2] ?? "").padEnd(6, "0"));
+}
+
+
 it("a new owner does it all from the UI with their own wallet: deposit, key, pay, withdraw", async () => {
   // Test setup, not UI: a fresh account with gas and 50 test USDC (anyone may mint on the dev chain).
   const dev = await devChain();
@@ -315,10 +401,3 @@ it("a new owner does it all from the UI with their own wallet: deposit, key, pay
     await context.close();
   }
 });
-
-/** `12.5 USDC` → 12500000n. */
-function usdcUnits(text: string | null): bigint {
-  const m = /^(\d+)(?:\.(\d{1,6}))? USDC$/.exec((text ?? "").trim());
-  if (!m) throw new Error(`not an amount: ${text}`);
-  return BigInt(m[1]!) * 1_000_000n + BigInt((m[2] ?? "").padEnd(6, "0"));
-}

@@ -167,7 +167,7 @@ redis_prefix = "opentab"
 timeout_secs = 60                    # the upstream's deadline; a timeout is a 504, voided
 max_body_bytes = 16777216            # request bodies over this get 413
 # spool_dir = "/var/lib/opentab/spool"   # voids waiting for the database (default: the user's state dir)
-rules = "enforce"                    # the rule engine: enforce, or shadow (alerts only)
+rules = "enforce"                    # the rules' seed mode: enforce, shadow (alerts only) or off; owners and keys may set their own
 
 [proxy.routes]                       # "METHOD /path" = "price in USDC"; :id or {{id}} for a segment
 "POST /v1/chat/completions" = "0.002"

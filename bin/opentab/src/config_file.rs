@@ -87,7 +87,7 @@ const FIELDS: &[Field] = &[
     field("proxy.timeout_secs", Need::Optional, "seconds, a whole number", is::<u64>),
     field("proxy.max_body_bytes", Need::Optional, "bytes, a whole number", is::<u64>),
     field("proxy.spool_dir", Need::Optional, "a directory for voids the database cannot take yet", is::<String>),
-    field("proxy.rules", Need::Optional, "\"enforce\" or \"shadow\"", is::<opentab_core::rules::RuleMode>),
+    field("proxy.rules", Need::Optional, "\"enforce\", \"shadow\" or \"off\"", is::<opentab_core::rules::RuleMode>),
     field("proxy.routes", Need::Optional, "entries \"METHOD /path\" = \"price in USDC\" under [proxy.routes]", routes),
 ];
 
@@ -323,7 +323,7 @@ rules = "strict"
             "line 2: rpc_url: integer is not a string; expects the chain's JSON-RPC endpoint",
             "line 4: domian: not a setting; did you mean `domain`?",
             "line 7: proxy.listen: ",
-            "line 8: proxy.rules: unknown variant `strict`, expected `enforce` or `shadow`; expects \"enforce\" or \"shadow\"",
+            "line 8: proxy.rules: unknown variant `strict`, expected one of `enforce`, `shadow`, `off`; expects \"enforce\", \"shadow\" or \"off\"",
             "line 10: proxy.routes: ",
             "payee: missing; expects the payee's address",
             "domain: missing; expects the host[:port]",

@@ -10,7 +10,7 @@ use axum::Json;
 use axum::Router;
 use axum::routing::post;
 use opentab_chain::KeyTerms;
-use opentab_core::rules::RuleConfig;
+use opentab_core::rules::RuleSettings;
 use opentab_core::{Address, SigningKey, Usdc};
 use opentab_gateway::pricing::Pricing;
 use opentab_gateway::{Gateway, GatewayConfig, InProcessCounters, PaymentLayer, charge_api};
@@ -219,7 +219,7 @@ pub(crate) async fn gateway(
         counters: counters.clone(),
         ledger: ledger.clone(),
         observer: Some(Arc::new(
-            RuleEngine::start(store.clone(), RuleConfig::default())
+            RuleEngine::start(store.clone(), RuleSettings::default())
                 .await
                 .context("loading the rule engine")?
                 .with_guardian(guardian)

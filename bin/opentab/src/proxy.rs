@@ -36,7 +36,7 @@
 //! timeout_secs = 60                          # upstream answer deadline (default 60)
 //! max_body_bytes = 16777216                  # request bodies over this are refused with 413
 //!                                            # (default 16 MiB; checked as they stream)
-//! rules = "enforce"                          # the rule engine: enforce (default) or shadow
+//! rules = "enforce"                          # the rule engine's seed mode: enforce (default), shadow or off (owners and keys may set their own)
 //!
 //! [proxy.routes]
 //! "POST /v1/chat/completions" = "0.002"
@@ -119,6 +119,13 @@ pub(crate) struct Section {
     spool_dir: Option<PathBuf>,
     #[serde(default)]
     routes: BTreeMap<String, String>,
+}
+
+impl Section {
+    /// The rule engine's seed mode.
+    pub(crate) const fn rules_mode(&self) -> RuleMode {
+        self.rules
+    }
 }
 
 impl Default for Section {

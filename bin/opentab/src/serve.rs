@@ -136,9 +136,10 @@ struct Config {
     relay_min_tab: Option<Usdc>,
     #[serde(default)]
     rate_limits: RateLimits,
-    /// `opentab proxy`'s settings: checked here too, read by the proxy.
-    #[serde(default, rename = "proxy")]
-    _proxy: Option<crate::proxy::Section>,
+    /// `opentab proxy`'s settings: checked here too, read by the proxy (and its rules' mode
+    /// by the API, which shows owners the seed their gateways judge by).
+    #[serde(default)]
+    proxy: Option<crate::proxy::Section>,
 }
 
 fn decimal_usdc<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Usdc>, D::Error> {
@@ -224,6 +225,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut api_config = ApiConfig::new(config.domain.clone(), chain_id, config.validator);
     api_config.secure_cookies = config.secure_cookies;
     api_config.rule_guardian = config.rule_guardian;
+    if let Some(proxy) = &config.proxy {
+        api_config.rule_seed = opentab_core::rules::RuleSettings::default().with_mode(proxy.rules_mode());
+    }
     api_config.relay_daily_quota = config.relay_daily_quota;
     if let Some(min) = config.relay_min_tab {
         api_config.relay_min_tab = min;

@@ -127,6 +127,35 @@ fn an_owner_manages_keys_and_tabs_from_the_command_line() -> TestResult {
     let shown = owner.ok(&["keys", "show", &key_text])?;
     assert!(shown.contains("status       active") && shown.contains("settlements  none yet"), "{shown}");
 
+    // Rule settings: one key's, changed by name, each line saying where its value comes from.
+    let line = |out: &str, label: &str| out.lines().find(|l| l.trim_start().starts_with(label)).map(str::to_owned);
+    let set = owner.ok(&["rules", "set", "--key", &key_text, "--calls-per-minute", "3", "--rate-mode", "shadow"])?;
+    let rate = line(&set, "calls per minute").ok_or(format!("no rate line:\n{set}"))?;
+    assert!(rate.contains(" 3 ") && rate.trim_end().ends_with("key"), "{set}");
+    assert!(line(&set, "rate mode").is_some_and(|l| l.contains("shadow")), "{set}");
+    assert!(line(&set, "spike multiple").is_some_and(|l| l.contains("10") && l.trim_end().ends_with("seed")), "{set}");
+    assert!(set.contains("rules.set") && set.contains(r#""after":{"callsPerMinute":3,"rateMode":"shadow"}"#), "{set}");
+    let defaults = owner.ok(&["rules", "set", "--spike-multiple", "20"])?;
+    assert!(line(&defaults, "spike multiple").is_some_and(|l| l.contains("your defaults")), "{defaults}");
+    let shown = owner.ok(&["rules", "show", "--key", &key_text])?;
+    assert!(line(&shown, "spike multiple").is_some_and(|l| l.contains("20") && l.contains("your defaults")), "{shown}");
+    let kept = owner.ok(&["rules", "set", "--key", &key_text, "--inherit", "calls-per-minute"])?;
+    assert!(
+        line(&kept, "calls per minute").is_some_and(|l| l.contains("100") && l.trim_end().ends_with("seed")),
+        "{kept}"
+    );
+    assert!(line(&kept, "rate mode").is_some_and(|l| l.contains("shadow")), "the other setting stays: {kept}");
+    let refused = owner.run(&["rules", "set", "--key", &key_text, "--calls-per-minute", "0"])?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("field `callsPerMinute`"), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&owner.ok(&["rules", "show", "--key", &key_text, "--json"])?)?;
+    assert_eq!(json["key"], serde_json::json!({ "rateMode": "shadow" }), "the refusal changed nothing");
+    owner.ok(&["rules", "reset", "--key", &key_text])?;
+    owner.ok(&["rules", "reset"])?;
+    let json: serde_json::Value = serde_json::from_str(&owner.ok(&["rules", "show", "--key", &key_text, "--json"])?)?;
+    assert_eq!(json["effective"], json["seed"], "{json}");
+    assert_eq!(json["history"].as_array().map(Vec::len), Some(3), "every change of the key's settings: {json}");
+
     // Freeze takes effect at once (off-chain first); unfreeze once the chain says so.
     let frozen = owner.ok(&["keys", "freeze", &key_text])?;
     assert!(frozen.starts_with("frozen ") && frozen.contains("(mined)"), "{frozen}");

@@ -204,7 +204,7 @@ impl<T: UsageLedger> UsageLedger for std::sync::Arc<T> {
 }
 
 /// A charge or a void the ledger holds, as whoever watches spending (the rule engine) sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeEvent {
     /// Unix seconds.
     pub at: u64,
@@ -216,6 +216,8 @@ pub struct ChargeEvent {
     pub kind: UsageKind,
     /// The price charged or given back.
     pub amount: Usdc,
+    /// `METHOD /pattern` of the route charged.
+    pub route: String,
     /// What the key has been served, this charge included, as the counters say (charges).
     pub served: Usdc,
     /// The key's spend limit.

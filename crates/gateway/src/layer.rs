@@ -447,8 +447,17 @@ impl<D: KeyDirectory, C: CounterStore, L: UsageLedger> Gateway<D, C, L> {
         let p = &charge.paid;
         let served = p.response.receipt.served;
         let recent_calls = if kind == UsageKind::Charge { p.recent_calls } else { None };
-        let event =
-            ChargeEvent { at, key: p.key, owner: p.owner, kind, amount: p.price, served, limit: p.limit, recent_calls };
+        let event = ChargeEvent {
+            at,
+            key: p.key,
+            owner: p.owner,
+            kind,
+            amount: p.price,
+            route: charge.route.clone(),
+            served,
+            limit: p.limit,
+            recent_calls,
+        };
         observer.observe(event).await;
     }
 

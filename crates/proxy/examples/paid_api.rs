@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::post;
-use opentab_core::rules::RuleConfig;
+use opentab_core::rules::RuleSettings;
 use opentab_core::{Address, ContractDomain};
 use opentab_gateway::pricing::Pricing;
 use opentab_gateway::{Gateway, GatewayConfig, InProcessCounters, PaymentLayer};
@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         counters,
         ledger: StoreLedger::new(store.clone()),
         // The rule engine watches every charge (spike, burst, low balance).
-        observer: Some(Arc::new(RuleEngine::start(store, RuleConfig::default()).await?)),
+        observer: Some(Arc::new(RuleEngine::start(store, RuleSettings::default()).await?)),
     });
     let app = Router::new()
         .route("/v1/summarize", post(|body: String| async move { format!("{} bytes summarized", body.len()) }))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use opentab_chain::{Address, Validator, read_provider, signing_provider, tx_signer};
 use opentab_core::SigningKey;
-use opentab_core::rules::{RuleConfig, RuleMode};
+use opentab_core::rules::{RuleMode, RuleSettings};
 use opentab_gateway::pricing::Pricing;
 use opentab_gateway::{
     ChargeObserver, CounterStore, Gateway, GatewayConfig, InProcessCounters, PaymentLayer, RedisCounters, UsageLedger,
@@ -90,8 +90,7 @@ impl ProxyNode {
             max_timeout_seconds: s.timeout.as_secs(),
         };
         let directory = StoreDirectory::preloaded(store.clone(), s.payee).await?;
-        let mut engine =
-            RuleEngine::start(store.clone(), RuleConfig { mode: s.rules, ..RuleConfig::default() }).await?;
+        let mut engine = RuleEngine::start(store.clone(), RuleSettings::default().with_mode(s.rules)).await?;
         let mut guardian = None;
         if let Some(key) = &s.guardian_key {
             let signer = tx_signer(key)?;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use opentab_accumulator::testing::smtp_listener;
 use opentab_accumulator::{EmailSender, Mailer};
 use opentab_chain::{Anvil, AnvilConfig, KeyTerms, Validator, deploy_dev_contracts, signing_provider};
-use opentab_core::rules::{RuleConfig, RuleMode};
+use opentab_core::rules::{RuleMode, RuleSettings};
 use opentab_core::{Address, B256, SigningKey, U256, Usdc, ValidatorEvent};
 use opentab_gateway::{ChargeEvent, UsageKind, UsageLedger, UsageRecord};
 use opentab_proxy::StoreLedger;
@@ -40,7 +40,7 @@ async fn world(mode: RuleMode) -> TestResult<World> {
 
 impl World {
     async fn on(dir: tempfile::TempDir, store: Store, mode: RuleMode) -> TestResult<Self> {
-        let engine = RuleEngine::start(store.clone(), RuleConfig { mode, ..RuleConfig::default() }).await?;
+        let engine = RuleEngine::start(store.clone(), RuleSettings::default().with_mode(mode)).await?;
         Ok(Self {
             _dir: dir,
             ledger: StoreLedger::new(store.clone()),
@@ -92,6 +92,11 @@ impl World {
 
     /// What the gateway does with a charge: the ledger row first, then the event.
     async fn charge(&self, key: Address, price: &str, voucher: u64, at: u64) -> TestResult {
+        self.charge_on(key, "POST /v1/chat", price, voucher, at).await
+    }
+
+    /// [`Self::charge`] of a call to `route`.
+    async fn charge_on(&self, key: Address, route: &str, price: &str, voucher: u64, at: u64) -> TestResult {
         let amount = Usdc::parse_decimal(price)?;
         let terms = self.store.key(key).await?.ok_or("no key")?.key;
         let (owner, limit) = (terms.owner, terms.limit);
@@ -101,7 +106,7 @@ impl World {
             owner,
             kind: UsageKind::Charge,
             amount,
-            route: "POST /v1/chat".into(),
+            route: route.into(),
             request_id: format!("r{voucher}"),
             voucher: U256::from(voucher),
             signature: Some(SigningKey::random().sign_digest(&B256::repeat_byte(1))),
@@ -116,7 +121,9 @@ impl World {
             *total = total.saturating_add(amount);
             *total
         };
-        let event = ChargeEvent { at, key, owner, kind: UsageKind::Charge, amount, served, limit, recent_calls: None };
+        let route = route.to_owned();
+        let event =
+            ChargeEvent { at, key, owner, kind: UsageKind::Charge, amount, route, served, limit, recent_calls: None };
         self.engine.apply(&event).await?;
         Ok(())
     }
@@ -345,6 +352,7 @@ async fn the_rate_rule_judges_the_shared_count_of_every_gateway() -> TestResult 
             owner: terms.owner,
             kind: UsageKind::Charge,
             amount: Usdc::parse_decimal("0.001")?,
+            route: "POST /v1/chat".to_owned(),
             served: Usdc::parse_decimal(served)?,
             limit: terms.limit,
             recent_calls: Some(recent),
@@ -375,6 +383,7 @@ async fn a_voided_charge_leaves_the_average_as_if_it_never_happened() -> TestRes
         owner: terms.owner,
         kind: UsageKind::Void,
         amount: Usdc::parse_decimal("0.01")?,
+        route: "POST /v1/chat".to_owned(),
         served: Usdc::ZERO,
         limit: terms.limit,
         recent_calls: None,
@@ -424,7 +433,7 @@ async fn the_guardian_freezes_on_chain_from_the_outbox() -> TestResult {
     w.register(guarded, owner, "100").await?;
     w.register(unguarded, owner, "100").await?;
     w.engine =
-        RuleEngine::start(w.store.clone(), RuleConfig::default()).await?.with_guardian(guardian_signer.address());
+        RuleEngine::start(w.store.clone(), RuleSettings::default()).await?.with_guardian(guardian_signer.address());
     for n in 1..=101 {
         w.charge(guarded, "0.002", n, 1_000).await?;
     }
@@ -444,7 +453,7 @@ async fn the_guardian_freezes_on_chain_from_the_outbox() -> TestResult {
 
     // An account the owner never chose: the contract refuses it, three times, then it is given up.
     w.engine =
-        RuleEngine::start(w.store.clone(), RuleConfig::default()).await?.with_guardian(stranger_signer.address());
+        RuleEngine::start(w.store.clone(), RuleSettings::default()).await?.with_guardian(stranger_signer.address());
     w.apply(ValidatorEvent::GuardianSet { owner, guardian: stranger_signer.address() }).await?;
     for n in 1..=101 {
         w.charge(unguarded, "0.002", n, 1_000).await?;
@@ -484,5 +493,138 @@ async fn an_alert_older_than_a_day_is_not_mailed_when_a_relay_appears() -> TestR
     let effect = &w.store.effects_of(key, EffectKind::Email).await?[0];
     assert_eq!(effect.status, "dead", "{effect:?}");
     assert!(effect.last_error.as_deref().is_some_and(|e| e.contains("too old")), "{effect:?}");
+    Ok(())
+}
+
+/// Issue 13: settings per owner and per key, changed in the store, are what the engine judges
+/// the very next charge by; the alert records the setting in force and the least that would
+/// not have fired.
+#[tokio::test]
+async fn owner_defaults_and_key_overrides_are_honoured_on_the_next_charge() -> TestResult {
+    use opentab_core::rules::{RuleOverrides, Setting};
+    let w = world(RuleMode::Enforce).await?;
+    let (tuned, other) = (w.key("100").await?, w.key("100").await?);
+    let three = RuleOverrides { calls_per_minute: Some(3), ..RuleOverrides::default() };
+    w.store.set_rule_settings(OWNER, Some(tuned), &three, opentab_store::RULES_SET, 900).await?;
+    for n in 1..=3 {
+        w.charge(tuned, "0.002", n, 1_000).await?;
+        w.charge(other, "0.002", n, 1_000).await?;
+    }
+    assert!(!w.frozen(tuned).await?, "3 calls a minute is the key's setting, not past it");
+    w.charge(tuned, "0.002", 4, 1_001).await?;
+    w.charge(other, "0.002", 4, 1_001).await?;
+    assert!(w.frozen(tuned).await?, "the 4th call of the minute freezes the tuned key");
+    assert!(!w.frozen(other).await?, "its sibling keeps the seed's 100");
+    let alert = &w.store.alerts_of(tuned, 1).await?[0].alert;
+    assert_eq!(alert.reason, "4 calls in the last minute, more than 3");
+    let inputs: serde_json::Value = serde_json::from_str(&alert.inputs)?;
+    assert_eq!(inputs["threshold"], serde_json::to_value(Setting::CallsPerMinute(3))?);
+    assert_eq!(inputs["wouldNotFire"], serde_json::to_value(Setting::CallsPerMinute(4))?);
+    assert_eq!(inputs["route"], "POST /v1/chat");
+
+    // The owner's defaults: the rate rule in shadow for all their keys; the tuned key's own
+    // setting still wins where it has one (its threshold), and the mode comes from the owner.
+    let shadow = RuleOverrides { rate_mode: Some(RuleMode::Shadow), ..RuleOverrides::default() };
+    w.store.set_rule_settings(OWNER, None, &shadow, opentab_store::RULES_SET, 1_100).await?;
+    let settings = w.engine.settings_of(OWNER, tuned).await?;
+    assert_eq!((settings.calls_per_minute, settings.rate_mode), (3, RuleMode::Shadow));
+    let third = w.key("100").await?;
+    for n in 1..=101 {
+        w.charge(third, "0.002", n, 2_000).await?;
+    }
+    assert!(!w.frozen(third).await?, "shadow alerts, never freezes");
+    let alert = &w.store.alerts_of(third, 1).await?[0].alert;
+    assert_eq!((alert.rule.as_str(), alert.mode.as_str(), alert.froze), ("rate", "shadow", false));
+
+    // Off: not judged at all; back to inherit: judged again.
+    let off = RuleOverrides { rate_mode: Some(RuleMode::Off), ..RuleOverrides::default() };
+    w.store.set_rule_settings(OWNER, None, &off, opentab_store::RULES_SET, 1_200).await?;
+    let fourth = w.key("100").await?;
+    for n in 1..=150 {
+        w.charge(fourth, "0.002", n, 3_000).await?;
+    }
+    assert!(w.store.alerts_of(fourth, 1).await?.is_empty(), "the rate rule is off");
+    w.store.set_rule_settings(OWNER, None, &RuleOverrides::default(), opentab_store::RULES_SET, 1_300).await?;
+    w.charge(fourth, "0.002", 151, 3_001).await?;
+    assert!(w.frozen(fourth).await?, "back to the seed's enforced rate rule");
+
+    // Every change is in the audit log, with what it replaced.
+    let audit = w.store.audit_of(&format!("{OWNER:#x}")).await?;
+    let details: Vec<&str> = audit.iter().filter(|e| e.action == "rules.set").map(|e| e.detail.as_str()).collect();
+    assert_eq!(
+        details,
+        [
+            r#"{"before":{},"after":{"rateMode":"shadow"}}"#,
+            r#"{"before":{"rateMode":"shadow"},"after":{"rateMode":"off"}}"#,
+            r#"{"before":{"rateMode":"off"},"after":{}}"#,
+        ]
+    );
+    assert_eq!(
+        w.store.audit_of(&format!("{tuned:#x}")).await?[0].detail,
+        r#"{"before":{},"after":{"callsPerMinute":3}}"#
+    );
+    Ok(())
+}
+
+/// A setting changed through another connection (another node's API) reaches the engine
+/// through the database's change feed.
+#[tokio::test]
+async fn a_setting_changed_by_another_node_reaches_the_engine() -> TestResult {
+    use opentab_core::rules::RuleOverrides;
+    let w = world(RuleMode::Enforce).await?;
+    let key = w.key("100").await?;
+    assert_eq!(w.engine.settings_of(OWNER, key).await?.spike_multiple, 10);
+    let elsewhere =
+        opentab_store::Store::connect(&format!("sqlite://{}", w._dir.path().join("opentab.db").display())).await?;
+    let twenty = RuleOverrides { spike_multiple: Some(20), ..RuleOverrides::default() };
+    elsewhere.set_rule_settings(OWNER, Some(key), &twenty, opentab_store::RULES_SET, 1).await?;
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = w.engine.settings_of(OWNER, key).await?.spike_multiple;
+        if seen == 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 20, "the engine heard of the change");
+    Ok(())
+}
+
+/// The spike rule judges a charge by its route's own history (the shipped default), and a
+/// restarted engine loads that history from the ledger: an image route that was in use before
+/// the restart is not judged against the cheap calls' average after it.
+#[tokio::test]
+async fn a_restarted_engine_judges_each_route_on_the_history_it_loaded() -> TestResult {
+    let w = world(RuleMode::Enforce).await?;
+    let key = w.key("100").await?;
+    let mut voucher = 0;
+    let mut at = 1_000;
+    let mut call = |route: &'static str, price: &'static str| {
+        voucher += 1;
+        at += 10;
+        (route, price, voucher, at)
+    };
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        calls.push(call("POST /v1/images", "0.04"));
+    }
+    for _ in 0..150 {
+        calls.push(call("POST /v1/chat", "0.002"));
+    }
+    for (route, price, voucher, at) in calls {
+        w.charge_on(key, route, price, voucher, at).await?;
+    }
+    assert!(!w.frozen(key).await?);
+    let w = w.restarted(RuleMode::Enforce).await?;
+    // 0.04 is 12× the key's average of 0.0032, and the image route's own average.
+    w.charge_on(key, "POST /v1/images", "0.04", 156, 2_000).await?;
+    assert!(!w.frozen(key).await?, "judged against the image route's history, loaded at start");
+    // A chat call at 0.0201 is over 10× chat's average: a spike.
+    w.charge_on(key, "POST /v1/chat", "0.0201", 157, 2_010).await?;
+    assert!(w.frozen(key).await?, "judged against the chat route's history");
+    let alert = &w.store.alerts_of(key, 1).await?[0].alert;
+    assert_eq!(alert.reason, "a charge of 0.0201 USDC is more than 10× the average on POST /v1/chat of 0.002 USDC");
+    let inputs: serde_json::Value = serde_json::from_str(&alert.inputs)?;
+    assert_eq!((inputs["average"].as_str(), inputs["averageOf"].as_str()), (Some("2000"), Some("route")));
     Ok(())
 }

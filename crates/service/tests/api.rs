@@ -371,6 +371,10 @@ async fn the_openapi_document_describes_every_route() -> TestResult {
         ("/api/session-keys/{key}/{action}", "get"),
         ("/api/session-keys/{key}/{action}", "post"),
         ("/api/tabs", "get"),
+        ("/api/rules", "get"),
+        ("/api/rules", "put"),
+        ("/api/session-keys/{key}/rules", "get"),
+        ("/api/session-keys/{key}/rules", "put"),
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
     }
@@ -493,5 +497,92 @@ async fn sessions_are_rate_limited_per_owner() -> TestResult {
     assert_eq!((status, problem["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")));
     assert_eq!(api.store.spent_nonces().await?, 2, "the refused sign-in spent no nonce");
     api.sign_in(&SigningKey::random()).await?;
+    Ok(())
+}
+
+/// Issue 13: an owner's rule defaults and a key's overrides, read and set through the API:
+/// each change audited with what it replaced, checked at the bounds with the field named, and
+/// another owner's key not found.
+#[tokio::test]
+async fn an_owner_sets_rule_defaults_and_key_overrides_and_sees_each_change() -> TestResult {
+    let api = api().await?;
+    let owner = SigningKey::random();
+    let token = api.sign_in(&owner).await?;
+    let key = seed_key(&api.store, 0x31, owner.address()).await?;
+    let uri = format!("/api/session-keys/{key:#x}/rules");
+
+    let (status, view, _) = api.call("GET", &uri, Some(&token), None).await?;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["effective"], view["seed"], "nothing set: the seed's");
+    assert_eq!(
+        (&view["seed"]["spikeMultiple"], &view["seed"]["callsPerMinute"], &view["seed"]["lowBalancePercent"]),
+        (&json!(10), &json!(100), &json!(10))
+    );
+    assert_eq!((&view["seed"]["rateMode"], &view["seed"]["spikeByRoute"]), (&json!("enforce"), &json!(true)));
+    assert_eq!((&view["owner"], &view["key"]), (&json!({}), &json!({})));
+
+    let (status, view, _) = api
+        .call("PUT", "/api/rules", Some(&token), Some(json!({ "callsPerMinute": 300, "spikeMode": "shadow" })))
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert!(view.get("key").is_none(), "the owner's view has no key");
+    let body = json!({ "callsPerMinute": 40, "spikeIgnoreRoutes": ["post /v1/images"], "spikeIgnoreUpTo": "5000" });
+    let (status, view, _) = api.call("PUT", &uri, Some(&token), Some(body)).await?;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["effective"]["callsPerMinute"], 40, "the key's setting wins");
+    assert_eq!(view["effective"]["spikeMode"], "shadow", "the owner's default, inherited");
+    assert_eq!(view["effective"]["spikeIgnoreRoutes"], json!(["POST /v1/images"]), "stored in canonical form");
+    assert_eq!(view["effective"]["spikeIgnoreUpTo"], "5000");
+    assert_eq!(view["owner"], json!({ "callsPerMinute": 300, "spikeMode": "shadow" }));
+    let history = view["history"].as_array().ok_or("no history")?;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["action"], "rules.set");
+    assert_eq!(history[0]["actor"], format!("{:#x}", owner.address()));
+    let detail: Value = serde_json::from_str(history[0]["detail"].as_str().ok_or("no detail")?)?;
+    assert_eq!(detail["before"], json!({}));
+    assert_eq!(detail["after"]["callsPerMinute"], 40);
+
+    // Back to inherit: an empty body.
+    let (_, view, _) = api.call("PUT", &uri, Some(&token), Some(json!({}))).await?;
+    assert_eq!(view["effective"]["callsPerMinute"], 300);
+    assert_eq!(view["history"].as_array().map(Vec::len), Some(2));
+
+    // Bounds, each refusal naming its field; nothing changes.
+    for (body, field) in [
+        (json!({ "callsPerMinute": 0 }), "callsPerMinute"),
+        (json!({ "callsPerMinute": 10_000 }), "callsPerMinute"),
+        (json!({ "spikeMultiple": 0 }), "spikeMultiple"),
+        (json!({ "lowBalancePercent": 101 }), "lowBalancePercent"),
+        (json!({ "spikeIgnoreRoutes": ["/v1/images"] }), "spikeIgnoreRoutes"),
+    ] {
+        let (status, problem, _) = api.call("PUT", &uri, Some(&token), Some(body.clone())).await?;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some(field)), "{body}: {problem}");
+    }
+    for body in [
+        json!({ "rateMode": "strict" }),
+        json!({ "spikeMultiplier": 3 }),
+        json!({ "callsPerMinute": -1 }),
+        json!([]),
+        json!([null, null]),
+        json!(null),
+    ] {
+        let (status, problem, _) = api.call("PUT", &uri, Some(&token), Some(body.clone())).await?;
+        assert_eq!((status, problem["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_body")), "{body}");
+    }
+    let (status, problem, _) = api.call("PUT", &uri, Some(&token), Some(json!({ "callsPerMinute": 9_999 }))).await?;
+    assert_eq!(status, StatusCode::OK, "the largest rate the counters can count: {problem}");
+    let (_, view, _) = api.call("GET", &uri, Some(&token), None).await?;
+    assert_eq!(view["history"].as_array().map(Vec::len), Some(3), "refusals changed nothing");
+
+    // Another owner's key is not found, and their defaults are their own.
+    let stranger = api.sign_in(&SigningKey::random()).await?;
+    let (status, _, _) = api.call("GET", &uri, Some(&stranger), None).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = api.call("PUT", &uri, Some(&stranger), Some(json!({}))).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, theirs, _) = api.call("GET", "/api/rules", Some(&stranger), None).await?;
+    assert_eq!(theirs["owner"], json!({}));
+    let (status, _, _) = api.call("GET", "/api/rules", None, None).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     Ok(())
 }

@@ -471,14 +471,28 @@ async fn an_owner_creates_freezes_unfreezes_and_deletes_a_key_without_gas() -> T
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path} by owner B");
     }
 
-    // Unfreeze.
+    // A rule is switched to shadow only as its key is unfrozen, and only a rule that exists.
+    let (_, typed) = w.call("GET", &format!("{uri}/freeze"), &token, None).await?;
+    let mut refreeze = w.sign_action(&owner, &typed)?;
+    refreeze["shadowRule"] = json!("rate");
+    let (status, problem) = w.call("POST", &format!("{uri}/freeze"), &token, Some(refreeze)).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("shadowRule")), "{problem}");
     let (_, typed) = w.call("GET", &format!("{uri}/unfreeze"), &token, None).await?;
-    let (status, body) =
-        w.call("POST", &format!("{uri}/unfreeze"), &token, Some(w.sign_action(&owner, &typed)?)).await?;
+    let mut unfreeze = w.sign_action(&owner, &typed)?;
+    unfreeze["shadowRule"] = json!("speed");
+    let (status, problem) = w.call("POST", &format!("{uri}/unfreeze"), &token, Some(unfreeze.clone())).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("shadowRule")), "{problem}");
+
+    // Unfreeze, switching the rate rule to shadow for this key in the same request (audited).
+    unfreeze["shadowRule"] = json!("rate");
+    let (status, body) = w.call("POST", &format!("{uri}/unfreeze"), &token, Some(unfreeze)).await?;
     assert_eq!(status, StatusCode::OK, "{body}");
     w.listener.catch_up().await?;
     let (_, key) = w.call("GET", &uri, &token, None).await?;
     assert_eq!(key["status"], "active");
+    let (_, rules) = w.call("GET", &format!("{uri}/rules"), &token, None).await?;
+    assert_eq!((&rules["key"], &rules["effective"]["rateMode"]), (&json!({ "rateMode": "shadow" }), &json!("shadow")));
+    assert_eq!(rules["history"][0]["action"], "rules.shadow_on_unfreeze");
 
     // Delete: revoked on-chain, gone from the default list, still listed on request.
     let (_, typed) = w.call("GET", &format!("{uri}/delete"), &token, None).await?;

@@ -105,6 +105,15 @@ pub struct KeyActivity {
     pub served: Usdc,
     /// When it was charged since the time asked for (unix seconds, oldest first).
     pub recent: Vec<u64>,
+    /// Per route (`METHOD /pattern`): charges less voids, and what they came to.
+    pub routes: Vec<(String, u64, Usdc)>,
+}
+
+impl KeyActivity {
+    /// A key never charged.
+    fn none(key: Address) -> Self {
+        Self { key, calls: 0, served: Usdc::ZERO, recent: Vec::new(), routes: Vec::new() }
+    }
 }
 
 impl Store {
@@ -248,8 +257,9 @@ impl Store {
         rows.iter().map(effect).collect()
     }
 
-    /// Every key's calls and served total, with its charges since `recent_since`: the rule
-    /// engine's memory when it starts, in two reads whatever the number of keys.
+    /// Every key's calls and served total (overall and per route), with its charges since
+    /// `recent_since`: the rule engine's memory when it starts, in three reads whatever the
+    /// number of keys.
     pub async fn rule_activity(&self, recent_since: u64) -> Result<Vec<KeyActivity>> {
         self.activity(None, recent_since).await
     }
@@ -258,7 +268,7 @@ impl Store {
     /// what the rule engine recalls of a key it forgot while the key was idle.
     pub async fn rule_activity_of(&self, key: Address, recent_since: u64) -> Result<KeyActivity> {
         let found = self.activity(Some(key), recent_since).await?.pop();
-        Ok(found.unwrap_or(KeyActivity { key, calls: 0, served: Usdc::ZERO, recent: Vec::new() }))
+        Ok(found.unwrap_or_else(|| KeyActivity::none(key)))
     }
 
     async fn activity(&self, key: Option<Address>, recent_since: u64) -> Result<Vec<KeyActivity>> {
@@ -273,7 +283,7 @@ impl Store {
             // Stray voids can take the sums below zero; neither ever is.
             let served = u64::try_from(row.try_get::<i64, _>("served")?).unwrap_or(0);
             let calls = u64::try_from(row.try_get::<i64, _>("calls")?).unwrap_or(0);
-            keys.insert(key, KeyActivity { key, calls, served: Usdc::from_base_units(served), recent: Vec::new() });
+            keys.insert(key, KeyActivity { calls, served: Usdc::from_base_units(served), ..KeyActivity::none(key) });
         }
         let recent = sqlx::query(
             "SELECT session_key, at FROM usage_ledger WHERE at >= $1 AND kind = 'charge' \
@@ -286,10 +296,26 @@ impl Store {
         for row in &recent {
             let key = address(&row.try_get::<String, _>("session_key")?, "session_key")?;
             let at = get_u64(row, "at")?;
-            keys.entry(key)
-                .or_insert_with(|| KeyActivity { key, calls: 0, served: Usdc::ZERO, recent: Vec::new() })
-                .recent
-                .push(at);
+            keys.entry(key).or_insert_with(|| KeyActivity::none(key)).recent.push(at);
+        }
+        // What the spike rule judges a charge by route against (one pass over the ledger).
+        let routes = sqlx::query(
+            "SELECT session_key, route, CAST(SUM(CASE WHEN kind = 'charge' THEN 1 ELSE -1 END) AS BIGINT) AS calls, \
+             CAST(SUM(CASE WHEN kind = 'charge' THEN amount ELSE -amount END) AS BIGINT) AS served \
+             FROM usage_ledger WHERE $1 = '' OR session_key = $1 GROUP BY session_key, route",
+        )
+        .bind(&only)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &routes {
+            let key = address(&row.try_get::<String, _>("session_key")?, "session_key")?;
+            let calls = u64::try_from(row.try_get::<i64, _>("calls")?).unwrap_or(0);
+            let served = u64::try_from(row.try_get::<i64, _>("served")?).unwrap_or(0);
+            if calls > 0 {
+                let route = row.try_get::<String, _>("route")?;
+                let routes = &mut keys.entry(key).or_insert_with(|| KeyActivity::none(key)).routes;
+                routes.push((route, calls, Usdc::from_base_units(served)));
+            }
         }
         Ok(keys.into_values().collect())
     }

@@ -4,7 +4,7 @@
 //! - owners, session keys (on-chain state mirrored from events, plus opentab's own pending /
 //!   off-chain-freeze / deleted marks), tabs per (owner, payee), the chain events and listener
 //!   cursor, an append-only audit log, the usage ledger, settlement intents and the webhook
-//!   outbox;
+//!   outbox, and the rule settings owners chose;
 //! - a feed of what changed about keys and tabs ([`Store::on_key_change`]), for gateway caches;
 //! - versioned migrations per backend under `migrations/{postgres,sqlite}`, embedded in the
 //!   binary and applied by [`Store::connect`].
@@ -25,6 +25,7 @@ mod keys;
 mod migrations;
 mod owners;
 mod rows;
+mod rule_settings;
 mod settlements;
 mod store;
 mod tabs;
@@ -43,5 +44,6 @@ pub use rows::{
     AuditEntry, ChainStatus, KeyRecord, KeyUsage, LiveIdempotency, NewKey, Recorded, StoredEvent, UsageEntry,
     UsageKind, UsageTotal,
 };
+pub use rule_settings::{RULES_SET, StoredRuleSettings};
 pub use settlements::{Leased, NewSettlement, NewWebhook, OutboxEntry, Owed, Settlement, SettlementStatus};
 pub use store::{Backend, Store, create_postgres_database};

@@ -21,14 +21,14 @@ const POSTGRES: Embedded = embed!("postgres":
     11 "0011_key_last_activity", 12 "0012_rule_alerts", 13 "0013_usage_idempotency",
     14 "0014_tabs", 15 "0015_void_once", 16 "0016_sealed_nonces_relay_count", 17 "0017_gateways",
     18 "0018_key_changes", 19 "0019_rule_effects", 20 "0020_counter_epochs",
-    21 "0021_settlement_confirmations");
+    21 "0021_settlement_confirmations", 22 "0022_rule_settings");
 const SQLITE: Embedded = embed!("sqlite":
     1 "0001_owners", 2 "0002_session_keys", 3 "0003_escrows", 4 "0004_chain", 5 "0005_audit_log",
     6 "0006_auth", 7 "0007_usage_ledger", 8 "0008_key_usage", 9 "0009_settlements", 10 "0010_webhook_outbox",
     11 "0011_key_last_activity", 12 "0012_rule_alerts", 13 "0013_usage_idempotency",
     14 "0014_tabs", 15 "0015_void_once", 16 "0016_sealed_nonces_relay_count", 17 "0017_gateways",
     18 "0018_key_changes", 19 "0019_rule_effects", 20 "0020_counter_epochs",
-    21 "0021_settlement_confirmations");
+    21 "0021_settlement_confirmations", 22 "0022_rule_settings");
 
 #[derive(Debug)]
 struct Source(Embedded);

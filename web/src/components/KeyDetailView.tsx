@@ -5,9 +5,12 @@ import { Button } from "@/components/ui/button";
 import { Card, CardContent, CardDescription, CardHeader, CardTitle } from "@/components/ui/card";
 import { ApiError, fetcher, type KeyDetail, type Tabs } from "@/lib/api";
 import { relative, short, usdc, utc } from "@/lib/format";
+import { RULE_NAMES, freezingAlert } from "@/lib/rules";
 import type { Wallet } from "@/lib/wallet";
 import { KeyActions } from "./KeyActions";
 import type { Message } from "./Message";
+import { AlertNumbers, DecisionPanel } from "./RuleDecision";
+import { RuleSettingsCard } from "./RuleSettings";
 import { StatusBadge } from "./StatusBadge";
 import { TabCoverage } from "./TabCoverage";
 import { UsageBar } from "./UsageBar";
@@ -25,6 +28,7 @@ export function KeyDetailView({
 }) {
   const { data, error, isLoading } = useSWR<KeyDetail>(`/api/session-keys/${address}`, fetcher, { refreshInterval: 5_000 });
   const { data: tabs } = useSWR<Tabs>("/api/tabs", fetcher);
+  const froze = data ? freezingAlert(data) : undefined;
   return (
     <section aria-labelledby="key-title" className="grid gap-4">
       <div>
@@ -66,6 +70,7 @@ export function KeyDetailView({
               <KeyActions keyView={data} wallet={wallet} onDeleted={onBack} onMessage={onMessage} servicePayee={tabs?.payee} />
             </CardContent>
           </Card>
+          {froze && <DecisionPanel keyView={data} alert={froze} wallet={wallet} onMessage={onMessage} servicePayee={tabs?.payee} />}
           <Card aria-labelledby="settlements-title">
             <CardHeader>
               <CardTitle id="settlements-title">Settlements</CardTitle>
@@ -122,23 +127,19 @@ export function KeyDetailView({
                         </span>
                       </div>
                       <p className="mt-1">{a.reason}</p>
+                      <AlertNumbers alert={a} />
                     </li>
                   ))}
                 </ul>
               )}
             </CardContent>
           </Card>
+          <RuleSettingsCard address={data.address} onMessage={onMessage} />
         </>
       )}
     </section>
   );
 }
-
-const RULE_NAMES: Record<string, string> = {
-  spike: "Unusually large charge",
-  rate: "Too many calls in a minute",
-  low_balance: "Limit almost used up",
-};
 
 function Stat({ label, value }: { label: string; value: string }) {
   return (

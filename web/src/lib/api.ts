@@ -41,14 +41,94 @@ export interface Settlement {
   blockNumber: number;
 }
 
+/** The rule engine's rules. */
+export type RuleName = "spike" | "rate" | "low_balance";
+
+/** What a rule does when it fires: alert and freeze (where it freezes), alert only, or nothing. */
+export type RuleMode = "enforce" | "shadow" | "off";
+
+/** An amount in USDC base units, as a decimal string or (from some fields) a JSON number. */
+export type BaseUnits = string | number;
+
+/** Every setting of the rule engine, as applied to a key (or a deployment's defaults). */
+export interface RuleSettings {
+  /** A charge above this many times the key's average is a spike. */
+  spikeMultiple: number;
+  spikeMode: RuleMode;
+  /** Compare a charge with the average of its own route rather than the key's. */
+  spikeByRoute: boolean;
+  /** Routes the spike rule ignores, as `METHOD /path` (e.g. `POST /v1/images`). */
+  spikeIgnoreRoutes: string[];
+  /** Charges up to this (base units) are never a spike. */
+  spikeIgnoreUpTo: string;
+  /** More calls than this in a sliding minute is too many. */
+  callsPerMinute: number;
+  rateMode: RuleMode;
+  /** Less than this percentage of the limit left is low. */
+  lowBalancePercent: number;
+  lowBalanceMode: RuleMode;
+}
+
+/** Overrides of some settings; an absent (or null) field inherits. */
+export type RuleOverrides = { [K in keyof RuleSettings]?: RuleSettings[K] | null };
+
+/** One audited change of rule settings. */
+export interface RuleChange {
+  /** Unix seconds. */
+  at: number;
+  /** Who made it (the owner's address, or opentab). */
+  actor: string;
+  action: string;
+  /** JSON text: what was set. */
+  detail: string;
+}
+
+/** `GET /api/session-keys/{key}/rules` (and `/api/rules`, without `key`). */
+export interface RulesView {
+  /** What the gateway applies now. */
+  effective: RuleSettings;
+  /** The deployment's defaults. */
+  seed: RuleSettings;
+  /** The owner's defaults. */
+  owner: RuleOverrides;
+  /** This key's overrides (absent from the owner-wide view). */
+  key?: RuleOverrides;
+  /** Rule changes, oldest first. */
+  history: RuleChange[];
+}
+
+/** What a rule saw when it fired; each field may be absent. Amounts are base units. */
+export interface AlertInputs {
+  charge?: BaseUnits;
+  callsBefore?: number;
+  servedBefore?: BaseUnits;
+  callsLastMinute?: number;
+  limit?: BaseUnits;
+  servedAfter?: BaseUnits;
+  average?: BaseUnits;
+  route?: string;
+}
+
+/** A setting and its value, e.g. `{ setting: "callsPerMinute", value: 3 }`. */
+export interface SettingValue {
+  setting: string;
+  value: number | string | boolean;
+}
+
 /** A rule engine alert: which rule, why (with the numbers), and whether it froze the key. */
 export interface RuleAlert {
-  rule: "spike" | "rate" | "low_balance";
+  rule: RuleName;
   mode: "enforce" | "shadow";
   reason: string;
   froze: boolean;
   firedAt: number;
   recoveredAt: number | null;
+  /** The numbers the rule saw (absent from older servers). */
+  inputs?: AlertInputs | null;
+  /** The setting in force when it fired. */
+  threshold?: SettingValue | null;
+  /** The least value of that setting that would not have fired; null when none would have. */
+  wouldNotFire?: SettingValue | null;
 }
 
 export interface KeyDetail extends KeyView {

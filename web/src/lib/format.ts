@@ -3,23 +3,37 @@
 const UNITS = 1_000_000n;
 
 /** `12500000` → `12.5`. */
-export function usdc(baseUnits: string | bigint): string {
+export function usdc(baseUnits: string | bigint | number): string {
   const value = BigInt(baseUnits);
   const whole = value / UNITS;
   const frac = (value % UNITS).toString().padStart(6, "0").replace(/0+$/, "");
   return frac ? `${whole}.${frac}` : whole.toString();
 }
 
-/** Parses what a person typed (`25`, `0.5`, `$1.25`) into base units, or says what is wrong. */
-export function parseUsdc(text: string): { ok: true; value: bigint } | { ok: false; error: string } {
+/** Parses what a person typed (`25`, `0.5`, `$1.25`) into base units, or says what is wrong.
+ * Zero is refused unless `allowZero` (a threshold may be 0; a limit may not). */
+export function parseUsdc(
+  text: string,
+  { allowZero = false }: { allowZero?: boolean } = {},
+): { ok: true; value: bigint } | { ok: false; error: string } {
   const trimmed = text.trim().replace(/^\$/, "");
   if (trimmed === "") return { ok: false, error: "Enter an amount in USDC, like 25 or 0.5." };
   const match = /^(\d+)(?:\.(\d+))?$/.exec(trimmed);
   if (!match) return { ok: false, error: "Use digits and at most one decimal point, like 25 or 0.5." };
   if ((match[2] ?? "").length > 6) return { ok: false, error: "USDC has 6 decimals at most." };
   const value = BigInt(match[1]!) * UNITS + BigInt((match[2] ?? "").padEnd(6, "0"));
-  if (value === 0n) return { ok: false, error: "The amount must be more than zero." };
+  if (value === 0n && !allowZero) return { ok: false, error: "The amount must be more than zero." };
   return { ok: true, value };
+}
+
+/** An amount the API sent as base units (a decimal string or a number) for people: `0.002 USDC`.
+ * Anything that is not a whole number of base units is shown as it came. */
+export function usdcAmount(baseUnits: string | number): string {
+  try {
+    return `${usdc(typeof baseUnits === "number" ? BigInt(baseUnits) : baseUnits.trim())} USDC`;
+  } catch {
+    return String(baseUnits);
+  }
 }
 
 /** `in 6d 23h`, `3m ago`, `just now`. */

@@ -226,6 +226,11 @@ pub struct SignedAction {
     /// The owner's signature.
     #[schema(value_type = String, pattern = "^0x[0-9a-fA-F]{130}$")]
     pub signature: Signature,
+    /// Unfreeze only: switch this rule (`spike`, `rate` or `low_balance`) to shadow for the key
+    /// as it is unfrozen, so it alerts without freezing again (audited as
+    /// `rules.shadow_on_unfreeze`).
+    #[serde(default)]
+    pub shadow_rule: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/session-keys/prepare", tag = "session-keys", request_body = PrepareKey, security(("bearer" = []), ("cookie" = [])),
@@ -533,6 +538,15 @@ async fn signed_action(
     let record = owned_key(state, owner, key).await?;
     let nonce = parse_u256(&body.nonce, "nonce")?;
     let now = now();
+    if let Some(rule) = &body.shadow_rule {
+        if action != KeyAction::Unfreeze {
+            return Err(ApiError::invalid("shadowRule", "a rule is switched to shadow only as its key is unfrozen"));
+        }
+        // Before the unfreeze: the key must not be frozen again by the rule its owner just
+        // looked at. Should the unfreeze then fail, the rule stays in shadow (audited) and the
+        // key frozen.
+        super::rules::shadow(state, owner, key, rule).await?;
+    }
     // A key the rule engine froze only at the gateway (its owner chose no guardian) is not
     // frozen on-chain: the contract would refuse an unfreeze. Lifting the gateway's freeze is
     // then all there is to do, and the signed-in owner may do that. The chain is asked, not the

@@ -195,6 +195,19 @@ pub struct AlertView {
     pub fired_at: u64,
     /// When the condition cleared, if it has.
     pub recovered_at: Option<u64>,
+    /// The numbers the rule saw: `charge`, `route`, `callsBefore`, `servedBefore`,
+    /// `callsLastMinute`, `limit`, `servedAfter`, and for a spike `average` and `averageOf`
+    /// (`route` or `key`); amounts in base units.
+    #[schema(value_type = Object)]
+    pub inputs: serde_json::Value,
+    /// The setting in force when it fired (`{"setting": "callsPerMinute", "value": 100}`);
+    /// null for alerts recorded before settings existed.
+    #[schema(value_type = Option<Object>)]
+    pub threshold: Option<serde_json::Value>,
+    /// The least setting that would not have fired (`{"setting": "callsPerMinute", "value":
+    /// 101}`); null when none would have (a spike against an average of zero) or unknown.
+    #[schema(value_type = Option<Object>)]
+    pub would_not_fire: Option<serde_json::Value>,
 }
 
 /// One on-chain settlement.
@@ -243,13 +256,20 @@ pub(super) async fn get(
         .alerts_of(key, 50)
         .await?
         .into_iter()
-        .map(|a| AlertView {
-            rule: a.alert.rule,
-            mode: a.alert.mode,
-            reason: a.alert.reason,
-            froze: a.alert.froze,
-            fired_at: a.fired_at,
-            recovered_at: a.recovered_at,
+        .map(|a| {
+            let inputs: serde_json::Value = serde_json::from_str(&a.alert.inputs).unwrap_or_default();
+            let setting = |name: &str| inputs.get(name).filter(|v| !v.is_null()).cloned();
+            AlertView {
+                threshold: setting("threshold"),
+                would_not_fire: setting("wouldNotFire"),
+                rule: a.alert.rule,
+                mode: a.alert.mode,
+                reason: a.alert.reason,
+                froze: a.alert.froze,
+                fired_at: a.fired_at,
+                recovered_at: a.recovered_at,
+                inputs,
+            }
         })
         .collect();
     Ok(Json(KeyDetail { key: view(&state, &record, now()).await?, settlements, alerts }))

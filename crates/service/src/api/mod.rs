@@ -9,6 +9,7 @@ mod keys;
 mod limits;
 mod nonces;
 mod openapi;
+mod rules;
 pub use openapi::spec as openapi_spec;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub use auth::{LoginRequest, LoginResponse, NonceResponse, SESSION_COOKIE, Signe
 pub use error::{ApiError, Problem};
 pub use keys::{AlertView, KeyDetail, KeyView, ListQuery, SettlementView, TabView, TabsView, Usage};
 pub use limits::RateLimits;
+pub use rules::{RulesView, SettingChange};
 
 /// What the API needs to know about its deployment.
 #[derive(Debug, Clone)]
@@ -66,6 +68,9 @@ pub struct ApiConfig {
     pub relay_min_tab: Usdc,
     /// Requests a minute per client IP and per owner.
     pub rate_limits: RateLimits,
+    /// The rule settings of this deployment's gateways, which owners' defaults and keys'
+    /// overrides are laid over (shown by the rules endpoints).
+    pub rule_seed: opentab_core::rules::RuleSettings,
 }
 
 impl ApiConfig {
@@ -86,6 +91,7 @@ impl ApiConfig {
             relay_daily_quota: 20,
             relay_min_tab: Usdc::from_base_units(1_000_000),
             rate_limits: RateLimits::default(),
+            rule_seed: opentab_core::rules::RuleSettings::default(),
         }
     }
 }
@@ -146,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/session-keys/batch", post(actions::create_batch))
         .route("/api/session-keys/batch/prepare", post(actions::prepare_batch))
         .route("/api/session-keys/{key}", get(keys::get).delete(actions::delete))
+        .route("/api/session-keys/{key}/rules", get(rules::key_get).put(rules::key_put))
         .route("/api/session-keys/{key}/{action}", get(actions::action_typed_data).post(actions::act));
     Router::new()
         .merge(limited(sign_in, state.limiters.sign_in.as_ref()))
@@ -153,6 +160,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/session-keys/events", get(events::events))
         .route("/api/tabs", get(keys::tabs))
+        .route("/api/rules", get(rules::owner_get).put(rules::owner_put))
         .route("/api/openapi.json", get(openapi::document))
         // Unknown API routes answer problem+json; everything outside /api is the host's (the UI).
         .route("/api/{*rest}", axum::routing::any(|| async { ApiError::not_found("no such route") }))

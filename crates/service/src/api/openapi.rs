@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{actions, auth, events, keys};
+use super::{actions, auth, events, keys, rules};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use super::{actions, auth, events, keys};
         actions::prepare, actions::create, actions::prepare_batch, actions::create_batch,
         actions::action_typed_data, actions::act, actions::delete,
         events::events,
+        rules::owner_get, rules::owner_put, rules::key_get, rules::key_put,
     ),
     components(schemas(
         auth::NonceResponse, auth::LoginRequest, auth::LoginResponse,
@@ -24,12 +25,13 @@ use super::{actions, auth, events, keys};
         actions::PrepareKey, actions::PreparedKey, actions::CreateKey, actions::RegistrationMessage,
         actions::PrepareBatch, actions::PreparedBatchKey, actions::PreparedBatch, actions::CreateBatch,
         actions::BatchRegistrationMessage, actions::KeyTermsMessage, actions::RelayedBatch,
-        actions::Relayed, actions::SignedAction, super::Problem,
+        actions::Relayed, actions::SignedAction, rules::RulesView, rules::SettingChange, super::Problem,
     )),
     modifiers(&Security),
     tags((name = "auth", description = "Sign-In with Ethereum (EIP-4361)"),
         (name = "session-keys", description = "The signed-in owner's session keys"),
-        (name = "tabs", description = "The signed-in owner's tabs: USDC held for one payee each")),
+        (name = "tabs", description = "The signed-in owner's tabs: USDC held for one payee each"),
+        (name = "rules", description = "The signed-in owner's rule settings: their defaults and per-key overrides")),
 )]
 struct ApiDoc;
 
