@@ -256,7 +256,7 @@ it("a rule freezes a key; its owner sees why and unfreezes it with that rule in 
   await expect.poll(() => message.textContent(), { timeout: 15_000 }).toContain("Key unfrozen (");
   expect(await message.textContent()).toContain("The rate rule now only alerts for this key.");
   await expect.poll(() => status.textContent(), { timeout: 15_000 }).toBe("active");
-  expect(await decision.count()).toBe(0);
+  await expect.poll(() => decision.count(), { timeout: 10_000 }).toBe(0);
   await expect.poll(() => page.getByTestId("effective-rateMode").textContent(), { timeout: 10_000 }).toMatch(/In force: shadow\s*from key/);
   expect(await rules.getByLabel("Rate mode", { exact: true }).inputValue()).toBe("shadow");
   expect(await page.getByTestId("effective-callsPerMinute").textContent()).toMatch(/In force: 3\s*from key/);

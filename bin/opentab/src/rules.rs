@@ -144,6 +144,10 @@ pub(crate) async fn run(args: RulesArgs) -> anyhow::Result<()> {
             print(&view, key.as_deref())
         }
         RulesCommand::Set(set) => {
+            anyhow::ensure!(
+                apply(RuleOverrides::default(), &set) != RuleOverrides::default() || !set.inherit.is_empty(),
+                "name a setting to change, e.g. --calls-per-minute 400 (opentab rules set --help lists them)"
+            );
             let path = path(set.key.as_deref());
             let view: RulesView =
                 api.call(Method::GET, &path, None::<&()>).await.context("reading the rule settings")?;

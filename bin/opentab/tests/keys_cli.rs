@@ -148,8 +148,10 @@ fn an_owner_manages_keys_and_tabs_from_the_command_line() -> TestResult {
     let refused = owner.run(&["rules", "set", "--key", &key_text, "--calls-per-minute", "0"])?;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("field `callsPerMinute`"), "{stderr}");
+    let nothing = owner.run(&["rules", "set", "--key", &key_text])?;
+    assert!(!nothing.status.success() && String::from_utf8_lossy(&nothing.stderr).contains("name a setting"));
     let json: serde_json::Value = serde_json::from_str(&owner.ok(&["rules", "show", "--key", &key_text, "--json"])?)?;
-    assert_eq!(json["key"], serde_json::json!({ "rateMode": "shadow" }), "the refusal changed nothing");
+    assert_eq!(json["key"], serde_json::json!({ "rateMode": "shadow" }), "the refusals changed nothing");
     owner.ok(&["rules", "reset", "--key", &key_text])?;
     owner.ok(&["rules", "reset"])?;
     let json: serde_json::Value = serde_json::from_str(&owner.ok(&["rules", "show", "--key", &key_text, "--json"])?)?;

@@ -628,3 +628,31 @@ async fn a_restarted_engine_judges_each_route_on_the_history_it_loaded() -> Test
     assert_eq!((inputs["average"].as_str(), inputs["averageOf"].as_str()), (Some("2000"), Some("route")));
     Ok(())
 }
+
+/// The same on PostgreSQL, where the change arrives by `NOTIFY` from the settings table's trigger.
+#[tokio::test]
+async fn a_setting_changed_on_postgres_by_another_node_reaches_the_engine() -> TestResult {
+    use opentab_core::rules::RuleOverrides;
+    let url = opentab_store::testing::fresh_postgres_url().await?;
+    let store = opentab_store::Store::connect(&url).await?;
+    let engine = RuleEngine::start(store.clone(), RuleSettings::default()).await?;
+    let key = Address::repeat_byte(0x42);
+    assert_eq!(engine.settings_of(OWNER, key).await?.calls_per_minute, 100);
+    // Let the feed's listening connection start (it rereads everything when it does): what
+    // follows must arrive as a notification, not be picked up by that first read.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(engine.settings_of(OWNER, key).await?.calls_per_minute, 100);
+    let elsewhere = opentab_store::Store::connect(&url).await?;
+    let owner_wide = RuleOverrides { calls_per_minute: Some(250), ..RuleOverrides::default() };
+    elsewhere.set_rule_settings(OWNER, None, &owner_wide, opentab_store::RULES_SET, 1).await?;
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = engine.settings_of(OWNER, key).await?.calls_per_minute;
+        if seen == 250 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 250, "the engine heard of the owner's new default");
+    Ok(())
+}

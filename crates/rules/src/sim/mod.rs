@@ -76,20 +76,23 @@ impl Tuning {
         }
     }
 
-    /// What `agent`'s key runs under: the settings of the deployment and what its owner set.
-    fn settings(self, agent: &Agent) -> (RuleSettings, RuleOverrides) {
-        let shipped = RuleSettings::default();
+    /// The deployment's settings under this tuning.
+    fn deployment(self) -> RuleSettings {
         match self {
-            Self::Seed => (RuleSettings { spike_by_route: false, ..shipped }, RuleOverrides::default()),
-            Self::ByRoute => (shipped, RuleOverrides::default()),
-            Self::PerKey => (
-                shipped,
-                RuleOverrides {
-                    calls_per_minute: Some(agent.busiest_minute_before().saturating_mul(3).div_ceil(2).max(20)),
-                    spike_ignore_routes: agent.uses_images.then(|| vec![Route::Image.name().to_owned()]),
-                    ..RuleOverrides::default()
-                },
-            ),
+            Self::Seed => RuleSettings { spike_by_route: false, ..RuleSettings::default() },
+            Self::ByRoute | Self::PerKey => RuleSettings::default(),
+        }
+    }
+
+    /// What `agent`'s owner sets on its key under this tuning.
+    fn overrides(self, agent: &Agent) -> RuleOverrides {
+        match self {
+            Self::Seed | Self::ByRoute => RuleOverrides::default(),
+            Self::PerKey => RuleOverrides {
+                calls_per_minute: Some(agent.busiest_minute_before().saturating_mul(3).div_ceil(2).max(20)),
+                spike_ignore_routes: agent.uses_images.then(|| vec![Route::Image.name().to_owned()]),
+                ..RuleOverrides::default()
+            },
         }
     }
 }
@@ -132,15 +135,13 @@ pub async fn run(plan: &Plan, tuning: Tuning, store: Store) -> Result<Run> {
         .flat_map(|pattern| (0..plan.agents_per_pattern).map(move |i| (pattern, i)))
         .map(|(pattern, i)| Agent::new(pattern, i, plan.seed, duration))
         .collect();
-    let mut deployment = RuleSettings::default();
     for agent in &agents {
-        let (settings, overrides) = tuning.settings(agent);
-        deployment = settings;
+        let overrides = tuning.overrides(agent);
         if !overrides.is_empty() {
             store.set_rule_settings(agent.owner, Some(agent.key), &overrides, opentab_store::RULES_SET, 0).await?;
         }
     }
-    let engine = RuleEngine::start(store, deployment).await?.remembering_idle_keys();
+    let engine = RuleEngine::start(store, tuning.deployment()).await?.remembering_idle_keys();
     let mut outcomes: Vec<Outcome> = vec![Outcome::default(); agents.len()];
     let mut served = vec![Usdc::ZERO; agents.len()];
     let mut served_at_onset: Vec<Option<Usdc>> = vec![None; agents.len()];
@@ -250,6 +251,8 @@ pub struct Score {
     pub false_negatives: u64,
     /// Legitimate key-days (low balance: keys never low): the false-positive rate's denominator.
     pub legit_key_days: u64,
+    /// Of those, the ones it fired on: the false-positive rate's numerator.
+    pub legit_fired: u64,
 }
 
 impl Score {
@@ -265,11 +268,7 @@ impl Score {
 
     /// Legitimate key-days it fired on, of all legitimate key-days.
     pub fn false_positive_rate(&self) -> Option<f64> {
-        ratio(self.legit_fired(), self.legit_key_days)
-    }
-
-    fn legit_fired(&self) -> u64 {
-        self.false_positives
+        ratio(self.legit_fired, self.legit_key_days)
     }
 }
 
@@ -289,7 +288,8 @@ pub enum Scored {
 impl Run {
     /// How `scored` did.
     pub fn score(&self, scored: Scored) -> Score {
-        let mut s = Score { true_positives: 0, false_positives: 0, false_negatives: 0, legit_key_days: 0 };
+        let mut s =
+            Score { true_positives: 0, false_positives: 0, false_negatives: 0, legit_key_days: 0, legit_fired: 0 };
         let counts = |rule: Rule| match scored {
             Scored::Rule(r) => r == rule,
             Scored::AnyFreeze => rule.freezes(),
@@ -302,7 +302,10 @@ impl Run {
                 let was_low = !o.low_days.is_empty();
                 match (warned, was_low) {
                     (true, true) => s.true_positives += 1,
-                    (true, false) => s.false_positives += 1,
+                    (true, false) => {
+                        s.false_positives += 1;
+                        s.legit_fired += 1;
+                    }
                     (false, true) => s.false_negatives += 1,
                     (false, false) => {}
                 }
@@ -324,6 +327,7 @@ impl Run {
                     }
                 }
                 s.false_positives += days.len() as u64;
+                s.legit_fired += days.len() as u64;
                 s.legit_key_days += o.active_days.len() as u64;
             }
         }
