@@ -251,6 +251,30 @@ describe("the rule settings form", () => {
     await waitFor(() => expect(screen.getByTestId("effective-callsPerMinute")).toHaveTextContent("from key"));
   });
 
+  it("offers a rate fitted to the key's busiest minute, and uses it on request", async () => {
+    const spy = serve({
+      [`GET ${path}/rules`]: () => Response.json({ ...rulesView(), suggestion: { callsPerMinute: 60, busiestMinute: 40 } }),
+      [`PUT ${path}/rules`]: () => Response.json(rulesView({ key: { spikeMultiple: 20, callsPerMinute: 60 } })),
+    });
+    const user = userEvent.setup();
+    fresh(<RuleSettingsCard address={frozen.address} onMessage={() => undefined} />);
+    expect(await screen.findByTestId("rate-suggestion")).toHaveTextContent(
+      "Suggested: 60, half as many again as this key's busiest minute in the last 24 hours (40 calls).",
+    );
+    await user.click(screen.getByRole("button", { name: "Use 60" }));
+    expect(screen.getByRole("checkbox", { name: "Inherit calls per minute" })).not.toBeChecked();
+    expect(screen.getByLabelText("Calls per minute")).toHaveValue("60");
+    await user.click(screen.getByRole("button", { name: "Save rule settings" }));
+    await waitFor(() => expect(bodiesOf(spy, `PUT ${path}/rules`)).toEqual([{ spikeMultiple: 20, callsPerMinute: 60 }]));
+  });
+
+  it("suggests nothing for a key with no recent traffic", async () => {
+    serve({ [`GET ${path}/rules`]: () => Response.json(rulesView()) });
+    fresh(<RuleSettingsCard address={frozen.address} onMessage={() => undefined} />);
+    await screen.findByTestId("effective-callsPerMinute");
+    expect(screen.queryByTestId("rate-suggestion")).toBeNull();
+  });
+
   it("checks the fields first and sends nothing while one is wrong", async () => {
     const spy = serve({ [`GET ${path}/rules`]: () => Response.json(rulesView()) });
     const user = userEvent.setup();

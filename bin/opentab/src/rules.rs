@@ -119,6 +119,14 @@ struct RulesView {
     owner: RuleOverrides,
     key: Option<RuleOverrides>,
     history: Vec<Change>,
+    suggestion: Option<Suggestion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Suggestion {
+    calls_per_minute: u32,
+    busiest_minute: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +261,14 @@ fn print(view: &RulesView, key: Option<&str>) -> anyhow::Result<()> {
         rows.push(vec![format!("  {label}"), shown(field), from(field).to_owned()]);
     }
     table(&mut out, &rows)?;
+    if let (Some(s), Some(key)) = (&view.suggestion, key) {
+        writeln!(
+            out,
+            "suggested  calls per minute {} (its busiest minute in the last 24 hours: {} calls): \
+             opentab rules set --key {key} --calls-per-minute {}",
+            s.calls_per_minute, s.busiest_minute, s.calls_per_minute
+        )?;
+    }
     if view.history.is_empty() {
         writeln!(out, "history  none")?;
         return Ok(());

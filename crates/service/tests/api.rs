@@ -586,3 +586,44 @@ async fn an_owner_sets_rule_defaults_and_key_overrides_and_sees_each_change() ->
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     Ok(())
 }
+
+/// A key's rules view suggests a calls-per-minute setting from the key's busiest minute of the
+/// last 24 hours (the kind of per-key setting that met the 5% bar in `opentab rules-sim`).
+#[tokio::test]
+async fn a_key_charged_lately_gets_a_rate_suggested_from_its_busiest_minute() -> TestResult {
+    use opentab_store::{UsageEntry, UsageKind};
+    let api = api().await?;
+    let owner = SigningKey::random();
+    let token = api.sign_in(&owner).await?;
+    let key = seed_key(&api.store, 0x32, owner.address()).await?;
+    let uri = format!("/api/session-keys/{key:#x}/rules");
+    let (_, view, _) = api.call("GET", &uri, Some(&token), None).await?;
+    assert!(view.get("suggestion").is_none(), "never charged: nothing to suggest from: {view}");
+    let t = now() - 3_600;
+    // 40 charges within 59 s, then 30 spread over ten minutes; and 100 in a minute two days ago.
+    let times =
+        (0..40).map(|i| t + i * 59 / 39).chain((0..30).map(|i| t + 120 + i * 20)).chain((0..100).map(|_| t - 86_400));
+    for (n, at) in times.enumerate() {
+        let entry = UsageEntry {
+            at,
+            session_key: key,
+            owner: owner.address(),
+            kind: UsageKind::Charge,
+            amount: Usdc::from_base_units(2_000),
+            route: "POST /v1/chat".to_owned(),
+            request_id: format!("r{n}"),
+            voucher: opentab_core::U256::from(2_000 * (n as u64 + 1)),
+            signature: Some(SigningKey::random().sign_digest(&opentab_core::B256::repeat_byte(1))),
+            idempotency: None,
+            void_of: None,
+            epoch: None,
+        };
+        api.store.record_usage(&entry).await?;
+    }
+    let (status, view, _) = api.call("GET", &uri, Some(&token), None).await?;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["suggestion"], json!({ "callsPerMinute": 60, "busiestMinute": 40 }), "{view}");
+    let (_, owner_view, _) = api.call("GET", "/api/rules", Some(&token), None).await?;
+    assert!(owner_view.get("suggestion").is_none(), "suggestions are per key");
+    Ok(())
+}

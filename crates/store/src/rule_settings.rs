@@ -98,6 +98,32 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The most charges `key` took in any 60 seconds since `since` (0 if none): what a
+    /// calls-per-minute setting for it is suggested from. Reads at most the last 200,000.
+    pub async fn busiest_minute(&self, key: Address, since: u64) -> Result<u32> {
+        let rows = sqlx::query(
+            "SELECT at FROM (SELECT at, id FROM usage_ledger WHERE session_key = $1 AND kind = 'charge' AND at >= $2 \
+             ORDER BY id DESC LIMIT 200000) recent ORDER BY at",
+        )
+        .bind(hex(key))
+        .bind(secs(since)?)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut window = std::collections::VecDeque::new();
+        let mut most = 0;
+        for row in &rows {
+            let at = crate::store::get_u64(row, "at")?;
+            while window.front().is_some_and(|&first: &u64| first + 60 <= at) {
+                window.pop_front();
+            }
+            window.push_back(at);
+            most = most.max(window.len());
+        }
+        Ok(u32::try_from(most).unwrap_or(u32::MAX))
+    }
+}
+
 fn stored(row: &AnyRow) -> Result<StoredRuleSettings> {
     let key: String = row.try_get("session_key")?;
     let text: String = row.try_get("overrides")?;

@@ -305,6 +305,20 @@ function RulesForm({ view, path, onSaved }: { view: RulesView; path: string; onS
                   {HELP[setting] && (
                     <p id={`${fieldId(setting)}-help`} className="text-muted-foreground text-xs">{HELP[setting]}</p>
                   )}
+                  {setting === "callsPerMinute" && view.suggestion && (
+                    <p className="flex flex-wrap items-center gap-2 text-xs" data-testid="rate-suggestion">
+                      Suggested: {view.suggestion.callsPerMinute}, half as many again as this key's busiest minute in the last
+                      24 hours ({view.suggestion.busiestMinute} calls).
+                      <Button
+                        type="button"
+                        variant="outline"
+                        size="sm"
+                        onClick={() => edit("callsPerMinute", { inherit: false, text: String(view.suggestion?.callsPerMinute) })}
+                      >
+                        Use {view.suggestion.callsPerMinute}
+                      </Button>
+                    </p>
+                  )}
                   {errors[setting] && (
                     <p id={`${fieldId(setting)}-error`} className="text-destructive text-sm" role="alert">{errors[setting]}</p>
                   )}

@@ -95,6 +95,8 @@ export interface RulesView {
   key?: RuleOverrides;
   /** Rule changes, oldest first. */
   history: RuleChange[];
+  /** A calls-per-minute setting fitted to the key's last 24 hours (key views, once charged). */
+  suggestion?: { callsPerMinute: number; busiestMinute: number };
 }
 
 /** What a rule saw when it fired; each field may be absent. Amounts are base units. */

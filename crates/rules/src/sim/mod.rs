@@ -89,7 +89,7 @@ impl Tuning {
         match self {
             Self::Seed | Self::ByRoute => RuleOverrides::default(),
             Self::PerKey => RuleOverrides {
-                calls_per_minute: Some(agent.busiest_minute_before().saturating_mul(3).div_ceil(2).max(20)),
+                calls_per_minute: Some(opentab_core::rules::suggested_calls_per_minute(agent.busiest_minute_before())),
                 spike_ignore_routes: agent.uses_images.then(|| vec![Route::Image.name().to_owned()]),
                 ..RuleOverrides::default()
             },

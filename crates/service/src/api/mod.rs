@@ -33,7 +33,7 @@ pub use auth::{LoginRequest, LoginResponse, NonceResponse, SESSION_COOKIE, Signe
 pub use error::{ApiError, Problem};
 pub use keys::{AlertView, KeyDetail, KeyView, ListQuery, SettlementView, TabView, TabsView, Usage};
 pub use limits::RateLimits;
-pub use rules::{RulesView, SettingChange};
+pub use rules::{RulesView, SettingChange, Suggestion};
 
 /// What the API needs to know about its deployment.
 #[derive(Debug, Clone)]

@@ -25,7 +25,7 @@ use super::{actions, auth, events, keys, rules};
         actions::PrepareKey, actions::PreparedKey, actions::CreateKey, actions::RegistrationMessage,
         actions::PrepareBatch, actions::PreparedBatchKey, actions::PreparedBatch, actions::CreateBatch,
         actions::BatchRegistrationMessage, actions::KeyTermsMessage, actions::RelayedBatch,
-        actions::Relayed, actions::SignedAction, rules::RulesView, rules::SettingChange, super::Problem,
+        actions::Relayed, actions::SignedAction, rules::RulesView, rules::SettingChange, rules::Suggestion, super::Problem,
     )),
     modifiers(&Security),
     tags((name = "auth", description = "Sign-In with Ethereum (EIP-4361)"),

@@ -35,7 +35,24 @@ pub struct RulesView {
     pub key: Option<RuleOverrides>,
     /// Every change to these settings, oldest first.
     pub history: Vec<SettingChange>,
+    /// Key settings only, once the key was charged in the last 24 hours: a calls-per-minute
+    /// setting fitted to its traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<Suggestion>,
 }
+
+/// A setting suggested from a key's own traffic.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Suggestion {
+    /// Half as many again as the busiest minute, at least 20.
+    pub calls_per_minute: u32,
+    /// The most calls the key made in any minute of the last 24 hours.
+    pub busiest_minute: u32,
+}
+
+/// How far back a suggestion looks.
+const SUGGEST_FROM_SECS: u64 = 86_400;
 
 /// One change to rule settings, from the audit log.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -177,5 +194,15 @@ async fn view(state: &AppState, owner: Address, key: Option<Address>) -> Result<
         .filter(|e| e.action.starts_with("rules."))
         .map(|e| SettingChange { at: e.at, actor: e.actor, action: e.action, detail: e.detail })
         .collect();
-    Ok(RulesView { effective, seed, owner: defaults, key: mine, history })
+    let suggestion = match key {
+        Some(key) => {
+            let busiest = state.store.busiest_minute(key, now().saturating_sub(SUGGEST_FROM_SECS)).await?;
+            (busiest > 0).then(|| Suggestion {
+                calls_per_minute: opentab_core::rules::suggested_calls_per_minute(busiest),
+                busiest_minute: busiest,
+            })
+        }
+        None => None,
+    };
+    Ok(RulesView { effective, seed, owner: defaults, key: mine, history, suggestion })
 }
