@@ -600,7 +600,7 @@ async fn a_key_charged_lately_gets_a_rate_suggested_from_its_busiest_minute() ->
     let (_, view, _) = api.call("GET", &uri, Some(&token), None).await?;
     assert!(view.get("suggestion").is_none(), "never charged: nothing to suggest from: {view}");
     let t = now() - 3_600;
-    // 40 charges within 59 s, then 30 spread over ten minutes; and 100 in a minute two days ago.
+    // 40 charges within 59 s, then 30 spread over ten minutes; and 100 in one second 25 hours ago.
     let times =
         (0..40).map(|i| t + i * 59 / 39).chain((0..30).map(|i| t + 120 + i * 20)).chain((0..100).map(|_| t - 86_400));
     for (n, at) in times.enumerate() {
