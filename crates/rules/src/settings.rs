@@ -75,17 +75,16 @@ impl SettingsCache {
 
     /// The settings in force for `owner`'s `key`.
     pub(crate) async fn effective(&self, store: &Store, owner: Address, key: Address) -> Result<RuleSettings> {
-        let (rules, generation, everything) = {
+        let (generation, everything) = {
             let known = self.known.lock().map_err(|_| Error::Poisoned)?;
-            let rules = known.owners.get(&owner).cloned();
-            let fresh = !known.everything_stale && !known.stale.contains(&owner);
-            match rules {
-                Some(rules) => return Ok(self.over(&rules, key)),
-                None if fresh => return Ok(self.seed.clone()),
-                None => (None::<Arc<OwnerRules>>, known.generation, known.everything_stale),
+            if let Some(rules) = known.owners.get(&owner) {
+                return Ok(self.over(rules, key));
             }
+            if !known.everything_stale && !known.stale.contains(&owner) {
+                return Ok(self.seed.clone());
+            }
+            (known.generation, known.everything_stale)
         };
-        debug_assert!(rules.is_none());
         let rules = if everything {
             let all = store.all_rule_settings().await?;
             let mine = all.iter().filter(|s| s.owner == owner).cloned().collect::<Vec<_>>();

@@ -96,9 +96,7 @@ impl Store {
         self.announce(KeyChange::Owner(owner));
         Ok(before)
     }
-}
 
-impl Store {
     /// The most charges `key` took in any 60 seconds since `since` (0 if none): what a
     /// calls-per-minute setting for it is suggested from. Reads at most the last 200,000.
     pub async fn busiest_minute(&self, key: Address, since: u64) -> Result<u32> {
